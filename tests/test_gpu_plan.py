@@ -1,0 +1,225 @@
+"""Table-driven tests of the GPU knowledge (provision/gpu/gpus.yaml) and the pure plan/report functions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from provision.errors import InputError
+from provision.gpu.plan import driver_packages, plan_host
+from provision.gpu.probe import (gpus_from_pci, nvswitches_from_pci, parse_gpu_facts, parse_nvidia_smi,
+                                 parse_secure_boot)
+from provision.gpu.report import gpu_report, normalize_facts
+from provision.gpu.table import load_table, version_at_least
+
+FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
+
+
+def pci(device: str, n: int = 1, cls: str = "0x030200", nvswitch: str | None = None, nvs_n: int = 0):
+    devs = [{"address": "0000:00:00.0", "vendor": "0x8086", "device": "0x09a2", "class": "0x060000"}]
+    devs += [{"address": f"0000:{0x05 + i:02x}:00.0", "vendor": "0x10de", "device": nvswitch, "class": "0x068000"}
+             for i in range(nvs_n)]
+    devs += [{"address": f"0000:{0x18 + i:02x}:00.0", "vendor": "0x10de", "device": device, "class": cls}
+             for i in range(n)]
+    return {"pci_devices": devs}
+
+
+def smi_rows(facts, version: str, name="NVIDIA H100 80GB HBM3", cc="9.0", drop: int = 0):
+    gpus = [d for d in facts["pci_devices"] if d["class"].startswith("0x03")]
+    rows = [f"{i}, 0000{d['address']}, {name}, {version}, {cc}, GPU-{i:08x}, 81559"
+            for i, d in enumerate(gpus[drop:])]
+    return "\n".join(rows)
+
+
+H100_BOARD = pci("0x2330", 8, nvswitch="0x22a3", nvs_n=4)
+RTX5090_X2 = pci("0x2b85", 2, cls="0x030000")
+A100_PCIE = pci("0x20b5", 1)
+V100 = pci("0x1db1", 1)
+NO_GPU = pci("0x0000", 0)
+
+
+# ---- the table -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dev, model, arch, cc, open_modules", [
+    ("2330", "H100 80GB HBM3", "Hopper", "9.0", "allowed"),
+    ("2b85", "GeForce RTX 5090", "Blackwell", "12.0", "required"),
+    ("2901", "B200", "Blackwell", "10.0", "required"),
+    ("2342", "GH200 480GB", "GraceHopper", "9.0", "required"),
+    ("20b5", "A100 80GB PCIe", "Ampere", "8.0", "allowed"),
+    ("1db1", "Tesla V100-SXM2-16GB", "Volta", "7.0", "impossible"),
+    ("0x20B2", "A100-SXM4-80GB", "Ampere", "8.0", "allowed"),
+])
+def test_table_pci_ids(dev, model, arch, cc, open_modules):
+    g = load_table().gpu(dev)
+    assert (g.model, g.arch, g.cc, g.open_modules) == (model, arch, cc, open_modules)
+
+
+@pytest.mark.parametrize("cuda, driver", [("12.8", "570.26"), ("12.2", "535.54.03"), ("13.0", "580.65.06")])
+def test_table_cuda_min_driver(cuda, driver):
+    assert load_table().min_driver_for_cuda(cuda) == driver
+
+
+@pytest.mark.parametrize("cc, ok", [("12.0", True), ("10.0", True), ("9.0", True), ("8.9", True), ("8.6", True),
+                                    ("8.0", True), ("7.5", True), ("7.0", False), ("6.1", False)])
+def test_pytorch_27_cu128_image_architectures(cc, ok):
+    img = load_table().image("pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime")
+    assert img.cuda == "12.8"
+    assert img.supports_cc(cc) is ok
+
+
+def test_unknown_image_cuda_read_from_tag():
+    img = load_table().image("pytorch/pytorch:2.9.0-cuda13.0-cudnn9-runtime")
+    assert img.cuda == "13.0" and img.supports_cc("9.0") is None
+
+
+def test_versions_compare_numerically():
+    assert version_at_least("570.133.20", "570.26")
+    assert not version_at_least("535.230.02", "570.26")
+    assert version_at_least("580.159.04", "570.26")
+
+
+# ---- parsers ---------------------------------------------------------------------------------------------------
+def test_gpus_and_nvswitches_from_pci():
+    gpus = gpus_from_pci(H100_BOARD["pci_devices"])
+    assert len(gpus) == 8 and {g.model for g in gpus} == {"H100 80GB HBM3"}
+    assert len(nvswitches_from_pci(H100_BOARD["pci_devices"])) == 4
+    assert gpus_from_pci(NO_GPU["pci_devices"]) == []
+
+
+def test_unknown_gpu_kept_and_marked():
+    gpus = gpus_from_pci(pci("0x9999")["pci_devices"])
+    assert len(gpus) == 1 and not gpus[0].known
+
+
+def test_parse_nvidia_smi_normalises_bus_ids():
+    rows = parse_nvidia_smi("0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 570.133.20, 9.0, GPU-1, 81559\n"
+                            "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver\n")
+    assert len(rows) == 1 and rows[0].bus_id == "0000:18:00.0" and rows[0].driver_version == "570.133.20"
+
+
+@pytest.mark.parametrize("text, state", [("SecureBoot enabled", True), ("SecureBoot disabled", False),
+                                         (" 06 00 00 00 01", True), (" 06 00 00 00 00", False), ("", None)])
+def test_parse_secure_boot(text, state):
+    assert parse_secure_boot(text) is state
+
+
+# ---- plans -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, facts, hv, package, flavour, fm", [
+    ("h100 board, cuda repo", H100_BOARD, {"nvidia_driver_branch": 570}, "nvidia-open-570", "open", True),
+    ("h100 board, proprietary", H100_BOARD, {"nvidia_driver_branch": 570, "nvidia_driver_flavour": "proprietary"},
+     "cuda-drivers-570", "proprietary", True),
+    ("rtx 5090, distro", RTX5090_X2, {"nvidia_driver_branch": 570, "nvidia_driver_source": "distro",
+                                      "nvidia_driver_server": False}, "nvidia-driver-570-open", "open", False),
+    ("a100 pcie, distro server", A100_PCIE, {"nvidia_driver_branch": 535, "nvidia_driver_source": "distro",
+                                             "gpu_image": "pytorch/pytorch:2.7.0-cuda11.8-cudnn9-runtime",
+                                             "nvidia_driver_flavour": "proprietary"},
+     "nvidia-driver-535-server", "proprietary", False),
+    ("v100 auto → proprietary", V100, {"nvidia_driver_branch": 570,
+                                       "gpu_image": "pytorch/pytorch:2.7.0-cuda12.6-cudnn9-runtime"},
+     "cuda-drivers-570", "proprietary", False),
+    ("fabric manager forced off", H100_BOARD, {"nvidia_fabricmanager": False}, "nvidia-open-580", "open", False),
+])
+def test_plan_packages_flavour_fabricmanager(name, facts, hv, package, flavour, fm):
+    p = plan_host(normalize_facts(facts), hv)
+    assert p.ok, p.refusals
+    assert (p.driver_package, p.flavour, p.fabricmanager) == (package, flavour, fm)
+    assert p.hold[0] == package
+    if fm:
+        assert p.fabricmanager_package == f"nvidia-fabricmanager-{p.branch}" and p.fabricmanager_package in p.hold
+
+
+@pytest.mark.parametrize("name, facts, hv, refusal", [
+    ("proprietary on blackwell", RTX5090_X2, {"nvidia_driver_flavour": "proprietary"},
+     "proprietary flavour requested on Blackwell"),
+    ("open on volta", V100, {"nvidia_driver_flavour": "open",
+                             "gpu_image": "pytorch/pytorch:2.7.0-cuda12.6-cudnn9-runtime"}, "need Turing or newer"),
+    ("branch too old for rtx 5090", RTX5090_X2, {"nvidia_driver_branch": 550}, "too old for GeForce RTX 5090"),
+    ("image newer than driver", H100_BOARD, {"nvidia_driver_branch": 535}, "needs CUDA 12.8 (driver >= 570.26); "
+                                                                            "driver 535 is too old"),
+    ("image lacks sm_70", V100, {}, "no kernels for compute capability 7.0"),
+    ("secure boot", {**A100_PCIE, "secure_boot": True}, {}, "Secure Boot is on and no module signing"),
+    ("secure boot, signing claimed, no key", {**A100_PCIE, "secure_boot": True}, {"nvidia_module_signing": True},
+     "no DKMS/MOK signing key"),
+    ("unknown image", A100_PCIE, {"gpu_image": "example/thing:latest"}, "cannot tell which CUDA"),
+])
+def test_plan_refusals(name, facts, hv, refusal):
+    p = plan_host(normalize_facts(facts), hv)
+    assert any(refusal in r for r in p.refusals), p.refusals
+    assert p.verdict.startswith("REFUSED:")
+
+
+def test_secure_boot_with_signing_key_is_accepted():
+    facts = normalize_facts({**A100_PCIE, "secure_boot": True})
+    facts["module_signing_keys"] = ["/var/lib/shim-signed/mok/MOK.der"]
+    assert plan_host(facts, {"nvidia_module_signing": True}).ok
+
+
+def test_installed_driver_too_old_for_image_after_install():
+    facts = normalize_facts({**A100_PCIE})
+    facts["nvidia_smi"] = {"rc": 0, "gpus": [r.as_dict() for r in parse_nvidia_smi(smi_rows(A100_PCIE, "570.20"))]}
+    facts["packages"] = {"nvidia-open-570": "570.20-1"}
+    p = plan_host(facts, {"nvidia_driver_branch": 570})
+    assert any("driver 570.20 is too old" in r for r in p.refusals)
+
+
+def test_no_gpu_host_gets_no_driver():
+    p = plan_host(normalize_facts(NO_GPU), {"nvidia_driver_branch": 570})
+    assert not p.has_gpus and p.driver_package is None and p.packages == [] and p.ok
+    assert "no driver needed" in p.verdict
+
+
+def test_ready_when_package_installed_and_smi_lists_every_gpu():
+    facts = normalize_facts(H100_BOARD)
+    facts["nvidia_smi"] = {"rc": 0, "gpus": [r.as_dict() for r in parse_nvidia_smi(smi_rows(H100_BOARD,
+                                                                                             "570.133.20"))]}
+    facts["packages"] = {"nvidia-open-570": "570.133.20-1", "nvidia-fabricmanager-570": "570.133.20-1"}
+    p = plan_host(facts, {"nvidia_driver_branch": 570})
+    assert p.driver_current and p.verdict.startswith("ready:")
+    facts["nvidia_smi"]["gpus"] = facts["nvidia_smi"]["gpus"][1:]   # one GPU fell off the bus
+    p = plan_host(facts, {"nvidia_driver_branch": 570})
+    assert not p.driver_current and any("lists 7 of 8" in w for w in p.warnings)
+
+
+@pytest.mark.parametrize("key, value, hint", [("nvidia_driver_flavour", "opne", "open"),
+                                              ("nvidia_driver_source", "cuda_repo", "cuda-repo"),
+                                              ("nvidia_driver_branch", "five-seventy", "580")])
+def test_bad_vars_are_one_line_input_errors(key, value, hint):
+    with pytest.raises(InputError) as e:
+        plan_host(normalize_facts(H100_BOARD), {key: value})
+    assert e.value.key == key and e.value.hint == hint and "\n" not in str(e.value)
+
+
+def test_driver_package_names():
+    assert driver_packages("cuda-repo", 580, "open") == "nvidia-open-580"
+    assert driver_packages("cuda-repo", 535, "proprietary") == "cuda-drivers-535"
+    assert driver_packages("distro", 570, "open", server=True) == "nvidia-driver-570-server-open"
+    assert driver_packages("distro", 570, "proprietary", server=False) == "nvidia-driver-570"
+
+
+def test_report_lists_each_host_with_verdict():
+    text = gpu_report({"hgx": H100_BOARD, "ws": RTX5090_X2, "cpu": NO_GPU},
+                      {"ws": {"nvidia_driver_flavour": "proprietary"}})
+    assert "8x H100 80GB HBM3 (Hopper, CC 9.0)" in text and "NVSwitch:   4" in text
+    assert "nvidia-fabricmanager-580" in text
+    assert "REFUSED: proprietary flavour requested on Blackwell" in text
+    assert "cpu:\n  GPUs:       none on the PCI bus" in text
+    assert text.count("verdict:") == 3
+
+
+# ---- the probe's output, parsed (recorded on a real H100) ------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("h100-*.json")))
+def test_recorded_real_h100(name):
+    rec = json.loads((FIXTURES / name).read_text())
+    facts = parse_gpu_facts(rec["probe_output"])
+    assert facts == rec["facts"]                                 # the parser still reads the recorded output the same
+    assert [g["model"] for g in facts["gpus"]] == ["H100 80GB HBM3"]
+    smi = facts["nvidia_smi"]["gpus"]
+    assert len(smi) == 1 and smi[0]["bus_id"] == facts["gpus"][0]["address"] and smi[0]["compute_cap"] == "9.0"
+    assert facts["kernel_module_flavour"] == "open"
+    plan = plan_host(facts, rec["vars"], host="device-h100")
+    assert plan.verdict == rec["verdict"]
+    if rec["vars"].get("nvidia_driver_branch") == 535:
+        assert plan.verdict.startswith("REFUSED: image pytorch/pytorch:2.7.0-cuda12.8")
+    else:
+        assert plan.verdict.startswith("ready: driver 580.159.04 (open)")
+        assert not plan.fabricmanager       # a single PCIe-attached H100 SXM: no NVSwitch on its bus
