@@ -1,0 +1,92 @@
+"""Facts: each is a shell command plus a pure parser (provision.facts.parsers). All the facts a play needs are
+gathered in ONE round trip per host: one script whose sections are separated by markers.
+
+:func:`script` builds the script, :func:`parse` splits and parses its output (pure, testable with recordings),
+:func:`gather` does both over a connector. Facts keys follow Ansible's ``ansible_facts`` names where one exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from provision.facts import parsers as p
+
+MARK = "@@provision-fact@@"
+
+
+@dataclass(frozen=True)
+class Fact:
+    name: str
+    command: str
+    parse: Callable[[str], dict]
+
+
+def _one(key, fn):
+    return lambda text: {key: fn(text)}
+
+
+FACTS: dict[str, Fact] = {f.name: f for f in [
+    Fact("os", "cat /etc/os-release || cat /usr/lib/os-release", p.os_release),
+    Fact("kernel", "uname -r", _one("kernel", p.first_line)),
+    Fact("arch", "uname -m", _one("architecture", p.first_line)),
+    Fact("hostname", "hostname 2>/dev/null || cat /proc/sys/kernel/hostname", _one("hostname", p.first_line)),
+    Fact("cpus", "nproc 2>/dev/null || getconf _NPROCESSORS_ONLN", _one("processor_vcpus", p.integer)),
+    Fact("memory", "cat /proc/meminfo", p.meminfo),
+    Fact("boot_id", "cat /proc/sys/kernel/random/boot_id", _one("boot_id", p.first_line)),
+    Fact("init", "cat /proc/1/comm", _one("service_mgr", p.service_mgr)),
+    Fact("pkg_mgr", "for c in apt-get dnf yum zypper apk pacman; do command -v $c; done", _one("pkg_mgr", p.pkg_mgr)),
+    Fact("secure_boot",
+         "if command -v mokutil >/dev/null 2>&1; then mokutil --sb-state 2>&1; fi; "
+         "for f in /sys/firmware/efi/efivars/SecureBoot-*; do [ -r \"$f\" ] && "
+         "printf 'efivar: %s\\n' \"$(od -An -tx1 \"$f\" | tr -s ' \\n' ' ')\"; done",
+         _one("secure_boot", p.secure_boot)),
+    Fact("pci",
+         "for d in /sys/bus/pci/devices/*; do [ -e \"$d/vendor\" ] && "
+         "echo \"${d##*/} $(cat $d/vendor) $(cat $d/device) $(cat $d/class)\"; done",
+         _one("pci_devices", p.pci_devices)),
+    Fact("packages", "command -v dpkg-query >/dev/null && "
+                     "dpkg-query -W -f='${Package}\\t${Version}\\t${Status}\\n'", p.dpkg_packages),
+    Fact("apt_cache", "echo $(date +%s) $(stat -c %Y /var/lib/apt/lists /var/cache/apt/pkgcache.bin "
+                      "/var/lib/apt/periodic/update-success-stamp 2>/dev/null)", p.apt_cache),
+]}
+
+PLAY_FACTS = tuple(FACTS)   # what gather_facts collects
+
+
+def script(names: Iterable[str]) -> str:
+    parts = []
+    for n in names:
+        parts.append(f"echo '{MARK} {n}'; ( {FACTS[n].command} ) 2>/dev/null")
+    return "\n".join(parts) + "\necho '" + MARK + " end'\n"
+
+
+def split_sections(output: str) -> dict[str, str]:
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in output.splitlines():
+        if line.startswith(MARK):
+            current = line[len(MARK):].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return {k: "\n".join(v) + ("\n" if v else "") for k, v in sections.items()}
+
+
+def parse(output: str, names: Iterable[str]) -> dict:
+    sections = split_sections(output)
+    facts: dict = {}
+    for n in names:
+        try:
+            facts.update(FACTS[n].parse(sections.get(n, "")))
+        except Exception:  # noqa: BLE001 - a fact that cannot be parsed is absent, never fatal
+            continue
+    return facts
+
+
+def gather(conn, names: Iterable[str] = PLAY_FACTS, *, timeout: float = 120) -> dict:
+    """One round trip: run the script for ``names`` and parse it."""
+    names = [n for n in names if n in FACTS]
+    if not names:
+        return {}
+    res = conn.run(script(names), timeout=timeout)
+    return parse(res.stdout, names)

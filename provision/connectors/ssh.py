@@ -1,0 +1,279 @@
+"""SSH through paramiko, safe by default.
+
+* Host keys are verified against known_hosts (the host's ``ansible_ssh_known_hosts_file``, else ~/.ssh/known_hosts
+  and /etc/ssh/ssh_known_hosts). ``host_key_checking``: ``yes`` (default, unknown keys refused), ``accept-new``
+  (unknown keys appended to the file, with a warning), ``off`` (unknown keys accepted unsaved, loud warning).
+  A key that differs from a known one is ALWAYS refused (:class:`HostKeyMismatch`).
+* ~/.ssh/config: HostName, Port, User, IdentityFile, UserKnownHostsFile, ProxyJump (a direct-tcpip channel
+  through the jump host's own verified connection). Inventory values win over the config file.
+* One connection (transport) per host for the whole run; every command is a new channel on it.
+* Per-command wall-clock deadline kept here (paramiko's timeouts are per read); stdout and stderr are read
+  together so a chatty command cannot block; no pty unless sudo insists on one.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import select
+import shlex
+import socket
+import sys
+import threading
+import time
+from typing import Callable, Mapping
+
+import paramiko
+
+from provision.connectors._become import env_prefix, strip_prompt, sudo_wrap
+from provision.connectors.base import (CommandResult, CommandTimeout, ConnectorError, HostKeyMismatch,
+                                       Unreachable)
+from provision.connectors.local import put_command
+
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+def _warn_stderr(msg: str) -> None:
+    print(f"[WARNING]: {msg}", file=sys.stderr)
+
+
+class _CheckingPolicy(paramiko.MissingHostKeyPolicy):
+    """Called only for hosts with NO known key (paramiko raises BadHostKeyException for changed keys)."""
+
+    def __init__(self, mode: str, known_hosts_file: str, warn: Callable[[str], None]):
+        self.mode, self.file, self.warn = mode, known_hosts_file, warn
+
+    def missing_host_key(self, client, hostname, key):
+        fp = key.fingerprint if hasattr(key, "fingerprint") else key.get_base64()[:16]
+        if self.mode == "accept-new":
+            line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+            with _KNOWN_HOSTS_LOCK:
+                os.makedirs(os.path.dirname(os.path.abspath(self.file)), exist_ok=True)
+                with open(self.file, "a", encoding="utf-8") as fh:
+                    fh.write(line)
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            self.warn(f"{hostname}: unknown host key {key.get_name()} {fp} added to {self.file} (accept-new)")
+            return
+        if self.mode == "off":
+            self.warn(f"HOST KEY CHECKING IS OFF: accepting unverified key {key.get_name()} {fp} for {hostname}; "
+                      "anyone on the path can impersonate this host")
+            return
+        raise Unreachable(f"host key for {hostname} is not in {self.file} (verify it and add it, or use "
+                          "--host-key-checking accept-new)")
+
+
+def _ssh_config(path: str | None) -> paramiko.SSHConfig | None:
+    path = os.path.expanduser(path or "~/.ssh/config")
+    if not os.path.exists(path):
+        return None
+    try:
+        return paramiko.SSHConfig.from_path(path)
+    except Exception as err:  # noqa: BLE001 - a broken config must not crash the run
+        _warn_stderr(f"cannot read {path}: {err}")
+        return None
+
+
+class SSHConnector:
+    kind = "ssh"
+
+    def __init__(self, name: str, *, address: str, port: int | None = None, user: str | None = None,
+                 key_files: list[str] | None = None, password: str | None = None,
+                 known_hosts_file: str | None = None, host_key_checking: str = "yes",
+                 connect_timeout: float = 10.0, command_timeout: float | None = None, keepalive: int = 15,
+                 become_password: str | None = None, ssh_config: str | None = None,
+                 warn: Callable[[str], None] | None = None, _depth: int = 0):
+        self.host = name
+        self._warn = warn or _warn_stderr
+        self._password = become_password
+        self._default_timeout = command_timeout
+        self._connect_timeout = connect_timeout
+        self._sudo_mode: str | None = None
+        self._jump: SSHConnector | None = None
+        self._lock = threading.Lock()
+
+        cfg = _ssh_config(ssh_config)
+        c = cfg.lookup(address) if cfg else {}
+        self.address = c.get("hostname", address) if address else address
+        self.port = int(port if port is not None else c.get("port", 22))
+        self.user = user or c.get("user") or getpass.getuser()
+        keys = list(key_files or []) + [os.path.expanduser(k) for k in c.get("identityfile", [])]
+        keys = [os.path.expanduser(k) for k in keys if os.path.exists(os.path.expanduser(k))]
+        if known_hosts_file is None and c.get("userknownhostsfile"):
+            known_hosts_file = c["userknownhostsfile"].split()[0]
+        self.known_hosts_file = os.path.expanduser(known_hosts_file or "~/.ssh/known_hosts")
+        if host_key_checking not in ("yes", "accept-new", "off"):
+            raise ValueError(f"host_key_checking must be yes, accept-new or off, not {host_key_checking!r}")
+
+        client = paramiko.SSHClient()
+        if os.path.exists("/etc/ssh/ssh_known_hosts") and known_hosts_file is None:
+            try:
+                client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
+            except Exception:  # noqa: BLE001
+                pass
+        if os.path.exists(self.known_hosts_file):
+            try:
+                client.load_host_keys(self.known_hosts_file)
+            except Exception as err:  # noqa: BLE001
+                raise Unreachable(f"{name}: cannot read known_hosts {self.known_hosts_file}: {err}") from err
+        client.set_missing_host_key_policy(_CheckingPolicy(host_key_checking, self.known_hosts_file, self._warn))
+
+        sock = None
+        jump = c.get("proxyjump")
+        if jump and jump.lower() != "none" and _depth < 5:
+            sock = self._open_jump(jump.split(",")[0].strip(), host_key_checking, keepalive, ssh_config, _depth)
+        try:
+            client.connect(self.address, port=self.port, username=self.user, key_filename=keys or None,
+                           password=password, allow_agent=True, look_for_keys=not keys, timeout=connect_timeout,
+                           banner_timeout=connect_timeout, auth_timeout=connect_timeout, sock=sock)
+        except paramiko.BadHostKeyException as err:
+            client.close()
+            self._close_jump()
+            raise HostKeyMismatch(
+                f"{name}: HOST KEY CHANGED for {err.hostname} (got {err.key.get_name()} "
+                f"{err.key.fingerprint}, known_hosts {self.known_hosts_file} has {err.expected_key.fingerprint}); "
+                "refusing to connect: this may be an impersonation. Remove the old key if the change is expected"
+            ) from None
+        except Unreachable as err:
+            client.close()
+            self._close_jump()
+            raise Unreachable(f"{name}: {err}") from None
+        except paramiko.AuthenticationException as err:
+            client.close()
+            self._close_jump()
+            raise Unreachable(f"{name}: authentication failed for {self.user}@{self.address}:{self.port}: {err}") \
+                from None
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            client.close()
+            self._close_jump()
+            raise Unreachable(f"{name}: cannot connect to {self.address}:{self.port}: "
+                              f"{err or type(err).__name__}") from None
+        self._client = client
+        transport = client.get_transport()
+        if keepalive:
+            transport.set_keepalive(keepalive)
+
+    # -- ProxyJump ------------------------------------------------------------------------------------
+    def _open_jump(self, spec: str, hkc: str, keepalive: int, ssh_config: str | None, depth: int):
+        user, _, hostport = spec.rpartition("@")
+        jhost, _, jport = hostport.partition(":")
+        self._jump = SSHConnector(f"{self.host}~jump:{jhost}", address=jhost, port=int(jport) if jport else None,
+                                  user=user or None, known_hosts_file=None, host_key_checking=hkc,
+                                  connect_timeout=self._connect_timeout, keepalive=keepalive,
+                                  ssh_config=ssh_config, warn=self._warn, _depth=depth + 1)
+        try:
+            return self._jump._client.get_transport().open_channel(
+                "direct-tcpip", (self.address, self.port), ("127.0.0.1", 0), timeout=self._connect_timeout)
+        except (paramiko.SSHException, OSError) as err:
+            self._close_jump()
+            raise Unreachable(f"{self.host}: jump host {jhost} cannot reach {self.address}:{self.port}: {err}") \
+                from None
+
+    def _close_jump(self):
+        if self._jump is not None:
+            self._jump.close()
+            self._jump = None
+
+    # -- execution ------------------------------------------------------------------------------------
+    def _exec(self, command: str, stdin: bytes | None, timeout: float | None, pty: bool = False):
+        transport = self._client.get_transport() if self._client else None
+        if transport is None or not transport.is_active():
+            raise Unreachable(f"{self.host}: connection lost")
+        start = time.monotonic()
+        deadline = start + timeout if timeout else None
+        try:
+            chan = transport.open_session(timeout=self._connect_timeout)
+            if pty:
+                chan.get_pty()
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise Unreachable(f"{self.host}: connection lost: {err}") from None
+        writer = None
+        if stdin:
+            def _feed():
+                try:
+                    chan.sendall(stdin)
+                    chan.shutdown_write()
+                except (OSError, paramiko.SSHException):
+                    pass
+            writer = threading.Thread(target=_feed, daemon=True)
+            writer.start()
+        else:
+            chan.shutdown_write()
+        out, err = [], []
+        try:
+            while True:
+                while chan.recv_ready():
+                    out.append(chan.recv(65536))
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(65536))
+                if chan.closed or (chan.eof_received and chan.exit_status_ready()):
+                    if not chan.recv_ready() and not chan.recv_stderr_ready():
+                        break
+                    continue
+                wait = 0.5
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        chan.close()
+                        raise CommandTimeout(f"{self.host}: command ran past its {timeout:g}s deadline and was "
+                                             "stopped")
+                    wait = min(wait, left)
+                select.select([chan], [], [], wait)
+                if not transport.is_active():
+                    raise Unreachable(f"{self.host}: connection lost while a command ran")
+            rc = chan.recv_exit_status()
+        finally:
+            chan.close()
+        if rc == -1 and not transport.is_active():
+            raise Unreachable(f"{self.host}: connection lost while a command ran")
+        return rc, b"".join(out), b"".join(err), time.monotonic() - start
+
+    def _sudo(self) -> str:
+        if self._sudo_mode is None:
+            rc, _, err, _ = self._exec("sudo -n true", None, 30)
+            if rc == 0:
+                self._sudo_mode = "nopass"
+            else:
+                self._sudo_mode = "pty" if b"tty" in err else "pass"
+        return self._sudo_mode
+
+    def _wrap(self, command: str, stdin: bytes | None, become: bool, env, become_user: str):
+        command = env_prefix(env) + command
+        if not become or become_user == self.user:
+            return command, stdin, False
+        mode = self._sudo()
+        if mode == "nopass":
+            return sudo_wrap(command, user=become_user, mode="nopass"), stdin, False
+        if self._password is None:
+            raise ConnectorError(f"{self.host}: sudo needs a password: set PROVISION_BECOME_PASS or use "
+                                 "--ask-become-pass")
+        data = self._password.encode() + b"\n" + (stdin or b"")
+        return sudo_wrap(command, user=become_user, mode="pass"), data, mode == "pty"
+
+    # -- contract -------------------------------------------------------------------------------------
+    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            become: bool = False, env: Mapping[str, str] | None = None, become_user: str = "root") -> CommandResult:
+        cmd, data, pty = self._wrap(command, stdin, become, env, become_user)
+        rc, out, err, dur = self._exec(cmd, data, timeout or self._default_timeout, pty)
+        return CommandResult(rc, out.decode("utf-8", "replace"),
+                             strip_prompt(err.decode("utf-8", "replace")), dur)
+
+    def put(self, path: str, data: bytes, *, mode: int | None = None, become: bool = False,
+            become_user: str = "root") -> None:
+        res = self.run(put_command(path, mode), stdin=data, become=become, become_user=become_user)
+        if res.rc != 0:
+            raise ConnectorError(f"{self.host}: cannot write {path}: {res.stderr.strip()}")
+
+    def get(self, path: str, *, become: bool = False, become_user: str = "root") -> bytes:
+        cmd, data, pty = self._wrap(f"cat -- {shlex.quote(path)}", None, become, None, become_user)
+        rc, out, err, _ = self._exec(cmd, data, self._default_timeout, pty)
+        if rc != 0:
+            raise ConnectorError(f"{self.host}: cannot read {path}: {err.decode(errors='replace').strip()}")
+        return out
+
+    def close(self) -> None:
+        try:
+            if getattr(self, "_client", None) is not None:
+                self._client.close()
+                self._client = None
+        finally:
+            self._close_jump()

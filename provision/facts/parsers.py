@@ -1,0 +1,133 @@
+"""Pure parsers: command output (str) -> fact values. No I/O here; tested with recorded outputs."""
+from __future__ import annotations
+
+import shlex
+
+_FAMILIES = {
+    "debian": "Debian", "ubuntu": "Debian", "linuxmint": "Debian", "pop": "Debian", "raspbian": "Debian",
+    "rhel": "RedHat", "centos": "RedHat", "fedora": "RedHat", "rocky": "RedHat", "almalinux": "RedHat",
+    "ol": "RedHat", "amzn": "RedHat", "sles": "Suse", "opensuse": "Suse", "suse": "Suse",
+    "arch": "Archlinux", "alpine": "Alpine",
+}
+_DIST_NAMES = {"debian": "Debian", "ubuntu": "Ubuntu", "centos": "CentOS", "rhel": "RedHat", "fedora": "Fedora",
+               "rocky": "Rocky", "almalinux": "AlmaLinux", "alpine": "Alpine", "arch": "Archlinux",
+               "sles": "SLES", "amzn": "Amazon", "ol": "OracleLinux"}
+
+
+def os_release(text: str) -> dict:
+    kv = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        k, _, v = line.partition("=")
+        try:
+            v = " ".join(shlex.split(v))
+        except ValueError:
+            v = v.strip("\"'")
+        kv[k] = v
+    ident = kv.get("ID", "").lower()
+    like = kv.get("ID_LIKE", "").lower().split()
+    family = _FAMILIES.get(ident) or next((_FAMILIES[x] for x in like if x in _FAMILIES), None)
+    version = kv.get("VERSION_ID", "")
+    return {
+        "os_family": family or (kv.get("NAME") or "unknown"),
+        "distribution": _DIST_NAMES.get(ident, kv.get("NAME", ident or "unknown")),
+        "distribution_id": ident,
+        "distribution_version": version,
+        "distribution_major_version": version.split(".")[0] if version else "",
+        "distribution_release": kv.get("VERSION_CODENAME") or kv.get("UBUNTU_CODENAME", ""),
+    }
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
+def integer(text: str) -> int | None:
+    try:
+        return int(first_line(text))
+    except ValueError:
+        return None
+
+
+def meminfo(text: str) -> dict:
+    vals = {}
+    for line in text.splitlines():
+        k, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            vals[k.strip()] = int(parts[0])
+    return {"memtotal_mb": vals.get("MemTotal", 0) // 1024, "memfree_mb": vals.get("MemAvailable",
+                                                                                   vals.get("MemFree", 0)) // 1024}
+
+
+def service_mgr(text: str) -> str:
+    comm = first_line(text)
+    if comm in ("systemd", "init", "runit", "openrc", "upstart"):
+        return "sysvinit" if comm == "init" else comm
+    return comm or "unknown"
+
+
+def pkg_mgr(text: str) -> str:
+    order = ("apt-get", "dnf", "yum", "zypper", "apk", "pacman")
+    found = {line.rsplit("/", 1)[-1].strip() for line in text.splitlines() if line.strip()}
+    for name in order:
+        if name in found:
+            return "apt" if name == "apt-get" else name
+    return "unknown"
+
+
+def secure_boot(text: str) -> bool | None:
+    """mokutil --sb-state ('SecureBoot enabled'), else efivars bytes ('06 00 00 00 01'); None when unknown."""
+    low = text.lower()
+    if "secureboot enabled" in low:
+        return True
+    if "secureboot disabled" in low or "not supported" in low:
+        return False
+    for line in text.splitlines():
+        if line.startswith("efivar:"):
+            parts = line[len("efivar:"):].split()
+            if len(parts) >= 5:
+                return parts[4] in ("01", "1")
+    return None
+
+
+def pci_devices(text: str) -> list[dict]:
+    """Lines 'ADDRESS VENDOR DEVICE CLASS' (from /sys/bus/pci/devices) -> [{address, vendor, device, class}]."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        addr, vendor, device, klass = parts[:4]
+        out.append({"address": addr, "vendor": vendor.lower().removeprefix("0x"),
+                    "device": device.lower().removeprefix("0x"), "class": klass.lower().removeprefix("0x")})
+    return sorted(out, key=lambda d: d["address"])
+
+
+def dpkg_packages(text: str) -> dict:
+    """``dpkg-query -W -f='${Package}\\t${Version}\\t${Status}\\n'`` -> {"packages": {name: version},
+    "held_packages": [...]} counting only installed packages."""
+    pkgs: dict[str, str] = {}
+    held: list[str] = []
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        name, version, status = parts[0], parts[1], parts[2].split()
+        if len(status) == 3 and status[2] in ("installed", "half-configured", "unpacked", "triggers-awaited",
+                                              "triggers-pending"):
+            if status[2] in ("installed", "triggers-awaited", "triggers-pending"):
+                pkgs[name] = version
+        if status and status[0] == "hold":
+            held.append(name)
+    return {"packages": pkgs, "held_packages": sorted(held)}
+
+
+def apt_cache(text: str) -> dict:
+    """'NOW MTIME' -> {"date_epoch", "apt_cache_mtime"} (mtime 0 when the cache was never updated)."""
+    parts = first_line(text).split()
+    now = int(parts[0]) if parts and parts[0].isdigit() else 0
+    mtime = max([int(p) for p in parts[1:] if p.isdigit()] or [0])
+    return {"date_epoch": now, "apt_cache_mtime": mtime}
