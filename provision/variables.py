@@ -1,0 +1,156 @@
+"""The variables one task sees on one host, by Ansible's precedence (lowest first):
+
+1. role defaults (roles/NAME/defaults/main.yaml)
+2. inventory ``all`` vars < parent group < child group < host (already merged in ``Host.vars``; group_vars/ and
+   host_vars/ files beside the inventory override inline vars of the same group/host)
+3. facts: ``ansible_facts`` and each fact as a top-level ``ansible_<name>``
+4. play ``vars`` < play ``vars_files``
+5. task vars (role vars < role params < block vars < the task's own ``vars``)
+6. ``set_fact`` values and registered results
+7. extra vars (``-e``) — always win
+8. magic variables (inventory_hostname, groups, hostvars...) cannot be overridden.
+
+The result is a :class:`VarDict`: its ``raw_keys`` (facts, registered results, set_fact values, magic vars) are
+never templated again by provision.templating, so command output that contains ``{{`` stays text.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from provision.templating import OMIT
+
+
+class VarDict(dict):
+    """A dict of variables plus the keys whose values must not be templated."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.raw_keys: set[str] = set()
+
+
+def fact_vars(facts: Mapping | None) -> dict:
+    """``ansible_facts`` plus each fact as a top-level ``ansible_<name>`` (as Ansible injects them)."""
+    if not facts:
+        return {"ansible_facts": {}}
+    out: dict[str, Any] = {"ansible_facts": dict(facts)}
+    for k, v in facts.items():
+        k = str(k)
+        out[k if k.startswith("ansible_") else f"ansible_{k}"] = v
+    return out
+
+
+class HostVars(Mapping):
+    """Lazy ``hostvars``: hostvars[name] builds that host's inventory vars (+ facts/set_facts if known) on access."""
+
+    def __init__(self, inventory, facts_by_host: Mapping | Callable[[str], Mapping | None] | None = None,
+                 extra_by_host: Mapping | Callable[[str], Mapping | None] | None = None,
+                 extra_vars: Mapping | None = None):
+        self._inv = inventory
+        self._facts = facts_by_host
+        self._extra = extra_by_host
+        self._extra_vars = extra_vars or {}
+        self._cache: dict[str, dict] = {}
+
+    @staticmethod
+    def _get(src, name):
+        if src is None:
+            return None
+        if callable(src):
+            return src(name)
+        return src.get(name)
+
+    def __getitem__(self, name: str) -> dict:
+        if name not in self._cache:
+            host = self._inv.hosts[name]   # KeyError -> undefined in templates
+            v: dict = dict(host.vars)
+            v.update(fact_vars(self._get(self._facts, name)))
+            v.update(self._get(self._extra, name) or {})
+            v.update(self._extra_vars)
+            v.update(inventory_hostname=name, inventory_hostname_short=name.split(".")[0],
+                     group_names=group_names(host))
+            self._cache[name] = v
+        return self._cache[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._inv.hosts
+
+    def __iter__(self):
+        return iter(self._inv.hosts)
+
+    def __len__(self):
+        return len(self._inv.hosts)
+
+
+def group_names(host) -> list[str]:
+    return sorted(g for g in host.groups if g != "all")
+
+
+def groups_map(inventory) -> dict[str, list[str]]:
+    return {g: inventory.group_hosts(g) for g in inventory.groups}
+
+
+def host_variables(host, play, *, extra_vars: Mapping | None = None, facts: Mapping | None = None,
+                   set_facts: Mapping | None = None, registered: Mapping | None = None, task=None,
+                   inventory=None, check_mode: bool = False, diff_mode: bool = False,
+                   play_hosts: list[str] | None = None, hostvars: Mapping | None = None,
+                   groups: Mapping | None = None) -> VarDict:
+    """Every variable ``task`` sees on ``host`` in ``play`` (see the module docstring for the order).
+
+    ``play_hosts``: names of the hosts of the current batch (default: the play's hosts in the inventory).
+    ``hostvars``/``groups``: pass precomputed ones to share them across hosts (HostVars(...), groups_map(...)).
+    """
+    out = VarDict()
+    if play is not None:
+        out.update(play.role_defaults)
+    out.update(host.vars)
+    fv = fact_vars(facts)
+    out.update(fv)
+    if play is not None:
+        out.update(play.vars)
+    if task is not None:
+        out.update(task.vars)
+    for src in (set_facts, registered):
+        if src:
+            out.update(src)
+    out.raw_keys.update(fv)
+    for src in (set_facts, registered):
+        if src:
+            out.raw_keys.update(src)
+    # a later template-able layer hides an earlier raw value of the same name
+    later_templated = set(play.vars if play is not None else ()) | set(task.vars if task is not None else ())
+    out.raw_keys -= later_templated - set(set_facts or ()) - set(registered or ())
+    if extra_vars:
+        out.update(extra_vars)
+        out.raw_keys -= set(extra_vars)
+
+    magic: dict[str, Any] = {
+        "inventory_hostname": host.name,
+        "inventory_hostname_short": host.name.split(".")[0],
+        "group_names": group_names(host),
+        "ansible_check_mode": bool(check_mode),
+        "ansible_diff_mode": bool(diff_mode),
+        "omit": OMIT,
+    }
+    if inventory is not None:
+        magic["groups"] = groups if groups is not None else groups_map(inventory)
+        magic["hostvars"] = hostvars if hostvars is not None else HostVars(
+            inventory, {host.name: facts} if facts else None, extra_vars=extra_vars)
+        magic["inventory_file"] = os.path.abspath(inventory.path)
+        magic["inventory_dir"] = os.path.dirname(os.path.abspath(inventory.path))
+        if play_hosts is None and play is not None:
+            try:
+                play_hosts = [h.name for h in inventory.select(play.hosts)]
+            except Exception:  # noqa: BLE001 - validated before; a templated pattern just gives no list
+                play_hosts = []
+    if play_hosts is not None:
+        magic["play_hosts"] = magic["ansible_play_hosts"] = magic["ansible_play_batch"] = list(play_hosts)
+    if play is not None and getattr(play, "playbook_dir", ""):
+        magic["playbook_dir"] = play.playbook_dir
+    if task is not None and getattr(task, "role", None):
+        magic["role_name"] = task.role
+        magic["role_path"] = task.role_path
+    out.update(magic)
+    out.raw_keys.update(magic)
+    return out
