@@ -1,0 +1,212 @@
+"""`provision upgrade-driver`: options -> a checked RolloutOptions (no host contacted on bad input) -> plan -> run."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sys
+import time
+
+from provision.errors import EXIT_FAILED, EXIT_OK, EXIT_OPTIONS, InputError, OptionError
+from provision.upgrade import states as S
+from provision.upgrade.budget import parse_count
+from provision.upgrade.connect import ConnectOptions, connector_factory, wants_become
+from provision.upgrade.controller import Rollout, RolloutOptions, controller_id, default_state_file, new_rollout_id
+from provision.upgrade import remote as R
+from provision.upgrade.report import Progress, json_report, report_lines
+from provision.upgrade.statefile import HostRecord, StateFile
+from provision.upgrade.steps import StepOptions
+
+_VERSION = re.compile(r"^\d{3}(\.\d+){1,2}$")
+_BRANCH = re.compile(r"^\d{3}$")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("inventory", help="Ansible-style YAML inventory")
+    p.add_argument("--to", dest="to", metavar="VERSION|BRANCH",
+                   help="target driver: a full version (580.95.05, also older: a rollback) or a branch (580: newest)")
+    p.add_argument("-l", "--limit", help="host pattern to restrict the rollout to")
+    p.add_argument("--batch", default="1", metavar="N|P%", help="hosts upgrading at once (default 1)")
+    p.add_argument("--max-unavailable", default="25%", metavar="N|P%",
+                   help="hosts out of service at once, counting hosts already in maintenance (default 25%%)")
+    p.add_argument("--max-fail", default="0", metavar="N|P%",
+                   help="failures tolerated before no new host starts (default 0)")
+    p.add_argument("--drain-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds to wait for GPU work to finish (default 600; 0: look once)")
+    p.add_argument("--reboot-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds for a host to come back with a new boot id (default 600)")
+    p.add_argument("--validate-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds for nvidia-smi to show the target on every GPU (default 300)")
+    p.add_argument("--force", action="store_true",
+                   help="after the drain timeout, stop GPU containers gracefully (and start them again after)")
+    p.add_argument("--check", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--resume", action="store_true", help="continue the rollout recorded in the state file")
+    p.add_argument("--state-file", metavar="PATH",
+                   help="controller state file (default ~/.local/state/gpufleet/upgrade-<inventory>.json)")
+    p.add_argument("--rollback-on-failure", action="store_true",
+                   help="reinstall the previous driver on a host that fails validation (it still counts as failed)")
+    p.add_argument("--break-lock", action="append", metavar="HOST", default=[],
+                   help="remove the upgrade lock on HOST (repeatable) and exit")
+    p.add_argument("-f", "--forks", type=int, default=10, help="parallel connections for facts (default 10)")
+    p.add_argument("--host-key-checking", choices=("yes", "accept-new", "off"), default="yes")
+    p.add_argument("--agent-port", type=int, default=R.DEFAULT_AGENT_PORT,
+                   help=f"gpufleet agent port on the hosts, for the XID check (default {R.DEFAULT_AGENT_PORT})")
+    p.add_argument("--container-test-image", default=StepOptions.container_test_image,
+                   help="image for the GPU container test (run only where Docker, the toolkit and GPUs exist)")
+    p.add_argument("--lock-ttl", type=int, default=3600, metavar="S",
+                   help="seconds a host lock stays valid without renewal (renewed at every step; default 3600)")
+    p.add_argument("--json", action="store_true", help="final report as JSON on stdout")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def _check_target(to: str | None) -> str:
+    if not to:
+        raise OptionError("required: the target driver, e.g. --to 580.95.05 or --to 580", key="--to")
+    to = to.strip()
+    if not (_VERSION.match(to) or _BRANCH.match(to)):
+        raise OptionError(f"{to!r} is not a driver version (580.95.05) or branch (580)", key="--to")
+    return to
+
+
+def _positive(v: float, key: str) -> None:
+    if v < 0:
+        raise OptionError(f"must be >= 0, got {v:g}", key=key)
+
+
+def _load_hosts(args):
+    from provision.inventory import load_inventory
+    inv = load_inventory(args.inventory)
+    hosts = inv.select("all")
+    return inv, inv.limit(hosts, args.limit)
+
+
+def _break_locks(args, inv) -> int:
+    copts = ConnectOptions(host_key_checking=args.host_key_checking)
+    names = list(inv.hosts)
+    rc = EXIT_OK
+    for name in args.break_lock:
+        if name not in inv.hosts:
+            from provision.errors import closest
+            raise OptionError(f"no host {name!r} in {args.inventory}", key="--break-lock", hint=closest(name, names))
+    for name in args.break_lock:
+        host = inv.hosts[name]
+        try:
+            conn = connector_factory(host, copts)()
+            res = conn.run(R.BREAK_LOCK_SCRIPT, timeout=60, become=wants_become(host, copts))
+            conn.close()
+            owner = res.stdout.replace("BROKEN", "").strip() or "nobody"
+            print(f"{name}: lock removed (was held by {owner})")
+        except Exception as err:  # noqa: BLE001
+            print(f"{name}: could not remove the lock: {err}", file=sys.stderr)
+            rc = EXIT_FAILED
+    return rc
+
+
+def main(args) -> int:
+    # ---- every option checked before any host is contacted
+    for key, val in (("--drain-timeout", args.drain_timeout), ("--reboot-timeout", args.reboot_timeout),
+                     ("--validate-timeout", args.validate_timeout)):
+        _positive(val, key)
+    if args.forks < 1:
+        raise OptionError(f"must be >= 1, got {args.forks}", key="--forks")
+    batch = parse_count(args.batch, "--batch", allow_zero=False)
+    max_unavail = parse_count(args.max_unavailable, "--max-unavailable", allow_zero=False)
+    max_fail = parse_count(args.max_fail, "--max-fail")
+    if not args.resume and not args.break_lock:
+        _check_target(args.to)
+    inv, hosts = _load_hosts(args)
+    if args.break_lock:
+        return _break_locks(args, inv)
+    state_path = args.state_file or default_state_file(args.inventory)
+
+    sf = None
+    if args.resume:
+        if not os.path.exists(state_path):
+            raise OptionError(f"no state file {state_path} to resume (give --state-file)", key="--resume")
+        try:
+            sf = StateFile.load(state_path)
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read the state file: {err}", file=state_path, key="--state-file",
+                             exit_code=EXIT_OPTIONS) from None
+        target = sf.doc["target"]
+        if args.to and _check_target(args.to) != target:
+            raise OptionError(f"the rollout in {state_path} goes to {target}, not {args.to}", key="--to")
+        missing = [n for n in sf.doc["order"] if n not in inv.hosts]
+        if missing:
+            raise OptionError(f"hosts of the rollout are no longer in {args.inventory}: {', '.join(missing)}",
+                              key="--resume")
+        hosts = [inv.hosts[n] for n in sf.doc["order"]]
+        rollout, ctrl = sf.doc["rollout"], sf.doc["controller"]
+    else:
+        target = _check_target(args.to)
+        if not hosts:
+            raise OptionError(f"no host selected in {args.inventory}", key="--limit")
+        if os.path.exists(state_path) and not args.check:
+            try:
+                old = StateFile.load(state_path)
+                if old.unfinished() and old.doc.get("target"):
+                    raise OptionError(
+                        f"rollout {old.doc['rollout']} in {state_path} is unfinished "
+                        f"({', '.join(old.unfinished()[:5])}): continue it with --resume, or give another "
+                        "--state-file", key="--state-file")
+            except (OSError, ValueError):
+                pass
+        rollout = new_rollout_id()
+        ctrl = controller_id(rollout)
+
+    steps = StepOptions(target=target, rollout=rollout, controller=ctrl, drain_timeout=args.drain_timeout,
+                        reboot_timeout=args.reboot_timeout, validate_timeout=args.validate_timeout,
+                        force=args.force, rollback_on_failure=args.rollback_on_failure, lock_ttl=args.lock_ttl,
+                        agent_port=args.agent_port, container_test_image=args.container_test_image)
+    ropts = RolloutOptions(target=target, batch=batch, max_unavailable=max_unavail, max_fail=max_fail,
+                           forks=args.forks, steps=steps,
+                           connect=ConnectOptions(host_key_checking=args.host_key_checking))
+    progress = Progress(quiet=args.check)
+    ro = Rollout(hosts, ropts, progress)
+    records = {r.name: r for r in sf.hosts()} if sf else None
+    started = time.monotonic()
+    plan = ro.gather_plan(ctrl, records)
+
+    if args.check:
+        if args.json:
+            print(json.dumps({"plan": [vars(h) for h in plan.hosts], "batches": plan.batches,
+                              "blocked": plan.blocked, "budget": vars(plan.budget), "target": target}, indent=1))
+        else:
+            print("\n".join(plan.lines()))
+            print("check mode: nothing was changed")
+        return EXIT_OK
+
+    for line in plan.lines():
+        progress.note(line)
+    os.makedirs(os.path.dirname(os.path.abspath(state_path)), exist_ok=True)
+    guard = open(state_path + ".lock", "w")
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise OptionError(f"another controller is running this rollout ({state_path}.lock is held)",
+                          key="--state-file") from None
+    try:
+        if sf is None:
+            sf = StateFile.new(state_path, rollout_id=rollout, controller=ctrl, inventory=os.path.abspath(
+                args.inventory), target=target, options={
+                    "batch": str(batch), "max_unavailable": str(max_unavail), "max_fail": str(max_fail),
+                    "force": args.force, "rollback_on_failure": args.rollback_on_failure,
+                    "drain_timeout": args.drain_timeout, "reboot_timeout": args.reboot_timeout},
+                hosts=[HostRecord(h.name) for h in hosts])
+        else:
+            sf.set("stopped", None)
+        progress.note(f"rollout {rollout}: state file {state_path}")
+        ro.run(sf, plan)
+    finally:
+        fcntl.flock(guard, fcntl.LOCK_UN)
+        guard.close()
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps(json_report(sf.doc, elapsed), indent=1, sort_keys=True))
+    else:
+        print("\n".join(report_lines(sf.doc, elapsed)))
+    bad = [r for r in sf.hosts() if r.state not in (S.DONE, S.SKIPPED)]
+    unreachable = [r for r in sf.hosts() if r.state == S.SKIPPED and (r.skip_reason or "").startswith(
+        ("unreachable", "cannot read facts", "locked by"))]
+    return EXIT_FAILED if bad or unreachable else EXIT_OK

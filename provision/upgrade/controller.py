@@ -1,0 +1,176 @@
+"""The rollout: plan (facts from every host), then batches under the budget; every transition saved atomically."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from provision.connectors.base import ConnectorError
+from provision.upgrade import remote as R
+from provision.upgrade import states as S
+from provision.upgrade.budget import Budget, Count, next_batch
+from provision.upgrade.connect import ConnectOptions, connector_factory, wants_become
+from provision.upgrade.plan import HostPlan, Plan, plan_host
+from provision.upgrade.report import Progress
+from provision.upgrade.statefile import HostRecord, StateFile
+from provision.upgrade.steps import HostUpgrade, StepFailed, StepOptions, gather
+
+
+@dataclass
+class RolloutOptions:
+    target: str
+    batch: Count = field(default_factory=lambda: Count(1))
+    max_unavailable: Count = field(default_factory=lambda: Count(25, True))
+    max_fail: Count = field(default_factory=lambda: Count(0))
+    forks: int = 10
+    steps: StepOptions | None = None
+    connect: ConnectOptions = field(default_factory=ConnectOptions)
+
+
+def new_rollout_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def default_state_file(inventory: str) -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    stem = os.path.splitext(os.path.basename(inventory))[0] or "inventory"
+    return os.path.join(base, "gpufleet", f"upgrade-{stem}.json")
+
+
+class Rollout:
+    def __init__(self, hosts: list[Any], opts: RolloutOptions, progress: Progress | None = None,
+                 on_transition: Callable[[HostRecord, str, str], None] | None = None):
+        self.hosts = {getattr(h, "name", str(h)): h for h in hosts}
+        self.order = list(self.hosts)
+        self.o = opts
+        self.progress = progress or Progress(quiet=True)
+        self.on_transition = on_transition or (lambda r, a, b: None)
+
+    def _factory(self, name: str):
+        return connector_factory(self.hosts[name], self.o.connect)
+
+    def _step_opts(self, name: str, base: StepOptions) -> StepOptions:
+        return replace(base, become=wants_become(self.hosts[name], self.o.connect))
+
+    # ------------------------------------------------------------------ plan
+    def gather_plan(self, controller: str, records: dict[str, HostRecord] | None = None) -> Plan:
+        """Facts from every selected host in parallel (read only: --check runs exactly this)."""
+        records = records or {}
+        budget = Budget.resolve(len(self.order), self.o.batch, self.o.max_unavailable, self.o.max_fail)
+
+        def one(name: str) -> HostPlan:
+            rec = records.get(name)
+            if rec is not None and rec.state in S.TERMINAL:
+                why = {S.DONE: f"done earlier in this rollout ({rec.from_version} -> {rec.target})",
+                       S.FAILED: f"failed earlier in this rollout: {rec.error}",
+                       S.SKIPPED: f"skipped earlier: {rec.skip_reason}"}[rec.state]
+                return HostPlan(name, "skip", why, rec.from_version, rec.target,
+                                in_maintenance=rec.state == S.FAILED)
+            try:
+                conn = self._factory(name)()
+            except ConnectorError as err:
+                if rec is not None and rec.state not in (S.REQUIRED,):
+                    return HostPlan(name, "resume", f"resumes in {rec.state} (unreachable now: {err})",
+                                    rec.from_version, rec.target, in_maintenance=True)
+                return HostPlan(name, "skip", f"unreachable: {err}", in_maintenance=True)
+            try:
+                become = wants_become(self.hosts[name], self.o.connect)
+                f = gather(conn, become)
+                if rec is not None and rec.state != S.REQUIRED:
+                    return HostPlan(name, "resume", f"resumes in {rec.state}", rec.from_version, rec.target,
+                                    in_maintenance=True)
+                madison = ""
+                drv = f.driver
+                if drv is not None:
+                    tb = self.o.target if R.is_branch(self.o.target) else R.branch_of(self.o.target)
+                    pkg = R.rename_for_branch(drv.package, drv.branch, tb)
+                    madison = conn.run(f"apt-cache madison {R.q(pkg)} 2>/dev/null", timeout=60,
+                                       become=become).stdout
+                return plan_host(name, f, madison, self.o.target, controller)
+            except (ConnectorError, StepFailed) as err:
+                return HostPlan(name, "skip", f"cannot read facts: {err}", in_maintenance=True)
+            finally:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.o.forks, len(self.order) or 1))) as pool:
+            plans = list(pool.map(one, self.order))
+        plan = Plan(self.o.target, budget, plans)
+        if records:
+            plan.resumed = {n: r.state for n, r in records.items() if r.state not in S.TERMINAL | {S.REQUIRED}}
+        return plan.compute()
+
+    # ------------------------------------------------------------------ run
+    def run(self, sf: StateFile, plan: Plan) -> StateFile:
+        doc = sf.doc
+        steps = replace(self.o.steps, rollout=doc["rollout"], controller=doc["controller"])
+        budget = plan.budget
+        records = {r.name: r for r in sf.hosts()}
+        for hp in plan.hosts:                           # plan-time skips become part of the record
+            r = records[hp.name]
+            if hp.action == "skip" and r.state == S.REQUIRED:
+                r.state, r.skip_reason = S.SKIPPED, hp.reason
+                r.from_version, r.target = hp.from_version, hp.target
+                r.history.append([S.SKIPPED, round(time.time(), 3)])
+                sf.put(r)
+            elif hp.action == "upgrade" and r.target is None and hp.target:
+                r.target = hp.target
+                sf.put(r)
+        self.progress.begin({r.name: r.state for r in sf.hosts()})
+        # hosts out of service that are not part of the upgrade (unreachable, admin maintenance, failed earlier)
+        down = {h.name for h in plan.hosts if h.in_maintenance}
+        in_flight_first = [n for n in self.order if sf.host(n).state in S.IN_FLIGHT]
+        pending = in_flight_first + [n for n in self.order if sf.host(n).state == S.REQUIRED]
+        n_batches_est = max(1, len(plan.batches) + (1 if in_flight_first else 0))
+        i = int(doc.get("batches_done", 0))
+
+        def commit(rec: HostRecord) -> None:
+            sf.put(rec)
+            self.progress.set_state(rec.name, rec.state)
+
+        def transition(rec: HostRecord, old: str, new: str) -> None:
+            self.on_transition(rec, old, new)
+
+        def work(name: str) -> HostRecord:
+            rec = sf.host(name)
+            hu = HostUpgrade(name, self._factory(name), rec, self._step_opts(name, steps), commit=commit,
+                             emit=self.progress.event, on_transition=transition)
+            return hu.run()
+
+        while pending:
+            failures = sum(1 for r in sf.hosts() if r.state == S.FAILED)
+            if budget.exceeded(failures):
+                sf.set("stopped", f"{failures} failure(s) exceed max-fail {budget.max_fail}: no new host started")
+                break
+            resumed = [n for n in pending if sf.host(n).state in S.IN_FLIGHT]
+            if resumed:                                   # hosts caught mid-way by a dead controller go first
+                batch = resumed[:max(budget.batch, len(resumed))]
+                why = None
+            else:
+                batch, why = next_batch(pending, down | {r.name for r in sf.hosts() if r.state == S.FAILED}, budget)
+            if not batch:
+                sf.set("stopped", why)
+                break
+            i += 1
+            for n in batch:
+                r = sf.host(n)
+                r.batch = i
+                sf.put(r)
+            self.progress.set_batch(i, max(i, n_batches_est), batch)
+            with ThreadPoolExecutor(max_workers=max(1, min(len(batch), self.o.forks))) as pool:
+                list(pool.map(work, batch))
+            sf.set("batches_done", i)
+            pending = [n for n in pending if n not in batch]
+            # an admin-maintenance host that was upgraded stays out of service; others come back
+        self.progress.end()
+        return sf
+
+
+def controller_id(rollout: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{rollout}"

@@ -1,0 +1,125 @@
+"""The controller's state file for one rollout: JSON, rewritten atomically (tmp + fsync + rename + fsync of the
+folder) at every transition, so that a controller killed at any instant leaves either the old or the new file."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from provision.upgrade import states as S
+
+FORMAT = 1
+
+
+@dataclass
+class HostRecord:
+    name: str
+    state: str = S.REQUIRED
+    target: str | None = None            # the full upstream version this host goes to
+    from_version: str | None = None      # running driver before the rollout (upstream)
+    from_packages: dict = field(default_factory=dict)   # package -> Debian version before (for rollback)
+    phase: str = "forward"               # forward | rollback
+    admin_marker: dict | None = None     # the maintenance marker an admin had put there before we came
+    marker_checked: bool = False         # admin_marker is known (set before our marker is written)
+    stopped_containers: list = field(default_factory=list)   # [{'id','name'}] stopped by --force
+    boot_id_before: str | None = None
+    reboot_started: float | None = None
+    skip_reason: str | None = None
+    error: str | None = None
+    checks: dict = field(default_factory=dict)           # validation check -> 'ok' / 'skipped: why' / 'failed: why'
+    notes: list = field(default_factory=list)
+    history: list = field(default_factory=list)          # [[state, unix_ts], ...]
+    batch: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HostRecord":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class StateFile:
+    """Thread-safe holder of the rollout document; ``save()`` is atomic."""
+
+    def __init__(self, path: str, doc: dict):
+        self.path = path
+        self.doc = doc
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def new(cls, path: str, *, rollout_id: str, controller: str, inventory: str, target: str,
+            options: dict, hosts: list[HostRecord]) -> "StateFile":
+        doc = {"format": FORMAT, "rollout": rollout_id, "controller": controller, "inventory": inventory,
+               "target": target, "options": options, "created": time.time(), "updated": time.time(),
+               "order": [h.name for h in hosts], "hosts": {h.name: asdict(h) for h in hosts}, "stopped": None}
+        sf = cls(path, doc)
+        sf.save()
+        return sf
+
+    @classmethod
+    def load(cls, path: str) -> "StateFile":
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or "hosts" not in doc:
+            raise ValueError(f"{path}: not a gpufleet upgrade state file (format {FORMAT})")
+        return cls(path, doc)
+
+    # ------------------------------------------------------------------ access
+    def host(self, name: str) -> HostRecord:
+        with self._lock:
+            return HostRecord.from_dict(copy.deepcopy(self.doc["hosts"][name]))
+
+    def hosts(self) -> list[HostRecord]:
+        with self._lock:
+            return [self.host(n) for n in self.doc["order"]]
+
+    def put(self, rec: HostRecord) -> None:
+        with self._lock:
+            self.doc["hosts"][rec.name] = asdict(rec)
+            self.save()
+
+    def set(self, key: str, value: Any) -> None:
+        with self._lock:
+            self.doc[key] = value
+            self.save()
+
+    def save(self) -> None:
+        with self._lock:
+            self.doc["updated"] = time.time()
+            atomic_write_json(self.path, self.doc)
+
+    def unfinished(self) -> list[str]:
+        with self._lock:
+            return [n for n in self.doc["order"] if self.doc["hosts"][n]["state"] not in S.TERMINAL]
+
+
+def atomic_write_json(path: str, doc: dict) -> None:
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass

@@ -1,0 +1,287 @@
+"""Pure parts of the rolling driver upgrade: transition table, budget, parsers, plan (no hosts)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from provision.errors import OptionError
+from provision.upgrade import remote as R
+from provision.upgrade import states as S
+from provision.upgrade.budget import Budget, Count, next_batch, parse_count, plan_batches
+from provision.upgrade.plan import Plan, plan_host
+from provision.upgrade.report import report_lines
+from provision.upgrade.statefile import HostRecord, StateFile
+from provision.upgrade.steps import parse_facts
+
+# ---------------------------------------------------------------------------------------------- transitions
+LEGAL = [
+    (S.REQUIRED, S.START, S.DRAINING),
+    (S.DRAINING, S.DRAINED, S.UPGRADING),
+    (S.UPGRADING, S.INSTALLED, S.REBOOTING),
+    (S.REBOOTING, S.BOOTED, S.VALIDATING),
+    (S.VALIDATING, S.VALIDATED, S.RESTORING),
+    (S.RESTORING, S.RESTORED, S.DONE),
+    (S.VALIDATING, S.ROLLBACK, S.UPGRADING),
+    (S.VALIDATING, S.ROLLED_BACK, S.FAILED),
+] + [(s, S.FAIL, S.FAILED) for s in (S.REQUIRED, S.DRAINING, S.UPGRADING, S.REBOOTING, S.VALIDATING, S.RESTORING)]
+
+
+@pytest.mark.parametrize("state,event,new", LEGAL)
+def test_legal_transitions(state, event, new):
+    assert S.transition(state, event) == new
+
+
+def test_every_other_pair_is_illegal():
+    legal = {(s, e) for s, e, _ in LEGAL}
+    for s in S.STATES + (S.SKIPPED,):
+        for e in S.EVENTS:
+            if (s, e) not in legal:
+                with pytest.raises(S.IllegalTransition):
+                    S.transition(s, e)
+
+
+def test_terminal_states_have_no_way_out():
+    for s in (S.DONE, S.FAILED, S.SKIPPED):
+        assert S.is_terminal(s)
+        assert not any(k[0] == s for k in S.TRANSITIONS)
+
+
+def test_happy_path_walk():
+    s = S.REQUIRED
+    for e in (S.START, S.DRAINED, S.INSTALLED, S.BOOTED, S.VALIDATED, S.RESTORED):
+        s = S.transition(s, e)
+    assert s == S.DONE
+
+
+# ---------------------------------------------------------------------------------------------- budget
+@pytest.mark.parametrize("text,total,kw,want", [
+    ("2", 6, {}, 2), ("25%", 6, {"round_up": True}, 2), ("25%", 6, {"round_up": False}, 1),
+    ("10%", 6, {"round_up": False, "minimum": 1}, 1), ("0", 6, {}, 0), ("50%", 7, {"round_up": False}, 3),
+    ("100%", 3, {}, 3),
+])
+def test_count_of(text, total, kw, want):
+    assert parse_count(text, "--x").of(total, **kw) == want
+
+
+@pytest.mark.parametrize("bad", ["", "x", "-1", "2.5", "101%", "%"])
+def test_parse_count_rejects(bad):
+    with pytest.raises(OptionError) as e:
+        parse_count(bad, "--batch")
+    assert "--batch" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_zero_batch_rejected():
+    with pytest.raises(OptionError):
+        parse_count("0", "--batch", allow_zero=False)
+
+
+def test_budget_resolve_and_exceeded():
+    b = Budget.resolve(6, Count(2), Count(25, True), Count(0))
+    assert (b.batch, b.max_unavailable, b.max_fail) == (2, 2, 0)
+    assert not b.exceeded(0) and b.exceeded(1)
+    b = Budget.resolve(10, Count(50, True), Count(3), Count(20, True))
+    assert (b.batch, b.max_unavailable, b.max_fail) == (5, 3, 2)
+    assert not b.exceeded(2) and b.exceeded(3)
+
+
+def test_batches_respect_batch_size():
+    b = Budget(6, 2, 6, 0)
+    batches, why = plan_batches(list("abcdef"), set(), b)
+    assert batches == [["a", "b"], ["c", "d"], ["e", "f"]] and why is None
+
+
+def test_max_unavailable_counts_hosts_already_in_maintenance():
+    b = Budget(6, 3, 2, 0)
+    # x (not in the rollout) is in maintenance: only one more host may go down at a time
+    batches, why = plan_batches(list("abc"), {"x"}, b)
+    assert batches == [["a"], ["b"], ["c"]]
+    batch, why = next_batch(list("abc"), {"x", "y"}, b)
+    assert batch == [] and "max-unavailable 2" in why and "x, y" in why
+
+
+def test_host_already_in_maintenance_does_not_add_to_unavailable():
+    b = Budget(4, 2, 1, 0)
+    batch, why = next_batch(["a", "m"], {"m"}, b)
+    assert batch == ["m"]            # m is already out; a would make two
+
+
+def test_never_more_in_flight_than_batch_or_budget():
+    for total in range(1, 9):
+        for bs in range(1, 5):
+            for mu in range(1, 5):
+                b = Budget(total, bs, mu, 0)
+                hosts = [f"h{i}" for i in range(total)]
+                batches, _ = plan_batches(hosts, set(), b)
+                assert all(len(x) <= min(bs, mu) for x in batches)
+                assert sum(map(len, batches)) == total
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+def test_versions():
+    assert R.upstream("580.95.05-1") == "580.95.05"
+    assert R.upstream("1:580.95.05-0ubuntu1") == "580.95.05"
+    assert R.matches_target("580.95.05-1", "580") and R.matches_target("580.95.05-1", "580.95.05")
+    assert not R.matches_target("580.82.07-1", "580.95.05")
+    assert R.pick_version(["580.82.07-1", "580.95.05-1", "570.195.03-1"], "580") == "580.95.05-1"
+    assert R.pick_version(["580.82.07-1"], "580.95.05") is None
+    assert R.version_key("580.95.05") > R.version_key("580.82.07") > R.version_key("570.195.03")
+
+
+def test_parse_smi_ok_and_mismatch():
+    ok = R.parse_smi("00000000:17:00.0, 580.95.05\n00000000:2A:00.0, 580.95.05\nrc=0")
+    assert ok.ok and ok.driver_version == "580.95.05" and ok.bus_ids == ("0000:17:00.0", "0000:2a:00.0")
+    bad = R.parse_smi("Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 580.95\n"
+                      "rc=18")
+    assert not bad.ok and bad.rc == 18 and "mismatch" in bad.message
+    assert R.parse_smi("rc=127").rc == 127
+
+
+def test_parse_pci_finds_gpus_and_nvswitches():
+    pci = R.parse_pci("0000:17:00.0 0x10de 0x2330 0x030200\n0000:05:00.0 0x10de 0x22a3 0x068000\n"
+                      "0000:00:1f.0 0x8086 0x1234 0x060100\n")
+    assert pci.gpus == ("0000:17:00.0",) and pci.nvswitches == ("0000:05:00.0",)
+
+
+def test_find_driver_and_rename():
+    installed = R.parse_dpkg("nvidia-driver-570-open\t570.172.08-1\tii \n"
+                             "nvidia-fabricmanager-570\t570.172.08-1\thi \n"
+                             "libnvidia-compute-570\t570.172.08-1\tii \n"
+                             "nvidia-container-toolkit\t1.17.8-1\tii \n"
+                             "nvidia-driver-535\t535.1-1\trc \n")
+    d = R.find_driver(installed)
+    assert (d.package, d.branch, d.suffix, d.version) == ("nvidia-driver-570-open", "570", "-open", "570.172.08-1")
+    assert "nvidia-container-toolkit" not in d.family and "libnvidia-compute-570" in d.family
+    assert d.fabricmanager == "nvidia-fabricmanager-570"
+    assert R.rename_for_branch("nvidia-driver-570-open", "570", "580") == "nvidia-driver-580-open"
+    assert R.rename_for_branch("nvidia-fabricmanager-570", "570", "580") == "nvidia-fabricmanager-580"
+    assert R.rename_for_branch("libnvidia-compute-570-server", "570", "580") == "libnvidia-compute-580-server"
+
+
+def _inspect(**kw):
+    c = {"Id": kw.get("id", "a" * 64), "Name": "/" + kw.get("name", "job"), "State": {"Running": True},
+         "HostConfig": {"DeviceRequests": kw.get("req")}, "Config": {"Env": kw.get("env", []),
+                                                                      "Labels": kw.get("labels", {})}}
+    return c
+
+
+@pytest.mark.parametrize("kw,why", [
+    ({"req": [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]}, "device request gpu"),
+    ({"env": ["NVIDIA_VISIBLE_DEVICES=all"]}, "NVIDIA_VISIBLE_DEVICES"),
+    ({"labels": {"gpufleet.gpus": "0,1"}}, "label gpufleet.gpus"),
+    ({"env": ["NVIDIA_VISIBLE_DEVICES=void"]}, None),
+    ({"req": [{"Capabilities": [["compute"]]}]}, None),
+    ({}, None),
+])
+def test_gpu_containers(kw, why):
+    found = R.gpu_containers(json.dumps([_inspect(**kw)]))
+    assert (found[0]["why"] if found else None) == why
+
+
+def test_gpu_containers_without_docker():
+    assert R.gpu_containers("NODOCKER") == []
+
+
+def test_parse_compute_apps():
+    assert R.parse_compute_apps("1234, python\nrc=0") == (["1234 python"], "")
+    procs, why = R.parse_compute_apps("Field is not valid\nrc=2")
+    assert procs is None and "rc 2" in why
+
+
+def test_parse_xids():
+    text = ('# HELP gpufleet_gpu_xid_errors_total XIDs\n# TYPE gpufleet_gpu_xid_errors_total counter\n'
+            'gpufleet_gpu_xid_errors_total{gpu="0",xid="79"} 2.0\n'
+            'gpufleet_gpu_xid_errors_total_created{gpu="0",xid="79"} 1.7e9\n'
+            'gpufleet_gpu_temperature_celsius{gpu="0"} 31\n')
+    assert R.parse_xids(text) == {("0", "79"): 2.0}
+
+
+def test_lock_reply():
+    taken, owner, note = R.parse_lock_reply('TAKEN {"controller": "c", "rollout": "r", "expires": 5, "taken": 1}')
+    assert taken and owner["controller"] == "c" and note == ""
+    taken, owner, _ = R.parse_lock_reply('HELD {"controller": "other", "rollout": "r2", "expires": 9, "taken": 1}')
+    assert not taken and owner["controller"] == "other"
+    taken, _, note = R.parse_lock_reply('TAKEN {"controller": "c"} BROKE-STALE {"controller": "old"}')
+    assert taken and "stale" in note
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def _facts(smi="00000000:17:00.0, 570.172.08\nrc=0", dpkg="nvidia-driver-570-open\t570.172.08-1\tii \n",
+           marker="", lock=""):
+    text = "\n".join([f"{R.SECTION} boot", "b1", f"{R.SECTION} now", "100", f"{R.SECTION} smi", smi,
+                      f"{R.SECTION} pci", "0000:17:00.0 0x10de 0x2330 0x030200", f"{R.SECTION} dpkg", dpkg,
+                      f"{R.SECTION} holds", "nvidia-driver-570-open", f"{R.SECTION} marker", marker,
+                      f"{R.SECTION} state", "", f"{R.SECTION} record", "", f"{R.SECTION} lock", lock,
+                      f"{R.SECTION} docker", "", f"{R.SECTION} toolkit", "", f"{R.SECTION} devnodes", "",
+                      f"{R.SECTION} end"])
+    return parse_facts(text)
+
+
+MADISON = (" nvidia-driver-580-open | 580.95.05-1 | file:/srv ./ Packages\n"
+           " nvidia-driver-580-open | 580.82.07-1 | file:/srv ./ Packages\n")
+
+
+def test_plan_upgrade_and_skip():
+    p = plan_host("h", _facts(), MADISON, "580")
+    assert p.action == "upgrade" and p.target == "580.95.05" and "nvidia-driver-580-open" in p.packages
+    at = _facts(smi="00000000:17:00.0, 580.95.05\nrc=0", dpkg="nvidia-driver-580-open\t580.95.05-1\tii \n")
+    s = plan_host("h", at, MADISON, "580.95.05")
+    assert s.action == "skip" and "already at 580.95.05" in s.reason
+    # installed but not yet rebooted into it: not at target
+    pending = _facts(smi="Failed to initialize NVML: Driver/library version mismatch\nrc=18",
+                     dpkg="nvidia-driver-580-open\t580.95.05-1\tii \n")
+    assert plan_host("h", pending, MADISON, "580.95.05").action == "upgrade"
+
+
+def test_plan_admin_maintenance_and_foreign_lock():
+    marker = json.dumps({"reason": "RMA", "since": 1, "by": "alice"})
+    p = plan_host("h", _facts(marker=marker), MADISON, "580.95.05")
+    assert p.in_maintenance and p.maintenance_by == "alice"
+    lock = json.dumps({"controller": "other:1:r", "rollout": "r", "expires": 1000})
+    p = plan_host("h", _facts(lock=lock), MADISON, "580.95.05", controller="me:2:q")
+    assert p.action == "skip" and "locked by other:1:r" in p.reason
+    stale = json.dumps({"controller": "other:1:r", "rollout": "r", "expires": 50})
+    assert plan_host("h", _facts(lock=stale), MADISON, "580.95.05", controller="me").action == "upgrade"
+
+
+def test_plan_lines_say_what_stops():
+    b = Budget(3, 1, 1, 0)
+    hosts = [plan_host(n, _facts(), MADISON, "580.95.05") for n in ("a", "b")]
+    hosts.append(plan_host("c", _facts(marker=json.dumps({"by": "bob", "reason": "x", "since": 1})), MADISON,
+                           "580.95.05"))
+    plan = Plan("580.95.05", b, hosts).compute()
+    text = "\n".join(plan.lines())
+    assert plan.batches == [["c"]] and "STOPS before a, b" in text and "max-unavailable 1" in text
+
+
+# ---------------------------------------------------------------------------------------------- state file
+def test_state_file_atomic_roundtrip(tmp_path):
+    path = str(tmp_path / "s.json")
+    sf = StateFile.new(path, rollout_id="r1", controller="c", inventory="inv", target="580.95.05", options={},
+                       hosts=[HostRecord("a"), HostRecord("b")])
+    rec = sf.host("a")
+    rec.state = S.DRAINING
+    rec.stopped_containers = [{"id": "x", "name": "job"}]
+    sf.put(rec)
+    again = StateFile.load(path)
+    assert again.host("a").state == S.DRAINING and again.host("a").stopped_containers[0]["name"] == "job"
+    assert again.unfinished() == ["a", "b"]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_state_file_rejects_foreign_json(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text("{}")
+    with pytest.raises(ValueError):
+        StateFile.load(str(p))
+
+
+def test_report_lists_failed_and_undone(tmp_path):
+    sf = StateFile.new(str(tmp_path / "s.json"), rollout_id="r1", controller="c", inventory="i",
+                       target="580.95.05", options={}, hosts=[HostRecord("a"), HostRecord("b"), HostRecord("c")])
+    a = sf.host("a"); a.state = S.DONE; a.from_version = "570.172.08"; a.target = "580.95.05"; sf.put(a)
+    b = sf.host("b"); b.state = S.FAILED; b.error = "upgrading: apt-get install failed"; sf.put(b)
+    sf.set("stopped", "1 failure(s) exceed max-fail 0: no new host started")
+    text = "\n".join(report_lines(sf.doc))
+    assert "stays in maintenance" in text and "LEFT UNDONE: b, c" in text and "STOPPED: 1 failure" in text
