@@ -1,0 +1,387 @@
+"""The operation model shared by every module.
+
+An operation decides from its arguments, the host's facts and (where needed) one read-only *probe* command what
+must change, and returns a :class:`Plan`: shell commands plus a diff, or a no-op with a reason. Check mode reports
+the plan without running it. Nothing is uploaded and executed on the host per task; file contents travel as the
+stdin of one command.
+
+To add a module::
+
+    @module("name", args={...})
+    class MyOp(Op):
+        facts = ("packages",)          # fact sections it needs (gathered lazily, in one round trip)
+        def probe(self, args, ctx): return "read-only shell"   # or None
+        def plan(self, args, facts, probe, ctx): return Plan(...)
+
+Modules that run on the controller (debug, set_fact, ...) override :meth:`Op.run` and never touch ``ctx.conn``.
+"""
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from provision.connectors.base import CommandResult
+from provision.ops.spec import ArgSpec, ModuleSpec
+from provision.results import HostResult
+
+q = shlex.quote
+MASK = "********"
+SECRET_NAME = re.compile(r"(pass(word|wd|phrase)?|token|secret|api[_-]?key|private[_-]?key|(^|_)key$)", re.I)
+_SECRET_ASSIGN = re.compile(
+    r"(?P<k>[\w.-]*(?:password|passwd|passphrase|token|secret|api[_-]?key|private[_-]?key)[\w.-]*)"
+    r"(?P<sep>\s*[:=]\s*|\s+)(?P<v>\"[^\"]*\"|'[^']*'|\S+)", re.I)
+
+
+class OpError(Exception):
+    """The operation cannot go on (bad argument value found at run time, missing file...): the task fails."""
+
+
+@dataclass
+class Cmd:
+    cmd: str
+    stdin: bytes | None = None
+    desc: str | None = None          # shown instead of cmd (e.g. "write /etc/x (1.2 kB)")
+    timeout: float | None = None
+    counts: bool = True              # False: housekeeping that is not a change (apt-get update, daemon-reload)
+
+
+@dataclass
+class Plan:
+    commands: list[Cmd] = field(default_factory=list)
+    changed: bool | None = None      # default: any counted command
+    diff: list[dict] = field(default_factory=list)
+    msg: str = ""
+    noop: str | None = None          # reason nothing needs doing
+    failed: bool = False
+    extra: dict = field(default_factory=dict)
+    refresh_facts: tuple = ()        # fact sections stale once the commands ran
+    skip_in_check: str | None = None  # command/shell: cannot predict, reported as skipped in check mode
+
+    @property
+    def is_change(self) -> bool:
+        if self.changed is not None:
+            return self.changed
+        return any(c.counts for c in self.commands)
+
+
+@dataclass
+class OpContext:
+    host: str
+    conn: Any = None                     # the host's connector (None for controller-only modules)
+    check: bool = False
+    diff: bool = False
+    become: bool = False
+    become_user: str = "root"
+    env: Mapping[str, str] | None = None
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
+    search_paths: tuple[str, ...] = ()   # role dir, playbook dir: for src/template lookups
+    no_log: bool = False
+    timeout: float | None = None
+    log: Callable[[str, str], None] | None = None   # (level, text) for -v output
+    reconnect: Callable[[], Any] | None = None     # reboot: drop and reopen the connection
+    refresh: Callable[[tuple], None] | None = None   # re-gather fact sections
+    ran: list[str] = field(default_factory=list)
+
+    def run(self, cmd: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            become: bool | None = None, desc: str | None = None) -> CommandResult:
+        b = self.become if become is None else become
+        kw = {"become_user": self.become_user} if b and self.become_user != "root" else {}
+        self.ran.append(desc or cmd)
+        if self.log:
+            self.log("cmd", desc or cmd)
+        res = self.conn.run(cmd, stdin=stdin, timeout=timeout or self.timeout, become=b, env=self.env, **kw)
+        if self.log:
+            self.log("out", f"rc={res.rc} stdout={res.stdout[-2000:]!r} stderr={res.stderr[-2000:]!r}")
+        return res
+
+
+class Op:
+    facts: tuple = ()          # fact sections this op reads
+    raw_args: tuple = ()       # arguments the executor must not template (assert: that, debug: var)
+    controller: bool = False
+
+    def probe(self, args: dict, ctx: OpContext) -> str | None:
+        return None
+
+    def plan(self, args: dict, facts: Mapping, probe: CommandResult | None, ctx: OpContext) -> Plan:
+        raise NotImplementedError
+
+    def run(self, args: dict, ctx: OpContext) -> HostResult:
+        probe_cmd = self.probe(args, ctx)
+        probe = ctx.run(probe_cmd) if probe_cmd else None
+        plan = self.plan(args, ctx.facts, probe, ctx)
+        return execute_plan(plan, ctx)
+
+
+def execute_plan(plan: Plan, ctx: OpContext) -> HostResult:
+    r = HostResult(ctx.host, msg=plan.msg, diff=list(plan.diff) if ctx.diff else [], extra=dict(plan.extra))
+    if plan.failed:
+        r.failed = True
+        return r
+    if plan.noop is not None:
+        r.msg = r.msg or plan.noop
+        return r
+    if ctx.check:
+        if plan.skip_in_check:
+            r.skipped, r.msg = True, plan.skip_in_check
+            return r
+        r.changed = plan.is_change
+        r.commands = [c.desc or c.cmd for c in plan.commands if c.counts]
+        return r
+    last = None
+    for c in plan.commands:
+        last = ctx.run(c.cmd, stdin=c.stdin, timeout=c.timeout, desc=c.desc)
+        r.commands.append(c.desc or c.cmd)
+        if last.rc != 0:
+            r.failed, r.rc = True, last.rc
+            r.stdout, r.stderr = last.stdout, last.stderr
+            r.msg = (last.stderr.strip() or last.stdout.strip() or f"command failed with rc {last.rc}")[-2000:]
+            r.changed = plan.is_change and c is not plan.commands[0]
+            break
+    else:
+        r.changed = plan.is_change
+    if plan.refresh_facts and ctx.refresh and (r.changed or any(c.counts is False for c in plan.commands)):
+        ctx.refresh(plan.refresh_facts)
+    return r
+
+
+# ------------------------------------------------------------------------------------------- arguments
+
+def normalize(spec: ModuleSpec, raw: Mapping[str, Any]) -> dict:
+    """Canonical names (aliases resolved), defaults filled, light type coercion. The loader already validated."""
+    out: dict[str, Any] = {}
+    alias = {a: n for n, s in spec.args.items() for a in s.aliases}
+    for k, v in (raw or {}).items():
+        out[alias.get(k, k)] = v
+    for n, s in spec.args.items():
+        if out.get(n) is None and s.default is not None:
+            out[n] = s.default
+        v = out.get(n)
+        if v is None:
+            continue
+        if s.type == "bool":
+            out[n] = to_bool(v)
+        elif s.type == "int" and isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            out[n] = int(v)
+        elif s.type == "float" and isinstance(v, (str, int)):
+            try:
+                out[n] = float(v)
+            except ValueError:
+                pass
+        elif s.type == "list" and not isinstance(v, (list, tuple)):
+            out[n] = [x.strip() for x in str(v).split(",") if x.strip()] if isinstance(v, str) else [v]
+    return out
+
+
+def to_bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("yes", "true", "1", "on", "y")
+    return bool(v)
+
+
+def parse_mode(mode: Any) -> int | None:
+    """0644 (YAML int 420), '0644', '644', '1777' -> int; symbolic modes are refused."""
+    if mode is None or mode == "":
+        return None
+    if isinstance(mode, int):
+        return mode
+    s = str(mode).strip()
+    if re.fullmatch(r"0?[0-7]{3,4}", s) or re.fullmatch(r"0o[0-7]{3,4}", s):
+        return int(s.replace("0o", ""), 8)
+    raise OpError(f"mode {mode!r}: give an octal mode such as '0644' (symbolic modes are not supported)")
+
+
+# ------------------------------------------------------------------------------------------- files
+
+MAX_DIFF_BYTES = 256 * 1024
+
+
+def stat_probe(path: str, content: bool = True) -> str:
+    """Read-only shell describing ``path``: kind, mode, owner, group, size, sha256 and (small files) content."""
+    p = q(path)
+    body = f'sha256sum < {p} | cut -d" " -f1; '
+    if content:
+        body += f'[ "$(stat -c %s {p})" -le {MAX_DIFF_BYTES} ] && base64 -w0 < {p}; echo'
+    return (f'if [ -L {p} ]; then echo "link $(stat -c "%a %U %G %u %g" {p}) $(readlink {p})"; '
+            f'elif [ -d {p} ]; then echo "directory $(stat -c "%a %U %G %u %g" {p})"; '
+            f'elif [ -e {p} ]; then echo "file $(stat -c "%a %U %G %u %g %s" {p})"; {body}; '
+            f'else echo absent; fi')
+
+
+@dataclass
+class FileState:
+    kind: str                  # absent, file, directory, link
+    mode: int | None = None
+    owner: str = ""
+    group: str = ""
+    uid: str = ""
+    gid: str = ""
+    size: int = 0
+    sha256: str = ""
+    content: bytes | None = None   # None when too big to fetch
+    link_target: str = ""
+
+    def owner_is(self, want: Any) -> bool:
+        return want is None or str(want) in (self.owner, self.uid)
+
+    def group_is(self, want: Any) -> bool:
+        return want is None or str(want) in (self.group, self.gid)
+
+
+def parse_stat(text: str) -> FileState:
+    lines = text.splitlines()
+    if not lines or lines[0].strip() == "absent":
+        return FileState("absent")
+    head = lines[0].split()
+    kind = head[0]
+    st = FileState(kind, int(head[1], 8), head[2], head[3], head[4], head[5])
+    if kind == "link":
+        st.link_target = lines[0].split(None, 6)[6] if len(head) > 6 else ""
+    if kind == "file":
+        st.size = int(head[6])
+        st.sha256 = lines[1].strip() if len(lines) > 1 else ""
+        if len(lines) > 2:
+            try:
+                st.content = base64.b64decode(lines[2].strip()) if st.size else b""
+            except ValueError:
+                st.content = None
+        if st.size == 0:
+            st.content = b""
+    return st
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def as_text(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def file_diff(path: str, before: bytes | None, after: bytes | None, *, before_absent=False,
+              after_absent=False) -> dict:
+    def show(data, absent):
+        if absent:
+            return ""
+        t = as_text(data)
+        return t if t is not None else "(binary or too large to show)\n"
+    return {"before_header": path if not before_absent else f"{path} (absent)",
+            "after_header": path if not after_absent else f"{path} (absent)",
+            "before": show(before, before_absent), "after": show(after, after_absent)}
+
+
+def owner_cmds(path: str, owner: Any, group: Any, st: FileState | None, *, link: bool = False) -> list[Cmd]:
+    cmds = []
+    h = "-h " if link else ""
+    need_o = owner is not None and not (st and st.owner_is(owner))
+    need_g = group is not None and not (st and st.group_is(group))
+    if need_o or need_g:
+        spec = (str(owner) if need_o else "") + (f":{group}" if need_g else "")
+        cmds.append(Cmd(f"chown {h}{q(spec)} {q(path)}"))
+    return cmds
+
+
+def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, owner: Any = None,
+                    group: Any = None, backup: bool = False, make_parent: bool = False) -> Plan:
+    """Commands that make ``path`` hold ``data`` with mode/owner/group; a no-op when it already does."""
+    if st.kind == "directory":
+        return Plan(failed=True, msg=f"{path} is a directory")
+    cmds: list[Cmd] = []
+    diffs: list[dict] = []
+    same = st.kind == "file" and st.sha256 == sha256(data)
+    if not same:
+        if backup and st.kind == "file":
+            cmds.append(Cmd(f"cp -p {q(path)} {q(path)}.$(date +%Y%m%d-%H%M%S)~", desc=f"backup {path}"))
+        if make_parent:
+            cmds.append(Cmd(f"mkdir -p {q(_dirname(path))}"))
+        new_mode = mode if mode is not None else (st.mode if st.kind == "file" else None)
+        from provision.connectors.local import put_command
+        cmds.append(Cmd(put_command(path, new_mode), stdin=data,
+                        desc=f"write {path} ({len(data)} bytes{', mode %04o' % new_mode if new_mode else ''})"))
+        diffs.append(file_diff(path, st.content, data, before_absent=st.kind == "absent"))
+        after_state = None
+    else:
+        if mode is not None and st.mode != mode:
+            cmds.append(Cmd(f"chmod {mode:o} {q(path)}"))
+            diffs.append({"before_header": f"{path} mode", "after_header": f"{path} mode",
+                          "before": f"{st.mode:04o}\n", "after": f"{mode:04o}\n"})
+        after_state = st
+    oc = owner_cmds(path, owner, group, after_state)
+    if oc and after_state is not None:
+        diffs.append({"before_header": f"{path} owner", "after_header": f"{path} owner",
+                      "before": f"{st.owner}:{st.group}\n",
+                      "after": f"{owner or st.owner}:{group or st.group}\n"})
+    cmds += oc
+    if not cmds:
+        return Plan(noop=f"{path} is up to date", extra={"dest": path, "checksum": st.sha256})
+    return Plan(cmds, diff=diffs, extra={"dest": path, "checksum": sha256(data)})
+
+
+def _dirname(path: str) -> str:
+    import posixpath
+    return posixpath.dirname(path.rstrip("/")) or "/"
+
+
+# ------------------------------------------------------------------------------------------- masking
+
+def secret_values(variables: Mapping[str, Any] | None, extra: Mapping[str, Any] | None = None) -> list[str]:
+    """Values of variables (and args) whose names look secret (password/token/secret/key), to mask in output."""
+    out: list[str] = []
+
+    def walk(name: str, v: Any, depth: int = 0):
+        if depth > 4:
+            return
+        if isinstance(v, Mapping):
+            for k, x in v.items():
+                walk(str(k), x, depth + 1)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(name, x, depth + 1)
+        elif isinstance(v, (str, int)) and not isinstance(v, bool) and SECRET_NAME.search(name):
+            s = str(v)
+            if len(s) >= 4 and not s.startswith("/") and not s.startswith("~"):
+                out.append(s)
+    for src in (variables or {}, extra or {}):
+        for k in list(src.keys()):
+            if k in ("hostvars", "groups", "vars", "ansible_facts", "ansible_local"):
+                continue
+            try:
+                walk(str(k), src[k])
+            except Exception:  # noqa: BLE001 - lazily templated values may fail to render: skip them
+                continue
+    return sorted(set(out), key=len, reverse=True)
+
+
+def mask_text(text: str, secrets: list[str]) -> str:
+    if not text:
+        return text
+    for s in secrets:
+        text = text.replace(s, MASK)
+    return _SECRET_ASSIGN.sub(lambda m: f"{m.group('k')}{m.group('sep')}{MASK}", text)
+
+
+def unified(d: dict) -> str:
+    before = d.get("before", "")
+    after = d.get("after", "")
+    if isinstance(before, str) and isinstance(after, str):
+        lines = difflib.unified_diff(before.splitlines(True), after.splitlines(True),
+                                     fromfile=f"before: {d.get('before_header', '')}",
+                                     tofile=f"after: {d.get('after_header', '')}")
+        text = "".join(x if x.endswith("\n") else x + "\n" for x in lines)
+        return text
+    return f"--- before\n{before}\n+++ after\n{after}\n"
+
+
+def spec_args(**kw: ArgSpec) -> dict[str, ArgSpec]:
+    return dict(kw)
