@@ -155,8 +155,16 @@ def test_find_driver_and_rename():
     assert "nvidia-container-toolkit" not in d.family and "libnvidia-compute-570" in d.family
     assert d.fabricmanager == "nvidia-fabricmanager-570"
     assert R.rename_for_branch("nvidia-driver-570-open", "570", "580") == "nvidia-driver-580-open"
+    assert R.rename_for_branch("nvidia-open", "570", "580") == "nvidia-open"
     assert R.rename_for_branch("nvidia-fabricmanager-570", "570", "580") == "nvidia-fabricmanager-580"
     assert R.rename_for_branch("libnvidia-compute-570-server", "570", "580") == "libnvidia-compute-580-server"
+
+
+@pytest.mark.parametrize("pkg,branch", [("nvidia-open-570", "570"), ("cuda-drivers-570", "570"),
+                                        ("nvidia-open", "570"), ("nvidia-driver-570-server-open", "570")])
+def test_find_driver_cuda_repo_names(pkg, branch):
+    d = R.find_driver({pkg: "570.172.08-1", "nvidia-container-toolkit": "1.17.8-1"})
+    assert d.package == pkg and d.branch == branch and d.family == (pkg,)
 
 
 def _inspect(**kw):

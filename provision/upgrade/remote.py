@@ -20,7 +20,10 @@ DEFAULT_AGENT_PORT = 9835
 XID_METRIC = "gpufleet_gpu_xid_errors_total"
 
 # Packages that move together with the driver: everything NVIDIA ships at the driver's exact version.
-_DRIVER_PKG = re.compile(r"^nvidia-driver-(?P<branch>\d+)(?P<suffix>(-server)?(-open)?)$")
+# The package that installs the whole driver: Ubuntu style nvidia-driver-<br>[-server][-open], CUDA repo style
+# nvidia-open-<br> / cuda-drivers-<br>, or the CUDA repo's unversioned nvidia-open / cuda-drivers (newest wins).
+_DRIVER_PKG = re.compile(r"^(nvidia-driver-|nvidia-open-|cuda-drivers-)(?P<branch>\d{3})(?P<suffix>(-server)?(-open)?)$"
+                         r"|^(nvidia-open|cuda-drivers)(?P<suffix2>)$")
 _BRANCH_IN_NAME = re.compile(r"-(\d{3})(?=(-|$))")
 _NV_FAMILY = re.compile(r"^(nvidia-|libnvidia-|cuda-drivers|xserver-xorg-video-nvidia)")
 
@@ -188,10 +191,11 @@ def find_driver(installed: dict[str, str]) -> DriverInstall | None:
         return None
     pkg, m = max(mains, key=lambda pm: version_key(installed[pm[0]]))
     ver = installed[pkg]
+    branch = m.group("branch") or branch_of(ver)
     up = upstream(ver)
     family = tuple(sorted(p for p, v in installed.items() if upstream(v) == up and _NV_FAMILY.match(p)))
     fm = next((p for p in sorted(installed) if p.startswith("nvidia-fabricmanager")), None)
-    return DriverInstall(pkg, m.group("branch"), m.group("suffix"), ver, family, fm)
+    return DriverInstall(pkg, branch, m.group("suffix") or "", ver, family, fm)
 
 
 def rename_for_branch(package: str, old_branch: str, new_branch: str) -> str:
