@@ -570,9 +570,9 @@ def _type(v: Any) -> str:
 
 
 def _check_host_vars(name: str, vars_: Mapping, src: Mapping[str, SourcePos], warnings: list[str]):
-    def bad(key, msg, choices=None):
+    def bad(key, msg, hint=None):
         p = src.get(key, SourcePos("<inventory>", 0))
-        return InputError(msg, file=p.file, line=p.line, key=key, choices=choices)
+        return InputError(msg, file=p.file, line=p.line, key=key, hint=hint)
 
     from provision.templating import is_template
     for key in ("ansible_port", "ansible_ssh_port"):
@@ -585,7 +585,7 @@ def _check_host_vars(name: str, vars_: Mapping, src: Mapping[str, SourcePos], wa
     conn = vars_.get("ansible_connection")
     if conn is not None and not is_template(conn) and str(conn) not in CONNECTIONS:
         raise bad("ansible_connection", f"host '{name}': unsupported connection {conn!r} (supported: ssh, local, "
-                                         f"docker)", choices=CONNECTIONS)
+                                         f"docker)", hint=closest(str(conn), CONNECTIONS))
     for key in ("ansible_become",):
         v = vars_.get(key)
         if v is not None and not is_template(v):
