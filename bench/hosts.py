@@ -39,6 +39,8 @@ class HostSet:
     source: str                 # "testbed" or "own"
     inventory_from_testbed: str | None = None
     _teardown: object = None
+    extra: dict = None
+    host_vars: dict = None      # variables given to every host, by every tool (e.g. bench_package)
 
     # ---- inventories (same hosts, same key, same known_hosts, strict checking) ----
     def write_inventories(self, forks: int) -> dict[str, Path]:
@@ -51,6 +53,7 @@ class HostSet:
                 # Ansible's ssh connection reads known_hosts through OpenSSH: same file, strict checking.
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes",
                 "ansible_python_interpreter": "/usr/bin/python3",
+                **(self.host_vars or {}),
             }
         inv = {"all": {"hosts": hosts_yaml}}
         yml = self.workdir / "inventory.yml"
@@ -60,7 +63,7 @@ class HostSet:
             py_lines.append(
                 f"    ({h.name!r}, {{'ssh_hostname': {h.address!r}, 'ssh_port': {h.port}, 'ssh_user': {h.user!r}, "
                 f"'ssh_key': {h.key_file!r}, 'ssh_known_hosts_file': {self.known_hosts!r}, "
-                f"'ssh_strict_host_key_checking': 'yes'}}),")
+                f"'ssh_strict_host_key_checking': 'yes', **{(self.host_vars or {})!r}}}),")
         py_lines.append("]")
         pyinv = self.workdir / "inventory_pyinfra.py"
         pyinv.write_text("\n".join(py_lines) + "\n")
@@ -101,71 +104,21 @@ class HostSet:
 # ---------------------------------------------------------------------------------------------------- testbed
 
 def from_testbed(n: int, workdir: Path) -> HostSet:
-    """Light hosts from the project's testbed (its API: Testbed([...HostSpec(name)]), an Ansible inventory)."""
+    """Light hosts from the project's testbed: Testbed("bench").up([HostSpec(name)...]) (no GPUs, no Docker)."""
     from provision.testbed import HostSpec, Testbed  # noqa: PLC0415 - optional until the testbed lands
 
-    specs = [HostSpec(f"{PREFIX}-{i:03d}") for i in range(1, n + 1)]
-    tb = _construct_testbed(Testbed, specs, workdir)
-    inv_path = Path(_first_attr(tb, ("inventory_path", "inventory", "inventory_file")))
-    data = yaml.safe_load(inv_path.read_text())
-    hosts, kh = [], None
-    for name, hv in _walk_hosts(data):
-        hosts.append(BenchHost(name, hv["ansible_host"], int(hv.get("ansible_port", 22)),
-                               hv.get("ansible_user", "root"), hv["ansible_ssh_private_key_file"]))
-        kh = kh or hv.get("ansible_ssh_known_hosts_file")
-    return HostSet(hosts, kh, workdir, "testbed", str(inv_path), _teardown=_stopper(tb))
-
-
-def _construct_testbed(Testbed, specs, workdir):
-    import inspect  # noqa: PLC0415
-    params = inspect.signature(Testbed).parameters
-    kw = {}
-    for cand in ("prefix", "name"):
-        if cand in params:
-            kw[cand] = PREFIX
-    for cand in ("workdir", "state_dir", "directory"):
-        if cand in params:
-            kw[cand] = workdir
-    tb = Testbed(specs, **kw)
-    for meth in ("up", "start", "__enter__"):
-        if hasattr(tb, meth):
-            res = getattr(tb, meth)()
-            if res is not None and meth == "__enter__":
-                tb = res
-            break
-    return tb
-
-
-def _first_attr(obj, names):
-    for n in names:
-        v = getattr(obj, n, None)
-        if callable(v):
-            v = v()
-        if v:
-            return v
-    raise RuntimeError(f"testbed object has none of {names}")
-
-
-def _stopper(tb):
-    def stop():
-        for meth in ("down", "stop", "destroy", "close"):
-            if hasattr(tb, meth):
-                getattr(tb, meth)()
-                return
-        if hasattr(tb, "__exit__"):
-            tb.__exit__(None, None, None)
-    return stop
-
-
-def _walk_hosts(group):
-    for name, hv in ((group or {}).get("hosts") or {}).items():
-        yield name, hv or {}
-    for key, sub in (group or {}).items():
-        if key == "children":
-            for child in (sub or {}).values():
-                yield from _walk_hosts(child)
-        elif key not in ("hosts", "vars") and isinstance(sub, dict):
-            yield from _walk_hosts(sub)
+    tb = Testbed("bench", workdir=workdir / "testbed")
+    tb.down()  # leftovers of an interrupted run (found by label)
+    tb.up([HostSpec(f"h{i:03d}") for i in range(1, n + 1)], timeout=300)
+    hosts = [BenchHost(name, info.address, info.port, "root", str(tb.key_path))
+             for name, info in sorted(tb.hosts.items())]
+    from provision.testbed import repo as tbrepo  # noqa: PLC0415
+    extra = {"testbed_repo_root": str(tbrepo.ensure_repo(log=lambda m: None)),
+             "toolkit_url": f"{tb.repo_base_url}/{tbrepo.toolkit_path()}/",
+             "toolkit_key": tbrepo.TOOLKIT_KEY}
+    hs = HostSet(hosts, str(tb.known_hosts_path), workdir, "testbed", str(tb.inventory_path), _teardown=tb.down)
+    hs.extra = extra
+    return hs
 
 
 # ---------------------------------------------------------------------------------------------------- own hosts

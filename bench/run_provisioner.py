@@ -48,7 +48,7 @@ def commands(tool: str, phase: str, hs: HostSet, inv: dict, n: int, venv: Path) 
     vb = venv / "bin"
     if tool == "gpufleet":
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        inventory = hs.inventory_from_testbed or str(inv["yaml"])
+        inventory = str(inv["yaml"])  # the same file Ansible reads (built from the testbed's host data)
         if phase == "apply":
             argv = _gpufleet_cmd() + ["apply", inventory, "-p", str(WORKLOAD / "site.yml")]
             helptext = _gpufleet_help("apply")
@@ -78,7 +78,7 @@ def floor_script(hs: HostSet) -> str:
     """A bash script: one OpenSSH command per host carrying every check, all at once; exits non-zero if any fails."""
     lines = ["set -u", "d=$(mktemp -d)"]
     for i, h in enumerate(hs.hosts):
-        argv = hs.ssh_argv(h, repo.floor_check_command(h.name))
+        argv = hs.ssh_argv(h, repo.floor_check_command(h.name, hs.host_vars["bench_package"]))
         lines.append(" ".join(shlex.quote(a) for a in argv) + f" > $d/{i} 2>&1 &")
     lines += ["wait", 'for f in "$d"/*; do cat "$f"; echo ---; done; rm -rf "$d"']
     return "\n".join(lines) + "\n"
@@ -115,9 +115,15 @@ def bench_n(n: int, tools: list[str], venv: Path, source: str, repeat_b: int, wi
     out: dict = {"hosts": n, "host_source": hs.source, "bring_up_s": round(up_s, 1), "loadavg_before": loadavg(),
                  "tools": {}, "floor": []}
     try:
+        hs.host_vars = {"bench_package": repo.package_for(hs.source)}
+        out["package"] = hs.host_vars["bench_package"] + (" (testbed's stand-in NVIDIA repository, over HTTP)"
+                                                         if hs.source == "testbed" else " (local file: repository)")
         inv = hs.write_inventories(forks=n)
-        tar = repo.repo_tarball(repo.build_repo(Path("/tmp/gpufleet-bench-repo")))
-        bad = {k: r.stderr[-300:] for k, r in hs.run_everywhere(repo.PREPARE, stdin=tar).items() if r.returncode}
+        extra = hs.extra or {}
+        key = Path(extra["testbed_repo_root"]) / extra["toolkit_key"] if extra else None
+        tar = repo.repo_tarball(repo.build_repo(Path("/tmp/gpufleet-bench-repo")), key)
+        script = repo.prepare_script(extra.get("toolkit_url"))
+        bad = {k: r.stderr[-300:] for k, r in hs.run_everywhere(script, stdin=tar).items() if r.returncode}
         if bad:
             raise RuntimeError(f"prepare failed: {bad}")
         for tool in tools:
@@ -172,7 +178,8 @@ def render(payload: dict) -> str:
     for run in payload["runs"]:
         n = run["hosts"]
         floor = min((f["wall_s"] for f in run["floor"] if f["rc"] == 0), default=None)
-        lines.append(f"\n## {n} hosts ({run['host_source']} hosts; load before {run['loadavg_before']})\n")
+        lines.append(f"\n## {n} hosts ({run['host_source']} hosts; package {run.get('package')}; "
+                     f"load before {run['loadavg_before']})\n")
         rows = []
         for tool, r in run["tools"].items():
             a, c = r["a_first_apply"], r["c_facts"]

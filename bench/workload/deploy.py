@@ -7,7 +7,7 @@ from pyinfra.operations import apt, files, systemd
 HERE = Path(__file__).resolve().parent
 
 apt.update(name="apt cache", cache_time=3600)
-apt.packages(name="stand-in package", packages=["gpufleet-bench-hello"])
+apt.packages(name="stand-in package", packages=[host.data.bench_package])
 files.directory(name="config directory", path="/etc/gpufleet-bench", mode="755")
 files.template(name="config file", src=str(HERE / "files/bench.conf.j2"), dest="/etc/gpufleet-bench/bench.conf",
                mode="644", inventory_hostname=host.name, bench_port=9477)

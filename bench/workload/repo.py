@@ -25,28 +25,46 @@ REPO_ON_HOST = "/srv/gpufleet-bench-repo"
 DEBIAN_DEPS = ("python3-apt", "python-apt-common", "distro-info-data")
 BENCH_PORT = 9477
 
-PREPARE = f"""set -e
+TESTBED_PKG = "libnvidia-container-tools"   # from the testbed's stand-in NVIDIA repo (pulls libnvidia-container1)
+TESTBED_KEYRING = "/usr/share/keyrings/gpufleet-bench-nvidia-container.asc"
+
+
+def package_for(source: str) -> str:
+    return TESTBED_PKG if source == "testbed" else PKG
+
+
+def prepare_script(toolkit_url: str | None = None) -> str:
+    """Untimed host preparation: python3-apt from the local file repo, network sources off except the testbed's
+    stand-in repository (its key comes in the same tarball as the file repo)."""
+    nvidia = ""
+    if toolkit_url:
+        nvidia = (f"install -m 0644 {REPO_ON_HOST}/nvidia-container.asc {TESTBED_KEYRING}\n"
+                  f"echo 'deb [signed-by={TESTBED_KEYRING}] {toolkit_url} /' > "
+                  "/etc/apt/sources.list.d/gpufleet-bench-nvidia.list\n")
+    return f"""set -e
 mkdir -p {REPO_ON_HOST} /etc/apt/gpufleet-bench-disabled
 tar -x -C {REPO_ON_HOST}
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
   [ -f "$f" ] || continue
   case "$f" in *gpufleet-bench*) continue;; esac
-  if grep -qE 'https?://' "$f"; then mv "$f" /etc/apt/gpufleet-bench-disabled/; fi
+  if grep -qE 'https?://' "$f" && ! grep -q 'nvidia-repo' "$f"; then mv "$f" /etc/apt/gpufleet-bench-disabled/; fi
 done
 echo 'deb [trusted=yes] file:{REPO_ON_HOST} ./' > /etc/apt/sources.list.d/gpufleet-bench.list
-apt-get update -qq
+{nvidia}apt-get update -qq
 dpkg -s python3-apt >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-apt >/dev/null
 echo prepared
 """
+
 
 # Back to "never provisioned": each tool's first apply starts from the same state (apt lists emptied too, so
 # every first apply really updates the cache).
 RESET = f"""systemctl disable --now gpufleet-bench >/dev/null 2>&1 || true
 rm -f /etc/systemd/system/gpufleet-bench.service
 systemctl daemon-reload
-dpkg --purge {PKG} >/dev/null 2>&1 || true
+dpkg --purge {PKG} {TESTBED_PKG} libnvidia-container1 >/dev/null 2>&1 || true
 rm -rf /etc/gpufleet-bench /etc/default/gpufleet-bench /var/lib/apt/periodic/update-success-stamp /var/cache/apt/*.bin
 find /var/lib/apt/lists -maxdepth 1 -type f -delete
+touch -d '2 days ago' /var/lib/apt/lists /var/lib/apt/lists/partial  # Ansible reads the cache age from here
 echo reset
 """
 
@@ -86,11 +104,13 @@ def build_repo(dest: Path) -> Path:
     return dest
 
 
-def repo_tarball(dest: Path) -> bytes:
+def repo_tarball(dest: Path, nvidia_key: Path | None = None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for p in sorted(dest.iterdir()):
             tar.add(p, arcname=p.name)
+        if nvidia_key:
+            tar.add(nvidia_key, arcname="nvidia-container.asc")
     return buf.getvalue()
 
 
@@ -100,13 +120,13 @@ def rendered_config(hostname: str) -> bytes:
     return env.get_template("bench.conf.j2").render(inventory_hostname=hostname, bench_port=BENCH_PORT).encode()
 
 
-def floor_check_command(hostname: str) -> str:
+def floor_check_command(hostname: str, package: str = PKG) -> str:
     """One shell command that checks every task of the play and prints one line per task (the floor)."""
     conf_sha = hashlib.sha1(rendered_config(hostname)).hexdigest()
     unit_sha = hashlib.sha1((HERE / "files/gpufleet-bench.service").read_bytes()).hexdigest()
     return (
         "c=missing; [ -n \"$(find /var/lib/apt/lists -maxdepth 0 -mmin -60 2>/dev/null)\" ] && c=ok; echo cache=$c; "
-        f"echo pkg=$(dpkg-query -W -f='${{Status}}' {PKG} 2>/dev/null | grep -q 'install ok installed' && echo ok); "
+        f"echo pkg=$(dpkg-query -W -f='${{Status}}' {package} 2>/dev/null | grep -q 'install ok installed' && echo ok); "
         "echo dir=$(stat -c '%F:%a' /etc/gpufleet-bench 2>/dev/null); "
         f"echo conf=$(sha1sum /etc/gpufleet-bench/bench.conf 2>/dev/null | grep -q {conf_sha} && echo ok); "
         "echo line=$(grep -qx 'BENCH_LEVEL=3' /etc/default/gpufleet-bench 2>/dev/null && echo ok); "
