@@ -287,9 +287,13 @@ def _check_keys(data: LineDict, valid: Iterable[str], pos: SourcePos, what: str,
 
 # ------------------------------------------------------------------------------------------------ module args
 
+_BLOCK_OPEN = ("if", "for", "macro", "block", "filter", "call", "raw", "with")
+
+
 def split_args(text: str) -> list[str]:
-    """Split ``k=v`` module arguments on spaces outside quotes and outside Jinja2 ``{{ }}``/``{% %}``."""
-    tokens, cur, quote, depth, i = [], "", None, 0, 0
+    """Split ``k=v`` module arguments on spaces outside quotes and outside Jinja2 ``{{ }}``, ``{% %}`` and
+    ``{% if %}...{% endif %}`` blocks."""
+    tokens, cur, quote, depth, blocks, i = [], "", None, 0, 0, 0
     while i < len(text):
         ch, two = text[i], text[i:i + 2]
         if quote:
@@ -301,26 +305,39 @@ def split_args(text: str) -> list[str]:
                 quote = None
             else:
                 cur += ch
-        elif two in ("{{", "{%"):
+        elif two == "{%":
+            end = text.find("%}", i + 2)
+            if end < 0:
+                raise ValueError("unbalanced {% %}")
+            words = text[i + 2:end].strip("-+ \t").split()
+            word = words[0] if words else ""
+            if word.startswith("end"):
+                blocks -= 1
+            elif word in _BLOCK_OPEN or (word == "set" and "=" not in text[i + 2:end]):
+                blocks += 1
+            cur += text[i:end + 2]
+            i = end + 2
+            continue
+        elif two == "{{":
             depth += 1
             cur += two
             i += 2
             continue
-        elif two in ("}}", "%}") and depth:
+        elif two == "}}" and depth:
             depth -= 1
             cur += two
             i += 2
             continue
-        elif ch in "\"'" and not depth:
+        elif ch in "\"'" and not depth and not blocks:
             quote = ch
-        elif ch.isspace() and not depth:
+        elif ch.isspace() and not depth and not blocks:
             if cur:
                 tokens.append(cur)
             cur = ""
         else:
             cur += ch
         i += 1
-    if quote or depth:
+    if quote or depth or blocks:
         raise ValueError("unbalanced quotes or braces")
     if cur:
         tokens.append(cur)
@@ -380,6 +397,14 @@ def check_module_args(module: str, args: Mapping, positions: Mapping[str, Source
     from provision.templating import has_template, is_template
 
     spec = registry()[module]
+    if module == "set_fact":   # any key is a fact name
+        for k in args:
+            if k not in ("cacheable", "_raw_params") and not _IDENT.match(str(k)):
+                raise _err(f"set_fact: fact names must be variable names, got {k!r}",
+                           positions.get(f"args.{k}", default), str(k))
+        if "_raw_params" in args:
+            raise _err("set_fact takes key=value pairs or a mapping", default, module)
+        return
     names: dict[str, str] = {}
     for name, a in spec.args.items():
         names[name] = name
@@ -871,7 +896,10 @@ class _Loader:
             args.update(yamlsrc.plain(raw))
         elif isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
             text = str(raw)
-            parsed = _split_free_form(text, spec) if spec.free_form else _parse_kv(text, mpos, mkey)
+            if spec.free_form and module != "set_fact":
+                parsed = _split_free_form(text, spec)
+            else:
+                parsed = _parse_kv(text, mpos, mkey)
             for k in parsed:
                 positions[f"args.{k}"] = mpos
             args.update(parsed)
@@ -1031,6 +1059,12 @@ def _undefined_check(source: str, *, expression: bool, defined: set[str], guarde
         raise _err(f"undefined variable '{n}'", pos, key, hint=closest(n, defined))
 
 
+def _expression_args(module: str) -> frozenset:
+    from provision.ops.spec import registry
+    spec = registry().get(module)
+    return frozenset(getattr(spec.impl, "raw_args", ()) or ()) if spec is not None else frozenset()
+
+
 def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -> None:
     """Static checks before any connection: host patterns resolve in the inventory, every template variable is
     defined somewhere (inventory vars of the targeted hosts, play vars, role defaults, extra vars, registered
@@ -1076,8 +1110,17 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -
                     except TemplateError:
                         pass
             checks: list[tuple[str, Any, bool, SourcePos]] = []
+            expr_args = _expression_args(t.module)
             for k, v in t.args.items():
-                checks.append((k, v, False, t.positions.get(f"args.{k}", t.source)))
+                apos = t.positions.get(f"args.{k}", t.source)
+                if t.module == "debug" and k == "var":
+                    continue     # debug prints "VARIABLE IS NOT DEFINED!" itself, as Ansible does
+                if k in expr_args:   # e.g. assert's `that`: bare expressions
+                    for i, c in enumerate(v if isinstance(v, list) else [v]):
+                        if isinstance(c, str) and c.strip():
+                            checks.append((k if not isinstance(v, list) else f"{k}[{i}]", c, "{{" not in c, apos))
+                    continue
+                checks.append((k, v, False, apos))
             for key, conds in (("when", t.when), ("changed_when", t.changed_when), ("failed_when", t.failed_when),
                                ("until", (t.until,) if t.until else ())):
                 for c in conds or ():

@@ -87,8 +87,34 @@ def group_names(host) -> list[str]:
     return sorted(g for g in host.groups if g != "all")
 
 
+_CACHE: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _cached(inventory, key: tuple, make: Callable[[], Any]) -> Any:
+    """Per-inventory cache (inventories are frozen): the executor asks for the same maps for every task x host."""
+    k = (id(inventory),) + key
+    hit = _CACHE.get(k)
+    if hit is not None and hit[0] is inventory:
+        return hit[1]
+    if len(_CACHE) > 256:
+        _CACHE.clear()
+    value = make()
+    _CACHE[k] = (inventory, value)
+    return value
+
+
 def groups_map(inventory) -> dict[str, list[str]]:
-    return {g: inventory.group_hosts(g) for g in inventory.groups}
+    """``groups``: every group name -> its hosts (descendants included), computed once per inventory."""
+    return _cached(inventory, ("groups",), lambda: {g: inventory.group_hosts(g) for g in inventory.groups})
+
+
+def _play_hosts(inventory, pattern: str) -> list[str]:
+    def make():
+        try:
+            return [h.name for h in inventory.select(pattern)]
+        except Exception:  # noqa: BLE001 - validated before; a templated pattern just gives no list
+            return []
+    return _cached(inventory, ("play_hosts", pattern), make)
 
 
 def host_variables(host, play, *, extra_vars: Mapping | None = None, facts: Mapping | None = None,
@@ -140,12 +166,9 @@ def host_variables(host, play, *, extra_vars: Mapping | None = None, facts: Mapp
         magic["inventory_file"] = os.path.abspath(inventory.path)
         magic["inventory_dir"] = os.path.dirname(os.path.abspath(inventory.path))
         if play_hosts is None and play is not None:
-            try:
-                play_hosts = [h.name for h in inventory.select(play.hosts)]
-            except Exception:  # noqa: BLE001 - validated before; a templated pattern just gives no list
-                play_hosts = []
+            play_hosts = _play_hosts(inventory, play.hosts)
     if play_hosts is not None:
-        magic["play_hosts"] = magic["ansible_play_hosts"] = magic["ansible_play_batch"] = list(play_hosts)
+        magic["play_hosts"] = magic["ansible_play_hosts"] = magic["ansible_play_batch"] = play_hosts
     if play is not None and getattr(play, "playbook_dir", ""):
         magic["playbook_dir"] = play.playbook_dir
     if task is not None and getattr(task, "role", None):
