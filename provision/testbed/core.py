@@ -10,9 +10,11 @@ import os
 import re
 import shutil
 import socket
+import struct
 import tarfile
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,30 @@ class HostInfo:
     port: int
     container: str
     spec: HostSpec | None = field(default=None, compare=False)
+
+
+def write_secure_boot_firmware(root: Path, enabled: bool = True) -> None:
+    """A /sys/firmware look-alike saying Secure Boot is on: the efivarfs file (4 attribute bytes + value), read by
+    systemd and scripts, and the legacy sysfs ``efi/vars`` layout, which libefivar (mokutil) falls back to when
+    efivarfs is not mounted (it cannot be, in a container)."""
+    value = 1 if enabled else 0
+    efivars = root / "efi/efivars"
+    efivars.mkdir(parents=True, exist_ok=True)
+    (efivars / SECURE_BOOT_VAR).write_bytes(bytes([6, 0, 0, 0, value]))
+    guid = uuid.UUID(SECURE_BOOT_VAR.split("-", 1)[1])
+    vars_dir = root / "efi/vars"
+    var = vars_dir / SECURE_BOOT_VAR
+    var.mkdir(parents=True, exist_ok=True)
+    (vars_dir / "new_var").write_bytes(b"")
+    (vars_dir / "del_var").write_bytes(b"")
+    name = "SecureBoot".encode("utf-16-le").ljust(1024, b"\0")
+    raw = name + guid.bytes_le + struct.pack("<Q", 1) + bytes([value]).ljust(1024, b"\0") + struct.pack("<QI", 0, 6)
+    assert len(raw) == 2084
+    (var / "raw_var").write_bytes(raw)
+    (var / "data").write_bytes(bytes([value]))
+    (var / "size").write_text("0x1\n")
+    (var / "attributes").write_text("EFI_VARIABLE_BOOTSERVICE_ACCESS\nEFI_VARIABLE_RUNTIME_ACCESS\n")
+    (var / "guid").write_text(str(guid) + "\n")
 
 
 def _free_port() -> int:
@@ -231,8 +257,7 @@ class Testbed:
             args += ["--cap-add", "SYS_ADMIN", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"]
         if spec.secure_boot:
             fw = hdir / "firmware"
-            (fw / "efi/efivars").mkdir(parents=True, exist_ok=True)
-            (fw / "efi/efivars" / SECURE_BOOT_VAR).write_bytes(bytes([6, 0, 0, 0, 1]))
+            write_secure_boot_firmware(fw, enabled=True)
             args += ["--security-opt", "systempaths=unconfined", "-v", f"{fw}:/sys/firmware:ro"]
         files = io.BytesIO()
         with tarfile.open(fileobj=files, mode="w") as tf:

@@ -25,7 +25,7 @@ SUITE = "bookworm"
 IMAGE_REPO = "gpufleet-testbed"          # gpufleet-testbed:<hash>
 MINI_REPO = "gpufleet-testbed-mini"      # gpufleet-testbed-mini:<hash>: /bin/sh only, to load into hosts' Docker
 PACKAGES = ("systemd", "systemd-sysv", "openssh-server", "python3", "sudo", "iproute2", "ca-certificates",
-            "gnupg", "curl", "procps", "mokutil")
+            "gnupg", "curl", "procps", "mokutil", "dbus")
 BAKED = ("docker.io",)                   # .debs kept in /var/cache/apt/archives, not installed
 MASKED = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer", "man-db.timer",
           "getty@tty1.service", "console-getty.service", "systemd-tmpfiles-clean.timer",
