@@ -27,6 +27,7 @@ class HostResult:
     extra: dict = field(default_factory=dict)            # module-specific keys for register (e.g. ansible_facts)
     no_log: bool = False
     duration: float = 0.0
+    show: dict | None = None       # what the live line shows after "=>" without -v (debug's msg/var)
 
     @property
     def status(self) -> str:

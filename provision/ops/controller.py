@@ -26,10 +26,10 @@ class Debug(Op):
                 value = _tmpl().evaluate(name, ctx.vars)
             except Exception as err:  # noqa: BLE001
                 value = f"VARIABLE IS NOT DEFINED! ({err})"
-            return HostResult(ctx.host, msg=json.dumps({name: value}, default=str), extra={name: value})
+            return HostResult(ctx.host, extra={name: value}, show={name: value})
         msg = args.get("msg", "Hello world!")
         return HostResult(ctx.host, msg=msg if isinstance(msg, str) else json.dumps(msg, default=str),
-                          extra={"msg": msg})
+                          show={"msg": msg})
 
 
 @module("set_fact", runs_on_controller=True, free_form=True, args={"cacheable": ArgSpec("bool", default=False)})

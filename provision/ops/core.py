@@ -205,9 +205,9 @@ MAX_DIFF_BYTES = 256 * 1024
 def stat_probe(path: str, content: bool = True) -> str:
     """Read-only shell describing ``path``: kind, mode, owner, group, size, sha256 and (small files) content."""
     p = q(path)
-    body = f'sha256sum < {p} | cut -d" " -f1; '
+    body = f'sha256sum < {p} | cut -d" " -f1'
     if content:
-        body += f'[ "$(stat -c %s {p})" -le {MAX_DIFF_BYTES} ] && base64 -w0 < {p}; echo'
+        body += f'; [ "$(stat -c %s {p})" -le {MAX_DIFF_BYTES} ] && base64 -w0 < {p}; echo'
     return (f'if [ -L {p} ]; then echo "link $(stat -c "%a %U %G %u %g" {p}) $(readlink {p})"; '
             f'elif [ -d {p} ]; then echo "directory $(stat -c "%a %U %G %u %g" {p})"; '
             f'elif [ -e {p} ]; then echo "file $(stat -c "%a %U %G %u %g %s" {p})"; {body}; '

@@ -96,7 +96,8 @@ class Ping(Op):
         res = ctx.run("echo pong", become=False)
         if res.rc != 0 or "pong" not in res.stdout:
             return HostResult(ctx.host, failed=True, rc=res.rc, msg=f"ping failed: {res.stderr.strip()}")
-        return HostResult(ctx.host, extra={"ping": args.get("data") or "pong"})
+        return HostResult(ctx.host, extra={"ping": args.get("data") or "pong"},
+                          show={"ping": args.get("data") or "pong"})
 
 
 _ = Plan, execute_plan

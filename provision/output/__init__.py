@@ -1,0 +1,259 @@
+"""Reporters: how a run is shown. No logic here; the executor calls them (from worker threads: they lock).
+
+:class:`TextReporter` prints Ansible's live lines and PLAY RECAP (colour and a progress line only on a TTY);
+:class:`JsonReporter` prints one JSON document at the end (``--json``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+from provision.ops.core import unified
+from provision.results import HostResult, RunStats
+
+_COLORS = {"ok": "32", "changed": "33", "failed": "31", "unreachable": "1;31", "skipped": "36", "warn": "35",
+           "recap": "1", "ignored": "36", "verbose": "34"}
+
+
+def _stars(title: str) -> str:
+    return title + " " + "*" * max(3, 79 - len(title))
+
+
+def _brief(r: HostResult, verbose: bool) -> dict:
+    d: dict = {"changed": r.changed}
+    if r.msg:
+        d["msg"] = r.msg
+    if r.unreachable:
+        d["unreachable"] = True
+    if r.rc is not None and (r.failed or verbose):
+        d["rc"] = r.rc
+    if r.stderr and (r.failed or verbose):
+        d["stderr"] = r.stderr[-4000:]
+    if r.stdout and (r.failed or verbose):
+        d["stdout"] = r.stdout[-4000:]
+    if verbose:
+        for k, v in r.extra.items():
+            if k not in d and k != "status":
+                d[k] = v
+    return d
+
+
+class TextReporter:
+    def __init__(self, out=None, err=None, *, verbosity: int = 0, color: bool | None = None, diff: bool = False,
+                 progress: bool | None = None):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.verbosity = verbosity
+        tty = hasattr(self.out, "isatty") and self.out.isatty()
+        self.color = (tty and not os.environ.get("NO_COLOR")) if color is None else color
+        etty = hasattr(self.err, "isatty") and self.err.isatty()
+        self.show_progress = etty if progress is None else progress
+        self.diff = diff
+        self._lock = threading.RLock()
+        self._task_start = 0.0
+        self._progress_shown = False
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def _c(self, kind: str, text: str) -> str:
+        return f"\033[{_COLORS[kind]}m{text}\033[0m" if self.color else text
+
+    def _line(self, text: str = "", stream=None) -> None:
+        with self._lock:
+            self._clear_progress()
+            print(text, file=stream or self.out, flush=True)
+
+    def _clear_progress(self) -> None:
+        if self._progress_shown:
+            self.err.write("\r\033[K")
+            self.err.flush()
+            self._progress_shown = False
+
+    # -- events -----------------------------------------------------------------------------------------
+    def play_start(self, name: str) -> None:
+        self._line()
+        self._line(_stars(f"PLAY [{name}]"))
+
+    def task_start(self, name: str, handler: bool = False) -> None:
+        self._task_start = time.monotonic()
+        self._line()
+        self._line(_stars(f"{'RUNNING HANDLER' if handler else 'TASK'} [{name}]"))
+
+    def warning(self, msg: str) -> None:
+        self._line(self._c("warn", f"[WARNING]: {msg}"), self.err)
+
+    def info(self, msg: str) -> None:
+        self._line(msg)
+
+    def retry(self, host: str, task: str, left: int) -> None:
+        self._line(self._c("warn", f"FAILED - RETRYING: [{host}]: {task} ({left} retries left)."))
+
+    def verbose(self, host: str, level: str, text: str) -> None:
+        need = 2 if level == "cmd" else 3
+        if self.verbosity >= need:
+            prefix = "<{}> {}".format(host, "EXEC" if level == "cmd" else "OUT ")
+            self._line(self._c("verbose", f"{prefix} {text}"))
+
+    def progress(self, done: int, total: int, name: str) -> None:
+        if not self.show_progress or total < 2 or time.monotonic() - self._task_start < 1.0:
+            return
+        with self._lock:
+            self.err.write(f"\r\033[K  {name}: {done}/{total} hosts done")
+            self.err.flush()
+            self._progress_shown = True
+
+    def progress_done(self) -> None:
+        with self._lock:
+            self._clear_progress()
+
+    def _diffs(self, r: HostResult) -> None:
+        if not self.diff:
+            return
+        for d in r.diff:
+            text = unified(d)
+            if text:
+                for line in text.rstrip("\n").splitlines():
+                    kind = "changed" if line.startswith("+") else "failed" if line.startswith("-") else None
+                    self._line(self._c(kind, line) if kind else line)
+
+    def host_result(self, r: HostResult, item: bool = False) -> None:
+        with self._lock:
+            self._diffs(r)
+            item_s = f" => (item={_item(r.item)})" if item else ""
+            v = self.verbosity >= 1
+            if r.unreachable:
+                self._line(self._c("unreachable", f"fatal: [{r.host}]: UNREACHABLE! => "
+                                                  f"{json.dumps(_brief(r, v), default=str)}"))
+            elif r.failed:
+                label = f"failed: [{r.host}]{(' (item=' + _item(r.item) + ')') if item else ''}" if item else \
+                    f"fatal: [{r.host}]: FAILED!"
+                self._line(self._c("failed", f"{label} => {json.dumps(_brief(r, True), default=str)}"))
+                if r.ignored:
+                    self._line(self._c("ignored", "...ignoring"))
+            elif r.skipped:
+                self._line(self._c("skipped", f"skipping: [{r.host}]{item_s}"))
+            else:
+                kind = "changed" if r.changed else "ok"
+                extra = ""
+                if r.show is not None:
+                    extra = " => " + json.dumps(r.show, default=str)
+                elif v and (r.msg or r.stdout or r.stderr or r.rc is not None):
+                    extra = " => " + json.dumps(_brief(r, True), default=str)
+                self._line(self._c(kind, f"{kind}: [{r.host}]{item_s}{extra}"))
+
+    def loop_done(self, r: HostResult) -> None:
+        if r.failed and r.ignored:
+            self._line(self._c("ignored", "...ignoring"))
+        elif r.unreachable and not r.results:
+            self.host_result(r)
+        elif not r.results:
+            self.host_result(r)
+
+    def recap(self, stats: RunStats) -> None:
+        self._line()
+        self._line(_stars("PLAY RECAP"))
+        for host in sorted(stats.recap):
+            c = stats.recap[host]
+            kind = "unreachable" if c.unreachable else "failed" if c.failed else "changed" if c.changed else "ok"
+            name = self._c(kind, f"{host:<26}")
+            cols = [f"ok={c.ok:<4}", f"changed={c.changed:<4}", f"unreachable={c.unreachable:<4}",
+                    f"failed={c.failed:<4}", f"skipped={c.skipped:<4}", f"rescued={c.rescued:<4}",
+                    f"ignored={c.ignored:<4}"]
+            self._line(f"{name} : " + " ".join(cols).rstrip())
+        self._line()
+
+
+def _item(item) -> str:
+    if isinstance(item, (dict, list)):
+        return json.dumps(item, default=str)
+    return str(item)
+
+
+class JsonReporter:
+    """Collects everything and prints one JSON document at the end (stdout); warnings still go to stderr."""
+
+    def __init__(self, out=None, err=None, **_):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.doc: dict = {"plays": [], "stats": {}, "warnings": []}
+        self._lock = threading.Lock()
+        self._task = None
+
+    def play_start(self, name):
+        with self._lock:
+            self.doc["plays"].append({"play": {"name": name}, "tasks": []})
+
+    def task_start(self, name, handler=False):
+        with self._lock:
+            if not self.doc["plays"]:
+                self.doc["plays"].append({"play": {"name": "ad-hoc"}, "tasks": []})
+            self._task = {"task": {"name": name, "handler": handler}, "hosts": {}}
+            self.doc["plays"][-1]["tasks"].append(self._task)
+
+    def warning(self, msg):
+        with self._lock:
+            self.doc["warnings"].append(msg)
+        print(f"[WARNING]: {msg}", file=self.err)
+
+    def info(self, msg):
+        pass
+
+    def retry(self, *a):
+        pass
+
+    def verbose(self, *a):
+        pass
+
+    def progress(self, *a):
+        pass
+
+    def progress_done(self):
+        pass
+
+    def _entry(self, r: HostResult) -> dict:
+        d = {"status": r.status, "changed": r.changed, "failed": r.failed, "skipped": r.skipped,
+             "unreachable": r.unreachable, "msg": r.msg}
+        if r.ignored:
+            d["ignored"] = True
+        if r.rc is not None:
+            d["rc"] = r.rc
+        if r.stdout or r.stderr:
+            d.update(stdout=r.stdout, stderr=r.stderr)
+        if r.diff:
+            d["diff"] = r.diff
+        if r.commands:
+            d["commands"] = r.commands
+        if r.item is not None:
+            d["item"] = r.item
+        return d
+
+    def host_result(self, r: HostResult, item=False):
+        with self._lock:
+            if self._task is None:
+                return
+            if item:
+                self._task["hosts"].setdefault(r.host, {"results": []}).setdefault("results", []) \
+                    .append(self._entry(r))
+            else:
+                self._task["hosts"][r.host] = self._entry(r)
+
+    def loop_done(self, r: HostResult):
+        with self._lock:
+            if self._task is None:
+                return
+            prev = self._task["hosts"].get(r.host, {})
+            e = self._entry(r)
+            e["results"] = prev.get("results", [])
+            self._task["hosts"][r.host] = e
+
+    def recap(self, stats: RunStats):
+        self.doc["stats"] = {h: c.as_dict() for h, c in sorted(stats.recap.items())}
+        print(json.dumps(self.doc, indent=2, default=str), file=self.out, flush=True)
+
+
+def make_reporter(args, *, diff: bool = False):
+    if getattr(args, "json", False):
+        return JsonReporter()
+    return TextReporter(verbosity=getattr(args, "verbose", 0) or 0, diff=diff)
