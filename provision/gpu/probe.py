@@ -42,6 +42,9 @@ echo '### holds'
 apt-mark showhold 2>/dev/null
 echo '### maintenance'
 [ -e /etc/gpufleet/maintenance ] && { echo present; head -c 300 /etc/gpufleet/maintenance; }
+echo '### gpu_containers'
+if command -v docker >/dev/null 2>&1; then docker ps -q 2>/dev/null | xargs -r docker inspect --format \
+  '{{.Name}} {{.HostConfig.Runtime}} {{json .HostConfig.DeviceRequests}} {{range .Config.Env}}{{.}} {{end}}' 2>/dev/null; fi
 echo '### end'
 """.replace("NVQUERY", NVIDIA_SMI_QUERY).replace("SBVAR", SECURE_BOOT_VAR)
 
@@ -175,6 +178,22 @@ def parse_secure_boot(text: str) -> bool | None:
     return None
 
 
+def parse_gpu_containers(text: str) -> list[str]:
+    """Names of running containers that hold GPUs: the nvidia runtime (unless NVIDIA_VISIBLE_DEVICES is void/none)
+    or a GPU device request (--gpus). The env var alone does nothing under runc (CUDA images all set it)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        name, runtime, requests = parts[0].lstrip("/"), parts[1], parts[2]
+        env = [p for p in parts[3:] if p.startswith("NVIDIA_VISIBLE_DEVICES=")]
+        visible = env[-1].split("=", 1)[1] if env else ""
+        if (runtime == "nvidia" and visible not in ("void", "none")) or '"gpu"' in requests:
+            out.append(name)
+    return sorted(out)
+
+
 def split_sections(output: str) -> dict[str, str]:
     sections: dict[str, list[str]] = {}
     current = None
@@ -221,6 +240,7 @@ def parse_gpu_facts(output: str, table: GpuTable | None = None) -> dict:
         "os": {"id": osf[0], "version_id": osf[1], "codename": osf[2]},
         "packages": packages,
         "holds": sorted(l.strip() for l in s.get("holds", "").splitlines() if l.strip()),
+        "gpu_containers": parse_gpu_containers(s.get("gpu_containers", "")),
         "maintenance": maint.splitlines()[0] == "present" if maint else False,
         "maintenance_reason": "\n".join(maint.splitlines()[1:]).strip() if maint else "",
     }

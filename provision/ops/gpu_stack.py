@@ -344,3 +344,44 @@ class GpuValidate(Op):
             return HostResult(ctx.host, failed=True, msg=f"NCCL all-reduce over {n} GPUs failed: "
                                                          f"{(res.stderr or res.stdout).strip()[-300:]}")
         return HostResult(ctx.host, msg=f"NCCL all-reduce over {n} GPUs (torchrun) ok")
+
+
+# ------------------------------------------------------------------------------------------ gpu_agent_install
+@module("gpu_agent_install", args={"cache": ArgSpec("path")})
+class GpuAgentInstall(Op):
+    """This project's agent into /opt/gpufleet/agent (a venv) from a wheelhouse the controller builds with pip for
+    the host's Python; nothing is fetched by the host. Unchanged when the host already has this bundle."""
+
+    def run(self, args, ctx) -> HostResult:
+        from pathlib import Path
+
+        from provision.gpu import agentpkg
+        res = ctx.run("python3 -c 'import platform; print(platform.python_version(), platform.machine())'; "
+                      f"cat {agentpkg.VENV}/.gpufleet-bundle 2>/dev/null || true", desc="probe python and agent")
+        lines = res.stdout.split("\n")
+        if res.rc != 0 or len(lines[0].split()) != 2:
+            return HostResult(ctx.host, failed=True, msg=f"python3 does not answer on the host: {res.stderr.strip()}")
+        pyver, machine = lines[0].split()
+        have = lines[1].strip() if len(lines) > 1 else ""
+        cache = Path(args.get("cache") or Path.home() / ".cache" / "gpufleet")
+        try:
+            wheels, bundle = agentpkg.build_wheelhouse(pyver, machine, cache)
+        except RuntimeError as err:
+            return HostResult(ctx.host, failed=True, msg=f"cannot build the agent's wheelhouse: {err}")
+        if have == bundle:
+            return HostResult(ctx.host, msg=f"agent bundle {bundle} already installed in {agentpkg.VENV}")
+        if ctx.check:
+            return HostResult(ctx.host, changed=True, msg=f"would install agent bundle {bundle} (have "
+                                                          f"{have or 'none'})")
+        data = agentpkg.tar_bytes(wheels)
+        w = f"{agentpkg.WHEELS}/{bundle}"
+        plan = Plan(commands=[
+            Cmd(f"mkdir -p {w} && tar -xzf - -C {w}", stdin=data,
+                desc=f"copy wheelhouse {bundle} ({len(data) / 1e6:.1f} MB) to {w}"),
+            Cmd(agentpkg.install_command(bundle), timeout=900, desc=f"install the agent into {agentpkg.VENV} "
+                                                                    f"(pip --no-index from {w})"),
+        ], msg=f"agent bundle {bundle} installed in {agentpkg.VENV} (was {have or 'absent'})",
+            diff=[{"before": f"{have or '(absent)'}\n", "after": f"{bundle}\n",
+                   "before_header": f"{agentpkg.VENV}/.gpufleet-bundle",
+                   "after_header": f"{agentpkg.VENV}/.gpufleet-bundle"}])
+        return execute_plan(plan, ctx)
