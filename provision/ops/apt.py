@@ -196,9 +196,10 @@ class Apt(Op):
             lines = []
             for s in sims:
                 lines += parse_simulation(ctx.run(s, become=False).stdout)
-            if lines and ctx.diff:
+            if lines:
+                holds = [d for d in plan.diff if "held" in d.get("after", "")]
                 plan.diff = [{"before_header": "packages", "after_header": "packages (simulated)",
-                              "before": "", "after": "".join(x + "\n" for x in lines)}] + plan.diff
+                              "before": "", "after": "".join(x + "\n" for x in lines)}] + holds
         before_pkgs = dict(ctx.facts.get("packages", {}))
         r = execute_plan(plan, ctx)
         r.msg = (note + (r.msg or "")).strip("; ").strip()

@@ -64,6 +64,9 @@ class _Command(Op):
         data = None
         if stdin is not None:
             data = (str(stdin) + ("\n" if args.get("stdin_add_newline", True) else "")).encode()
+        if args.get("creates") or args.get("removes"):   # as Ansible: predictable, so reported as a change
+            return Plan([Cmd(line, stdin=data)], msg="Command would have run if not in check mode" if ctx.check
+                        else "", extra={"cmd": line})
         return Plan([Cmd(line, stdin=data)], skip_in_check="skipped: command tasks do not run in check mode",
                     extra={"cmd": line})
 
