@@ -62,27 +62,29 @@ class HostInfo:
 
 
 def write_secure_boot_firmware(root: Path, enabled: bool = True) -> None:
-    """A /sys/firmware look-alike saying Secure Boot is on: the efivarfs file (4 attribute bytes + value), read by
+    """A /sys/firmware look-alike saying Secure Boot is on: efivarfs files (4 attribute bytes + value), read by
     systemd and scripts, and the legacy sysfs ``efi/vars`` layout, which libefivar (mokutil) falls back to when
     efivarfs is not mounted (it cannot be, in a container)."""
     value = 1 if enabled else 0
-    efivars = root / "efi/efivars"
+    guid_text = SECURE_BOOT_VAR.split("-", 1)[1]
+    guid = uuid.UUID(guid_text)
+    efivars, vars_dir = root / "efi/efivars", root / "efi/vars"
     efivars.mkdir(parents=True, exist_ok=True)
-    (efivars / SECURE_BOOT_VAR).write_bytes(bytes([6, 0, 0, 0, value]))
-    guid = uuid.UUID(SECURE_BOOT_VAR.split("-", 1)[1])
-    vars_dir = root / "efi/vars"
-    var = vars_dir / SECURE_BOOT_VAR
-    var.mkdir(parents=True, exist_ok=True)
+    vars_dir.mkdir(parents=True, exist_ok=True)
     (vars_dir / "new_var").write_bytes(b"")
     (vars_dir / "del_var").write_bytes(b"")
-    name = "SecureBoot".encode("utf-16-le").ljust(1024, b"\0")
-    raw = name + guid.bytes_le + struct.pack("<Q", 1) + bytes([value]).ljust(1024, b"\0") + struct.pack("<QI", 0, 6)
-    assert len(raw) == 2084
-    (var / "raw_var").write_bytes(raw)
-    (var / "data").write_bytes(bytes([value]))
-    (var / "size").write_text("0x1\n")
-    (var / "attributes").write_text("EFI_VARIABLE_BOOTSERVICE_ACCESS\nEFI_VARIABLE_RUNTIME_ACCESS\n")
-    (var / "guid").write_text(str(guid) + "\n")
+    for name, data in (("SecureBoot", value), ("SetupMode", 0)):
+        (efivars / f"{name}-{guid_text}").write_bytes(bytes([6, 0, 0, 0, data]))
+        var = vars_dir / f"{name}-{guid_text}"
+        var.mkdir(exist_ok=True)
+        raw = (name.encode("utf-16-le").ljust(1024, b"\0") + guid.bytes_le + struct.pack("<Q", 1)
+               + bytes([data]).ljust(1024, b"\0") + struct.pack("<QI", 0, 6))
+        assert len(raw) == 2084     # efi_kernel_variable_64_t
+        (var / "raw_var").write_bytes(raw)
+        (var / "data").write_bytes(bytes([data]))
+        (var / "size").write_text("0x1\n")
+        (var / "attributes").write_text("EFI_VARIABLE_BOOTSERVICE_ACCESS\nEFI_VARIABLE_RUNTIME_ACCESS\n")
+        (var / "guid").write_text(str(guid) + "\n")
 
 
 def _free_port() -> int:
