@@ -78,6 +78,10 @@ def _pkg_diff(before: list[str], after: list[str]) -> dict:
             "before": "".join(x + "\n" for x in before), "after": "".join(x + "\n" for x in after)}
 
 
+def _hold_diff(before: list[str], after: list[str]) -> dict:
+    return {**_pkg_diff(before, after), "before_header": "package holds", "after_header": "package holds"}
+
+
 def package_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     before, after = [], []
     for name in sorted(set(old) | set(new)):
@@ -116,7 +120,7 @@ class Apt(Op):
         wanted = [parse_name(n) for n in args.get("name") or []]
         names = [n for n, _ in wanted]
         cmds: list[Cmd] = []
-        before, after = [], []
+        before, after, hb, ha = [], [], [], []
         hold = args.get("hold")
         extra_opts = ""
         if args.get("install_recommends") is not None:
@@ -162,15 +166,16 @@ class Apt(Op):
             if change:
                 cmds.append(Cmd(_apt_mark("hold" if hold else "unhold", change),
                                 desc=f"apt-mark {'hold' if hold else 'unhold'} {' '.join(change)}"))
-                before += [f"{n} {'held' if n in held else 'not held'}" for n in change]
-                after += [f"{n} {'held' if hold else 'not held'}" for n in change]
+                hb = [f"{n} {'held' if n in held else 'not held'}" for n in change]
+                ha = [f"{n} {'held' if hold else 'not held'}" for n in change]
         if args.get("autoremove"):
             sim = ctx.run(f"{APT_GET} -s autoremove", become=False).stdout
             if parse_simulation(sim):
                 cmds.append(Cmd(f"{APT_GET} autoremove", desc="apt-get autoremove"))
         if not cmds:
             return Plan(noop="packages already as wanted" if names else "nothing to do")
-        return Plan(cmds, diff=[_pkg_diff(before, after)], refresh_facts=("packages", "apt_cache"))
+        diff = ([_pkg_diff(before, after)] if before or after else []) + ([_hold_diff(hb, ha)] if hb else [])
+        return Plan(cmds, diff=diff, refresh_facts=("packages", "apt_cache"))
 
     def run(self, args, ctx) -> HostResult:
         facts = ctx.facts
@@ -197,7 +202,7 @@ class Apt(Op):
             for s in sims:
                 lines += parse_simulation(ctx.run(s, become=False).stdout)
             if lines:
-                holds = [d for d in plan.diff if "held" in d.get("after", "")]
+                holds = [d for d in plan.diff if d.get("before_header") == "package holds"]
                 plan.diff = [{"before_header": "packages", "after_header": "packages (simulated)",
                               "before": "", "after": "".join(x + "\n" for x in lines)}] + holds
         before_pkgs = dict(ctx.facts.get("packages", {}))
@@ -207,7 +212,7 @@ class Apt(Op):
         if r.changed and not ctx.check and ctx.diff:
             b, a = package_changes(before_pkgs, ctx.facts.get("packages", {}))
             if b or a:
-                r.diff = [_pkg_diff(b, a)] + [d for d in r.diff if "held" in d.get("after", "")]
+                r.diff = [_pkg_diff(b, a)] + [d for d in r.diff if d.get("before_header") == "package holds"]
         return r
 
 

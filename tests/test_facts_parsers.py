@@ -1,0 +1,93 @@
+"""Fact parsers are pure: recorded command outputs in, values out (table-driven)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provision import facts
+from provision.facts import parsers as p
+
+FIX = Path(__file__).parent / "fixtures" / "engine"
+
+UBUNTU = '''PRETTY_NAME="Ubuntu 22.04.4 LTS"
+NAME="Ubuntu"
+VERSION_ID="22.04"
+VERSION="22.04.4 LTS (Jammy Jellyfish)"
+VERSION_CODENAME=jammy
+ID=ubuntu
+ID_LIKE=debian
+UBUNTU_CODENAME=jammy
+'''
+ROCKY = 'NAME="Rocky Linux"\nVERSION_ID="9.3"\nID="rocky"\nID_LIKE="rhel centos fedora"\n'
+
+
+@pytest.mark.parametrize("text, expect", [
+    (UBUNTU, {"os_family": "Debian", "distribution": "Ubuntu", "distribution_version": "22.04",
+              "distribution_major_version": "22", "distribution_release": "jammy"}),
+    (ROCKY, {"os_family": "RedHat", "distribution": "Rocky", "distribution_major_version": "9"}),
+    ('ID=mylinux\nID_LIKE="ubuntu debian"\nVERSION_ID=1\n', {"os_family": "Debian"}),
+])
+def test_os_release(text, expect):
+    got = p.os_release(text)
+    for k, v in expect.items():
+        assert got[k] == v
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("SecureBoot enabled\n", True),
+    ("SecureBoot disabled\n", False),
+    ("EFI variables are not supported on this system\n", False),
+    ("efivar:  06 00 00 00 01\n", True),
+    ("efivar:  06 00 00 00 00\n", False),
+    ("", None),
+])
+def test_secure_boot(text, expect):
+    assert p.secure_boot(text) is expect
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("/usr/bin/apt-get\n", "apt"), ("/usr/bin/dnf\n/usr/bin/yum\n", "dnf"), ("", "unknown"),
+])
+def test_pkg_mgr(text, expect):
+    assert p.pkg_mgr(text) == expect
+
+
+def test_pci_devices_sorted_and_normalised():
+    text = "0000:b1:00.0 0x10de 0x2330 0x030200\n0000:17:00.0 0x10DE 0x2335 0x030200\nbroken\n"
+    assert p.pci_devices(text) == [
+        {"address": "0000:17:00.0", "vendor": "10de", "device": "2335", "class": "030200"},
+        {"address": "0000:b1:00.0", "vendor": "10de", "device": "2330", "class": "030200"},
+    ]
+
+
+def test_dpkg_packages_installed_and_holds():
+    text = ("bash\t5.2\tinstall ok installed\nnv\t570.1-1\thold ok installed\nold\t1\tdeinstall ok config-files\n"
+            "half\t2\tinstall reinstreq half-installed\n")
+    got = p.dpkg_packages(text)
+    assert got["packages"] == {"bash": "5.2", "nv": "570.1-1"}
+    assert got["held_packages"] == ["nv"]
+
+
+def test_recorded_testbed_host_round_trip():
+    """One recorded gather script output from a testbed host parses into every play fact."""
+    text = (FIX / "facts_debian12_testbed.txt").read_text()
+    f = facts.parse(text, facts.PLAY_FACTS)
+    assert f["distribution"] == "Debian" and f["distribution_major_version"] == "12"
+    assert f["distribution_release"] == "bookworm" and f["os_family"] == "Debian"
+    assert f["architecture"] == "x86_64" and f["processor_vcpus"] == 2
+    assert f["memtotal_mb"] == 24684092 // 1024
+    assert f["boot_id"] == "9c5b7fe6-f5af-46fa-b30c-8677a8f8c8d4"
+    assert f["service_mgr"] == "systemd" and f["pkg_mgr"] == "apt"
+    assert f["secure_boot"] is False
+    assert f["pci_devices"][0]["vendor"] == "8086"
+    assert f["packages"]["libnvidia-container1"] == "1.17.8-1" and "oldpkg" not in f["packages"]
+    assert f["held_packages"] == ["libnvidia-container1"]
+    assert f["date_epoch"] == 1795434941 and f["apt_cache_mtime"] == 1795434910
+
+
+def test_script_has_one_section_per_fact_and_missing_sections_are_absent():
+    s = facts.script(["kernel", "boot_id"])
+    assert s.count(facts.MARK) == 3   # two facts + end marker
+    assert facts.parse(f"{facts.MARK} kernel\n6.1.0\n", ["kernel", "boot_id"]) == {"kernel": "6.1.0",
+                                                                                    "boot_id": ""}
