@@ -582,6 +582,11 @@ def _check_host_vars(name: str, vars_: Mapping, src: Mapping[str, SourcePos], wa
         if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, str) and v.isdigit())) \
                 or not 0 < int(v) < 65536:
             raise bad(key, f"host '{name}': expected a port number 1-65535, got {v!r}")
+    for key in ("ansible_host", "ansible_ssh_host", "ansible_user", "ansible_ssh_user",
+                "ansible_ssh_private_key_file", "ansible_ssh_known_hosts_file", "ansible_become_user"):
+        v = vars_.get(key)
+        if v is not None and (isinstance(v, (dict, list, bool)) or (key.endswith("host") and str(v).strip() == "")):
+            raise bad(key, f"host '{name}': expected a non-empty string, got {v!r}")
     conn = vars_.get("ansible_connection")
     if conn is not None and not is_template(conn) and str(conn) not in CONNECTIONS:
         raise bad("ansible_connection", f"host '{name}': unsupported connection {conn!r} (supported: ssh, local, "

@@ -122,7 +122,14 @@ def loads(text: str, filename: str = "<string>") -> Any:
         line = mark.line + 1 if mark else None
         problem = err.problem or err.context or "malformed YAML"
         if isinstance(err, ConstructorError) and "tag" in str(problem):
-            problem = problem.replace("could not determine a constructor for the tag", "unsupported YAML tag")
+            if "'!vault'" in problem:
+                problem = "Ansible Vault values (!vault) are not supported; pass secrets through the environment"
+            else:
+                problem = problem.replace("could not determine a constructor for the tag", "unsupported YAML tag")
+        if mark is not None and mark.line < len(lines := text.splitlines()):
+            src_line = lines[mark.line]
+            if "\t" in src_line[: mark.column + 1] and "cannot start any token" in problem:
+                problem += " (a tab: YAML indentation must use spaces)"
         raise InputError(f"malformed YAML: {problem}", file=filename, line=line) from None
     except yaml.YAMLError as err:
         raise InputError(f"malformed YAML: {err}", file=filename) from None

@@ -290,6 +290,11 @@ BAD = [
           hosts:
             h1:
      """, 3, "ansible_become", "host 'h1': expected a boolean (true/false), got 'maybe'"),
+    ("wrong type: ansible_host list", """
+        all:
+          hosts:
+            h1: {ansible_host: [10.0.0.1, 10.0.0.2]}
+     """, 3, "ansible_host", "host 'h1': expected a non-empty string, got ['10.0.0.1', '10.0.0.2']"),
     ("unknown connection", """
         all:
           hosts:

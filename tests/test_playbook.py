@@ -223,6 +223,14 @@ LOAD_BAD = [
             - debug: msg=x
              bad: indent
      """, 4, None, "malformed YAML"),
+    ("tab indentation", "- hosts: all\n  tasks:\n\t- debug: msg=x\n", 3, None,
+     "malformed YAML: found character that cannot start any token (a tab: YAML indentation must use spaces)"),
+    ("vault value", """
+        - hosts: all
+          vars:
+            pw: !vault |
+              $ANSIBLE_VAULT;1.1;AES256
+     """, 3, None, "Ansible Vault values (!vault) are not supported"),
     ("not a list", """
         hosts: all
      """, 1, None, "a playbook must be a list of plays, got a mapping"),
