@@ -383,6 +383,10 @@ class _Parser:
             pos = yamlsrc.pos_of(data, default=SourcePos(self.path, 1))
             raise InputError("an inventory must be a YAML mapping of groups (all: {hosts:, children:, vars:}); "
                              "INI inventories are not supported", file=self.path, line=pos.line or 1)
+        if isinstance(data.get("plugin"), str):
+            pos = yamlsrc.pos_of(data, "plugin")
+            raise InputError(f"inventory plugins are not supported ({data['plugin']}); write a static YAML inventory",
+                             file=pos.file, line=pos.line, key="plugin")
         for name, body in data.items():
             pos = yamlsrc.pos_of(data, name)
             name = self._group_name(name, pos)

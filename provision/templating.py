@@ -465,15 +465,16 @@ def _compile_expr(expr: str) -> jinja2.Template:
 class _Vars(Mapping):
     """A view over the variables that templates values lazily on access and detects self-references."""
 
-    def __init__(self, base: Mapping, extra: Mapping | None = None):
+    def __init__(self, base: Mapping, extra: Mapping | None = None, *, with_globals: bool = True):
         self._base = base
         self._extra = extra or {}
+        self._globals = ENV.globals if with_globals else {}
         self._raw = getattr(base, "raw_keys", ())
         self._cache: dict = {}
         self._resolving: set = set()
 
     def __contains__(self, key) -> bool:
-        return key in self._extra or key in self._base or key in ENV.globals
+        return key in self._extra or key in self._base or key in self._globals
 
     def __getitem__(self, key):
         if key in self._extra:
@@ -481,7 +482,7 @@ class _Vars(Mapping):
         if key in self._cache:
             return self._cache[key]
         if key not in self._base:
-            return ENV.globals[key]
+            return self._globals[key]
         value = self._base[key]
         if key in self._raw or not has_template(value):
             return value
@@ -497,7 +498,7 @@ class _Vars(Mapping):
 
     def __iter__(self):
         seen = set()
-        for src in (self._extra, self._base, ENV.globals):
+        for src in (self._extra, self._base, self._globals):
             for k in src:
                 if k not in seen:
                     seen.add(k)
@@ -505,6 +506,11 @@ class _Vars(Mapping):
 
     def __len__(self):
         return sum(1 for _ in self)
+
+
+def lazy(variables: Mapping) -> Mapping:
+    """A read-only view of ``variables`` whose templated values render on access (used for ``hostvars[h]``)."""
+    return _Vars(variables, with_globals=False)
 
 
 def _view(variables: Mapping | None) -> _Vars:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from provision.templating import OMIT
+from provision.templating import OMIT, lazy
 
 
 class VarDict(dict):
@@ -42,7 +42,8 @@ def fact_vars(facts: Mapping | None) -> dict:
 
 
 class HostVars(Mapping):
-    """Lazy ``hostvars``: hostvars[name] builds that host's inventory vars (+ facts/set_facts if known) on access."""
+    """Lazy ``hostvars``: hostvars[name] builds that host's inventory vars (+ facts, and ``extra_by_host`` such as
+    set_fact values and registered results, if given) on access; templated inventory values render when read."""
 
     def __init__(self, inventory, facts_by_host: Mapping | Callable[[str], Mapping | None] | None = None,
                  extra_by_host: Mapping | Callable[[str], Mapping | None] | None = None,
@@ -61,16 +62,21 @@ class HostVars(Mapping):
             return src(name)
         return src.get(name)
 
-    def __getitem__(self, name: str) -> dict:
+    def __getitem__(self, name: str) -> Mapping:
         if name not in self._cache:
             host = self._inv.hosts[name]   # KeyError -> undefined in templates
-            v: dict = dict(host.vars)
-            v.update(fact_vars(self._get(self._facts, name)))
-            v.update(self._get(self._extra, name) or {})
+            v = VarDict(host.vars)
+            fv = fact_vars(self._get(self._facts, name))
+            v.update(fv)
+            extra = self._get(self._extra, name) or {}
+            v.update(extra)
             v.update(self._extra_vars)
-            v.update(inventory_hostname=name, inventory_hostname_short=name.split(".")[0],
-                     group_names=group_names(host))
-            self._cache[name] = v
+            magic = dict(inventory_hostname=name, inventory_hostname_short=name.split(".")[0],
+                         group_names=group_names(host))
+            v.update(magic)
+            v.raw_keys.update(fv, extra, magic)
+            v.raw_keys -= set(self._extra_vars)
+            self._cache[name] = lazy(v)   # templated inventory values render on access, as in Ansible
         return self._cache[name]
 
     def __contains__(self, name) -> bool:

@@ -369,6 +369,10 @@ BAD = [
         - all
      """, 1, None, "an inventory must be a YAML mapping of groups (all: {hosts:, children:, vars:}); INI "
                    "inventories are not supported"),
+    ("inventory plugin", """
+        # dynamic inventory
+        plugin: amazon.aws.aws_ec2
+     """, 2, "plugin", "inventory plugins are not supported (amazon.aws.aws_ec2); write a static YAML inventory"),
     ("group body not a mapping", """
         all:
           children:

@@ -116,6 +116,10 @@ def test_templated_vars_resolve_and_raw_values_stay(inv):
 
 
 def test_hostvars_with_facts_by_host(inv):
-    hv = HostVars(inv, facts_by_host=lambda name: {"boot_id": name[-5:]})
+    hv = HostVars(inv, facts_by_host=lambda name: {"boot_id": name[-5:], "t": "{{ x }}"},
+                  extra_vars={"tmpl": "{{ driver_branch }}-{{ inventory_hostname_short }}"})
     assert hv["gpu02.lab"]["ansible_boot_id"] == "2.lab"
+    assert hv["gpu02.lab"]["tmpl"] == "570-gpu02"    # rendered in that host's context
+    assert hv["gpu01.lab"]["tmpl"] == "550-gpu01"
+    assert hv["gpu01.lab"]["ansible_t"] == "{{ x }}"  # facts are never templated
     assert "gpu02.lab" in hv and "nope" not in hv and len(hv) == 6
