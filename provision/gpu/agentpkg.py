@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -50,7 +51,15 @@ def build_wheelhouse(python_version: str, machine: str, cache: Path) -> tuple[Pa
     tmp = cache / f"agent-{bundle}.partial"
     subprocess.run(["rm", "-rf", str(tmp)], check=False)
     tmp.mkdir(parents=True)
-    _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp), str(REPO_ROOT))
+    src = cache / f"agent-{bundle}.src"       # build from a copy: never write build/ into the working tree
+    subprocess.run(["rm", "-rf", str(src)], check=False)
+    src.mkdir(parents=True)
+    for sub in ("agent", "provision"):
+        shutil.copytree(REPO_ROOT / sub, src / sub, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(REPO_ROOT / "pyproject.toml", src / "pyproject.toml")
+    (src / "README.md").write_text("gpufleet\n")
+    _pip("wheel", "--quiet", "--no-deps", "-w", str(tmp), str(src))
+    subprocess.run(["rm", "-rf", str(src)], check=False)
     _pip("download", "--quiet", "--only-binary=:all:", "--python-version", python_version, "--platform", plat,
          "--platform", "manylinux_2_17_" + machine, "--platform", "manylinux_2_28_" + machine,
          "--implementation", "cp", "-d", str(tmp), "pip", *AGENT_DEPS)
@@ -74,6 +83,6 @@ def install_command(bundle: str) -> str:
     return (f"set -e; rm -rf {VENV}; python3 -m venv --without-pip {VENV}; "
             f"pipwhl=$(ls {w}/pip-*.whl | head -n 1); "
             f"{VENV}/bin/python \"$pipwhl/pip\" install --quiet --no-index --find-links {w} "
-            f"--disable-pip-version-check gpufleet {' '.join(repr(d) for d in AGENT_DEPS)}; "
+            f"--disable-pip-version-check --no-deps gpufleet {' '.join(repr(d) for d in AGENT_DEPS)}; "
             f"{VENV}/bin/python -c 'import agent.server, prometheus_client'; "
             f"echo {bundle} > {VENV}/.gpufleet-bundle")
