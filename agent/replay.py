@@ -1,0 +1,392 @@
+"""Record real NVML calls, and replay a recording as a stand-in ``pynvml`` module.
+
+The agent takes its NVML module as an argument (:class:`agent.nvml.NvmlSource`), so the same reading code runs
+against the real ``pynvml`` on a GPU host, against :class:`Recorder` (real calls, written down as they pass), and
+against :class:`ReplayNvml` in CI, where there is no GPU. A recording is JSON::
+
+    {"meta": {...date, gpu, driver...}, "calls": {"nvmlDeviceGetPowerUsage(gpu0)": [{"value": 71234, "us": 4.1},
+                                                                               {"error": 3, "us": 1.0}]}}
+
+Keys are the function name and its arguments; device handles become tokens (``gpu0``, ``gpu0/mig1``). Values are
+plain JSON; ctypes structures become ``{"struct": {field: value}}`` and are replayed as attribute objects.
+Replay steps through the recorded outcomes of a key on each call and then stays on the last one.
+
+Faults for tests: :meth:`ReplayNvml.lose_gpu`, ``init_error``, :meth:`fail`, :meth:`xid` (an XID event for the
+event thread), ``processes`` (running GPU processes to report per GPU).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pynvml as _pynvml
+
+_IDENTITY_CALLS = ("nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo", "nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetSerial",
+                   "nvmlDeviceGetIndex", "nvmlDeviceGetMinorNumber")
+
+
+_MISSING = object()
+
+
+class Handle:
+    """A replayed device (or event set) handle."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __repr__(self) -> str:
+        return f"Handle({self.token})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Handle) and other.token == self.token
+
+    def __hash__(self) -> int:
+        return hash(self.token)
+
+
+def handle_id(handle: Any) -> Any:
+    """A hashable identity for a real ctypes handle or a replayed one (event data names its device by handle)."""
+    if isinstance(handle, Handle):
+        return handle.token
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    except (TypeError, ctypes.ArgumentError):
+        return id(handle)
+
+
+# --------------------------------------------------------------------------------------------------- recording
+class Recorder:
+    """Wraps a real nvml module: every ``nvml*`` call passes through and its result or error is written down."""
+
+    def __init__(self, module: Any, *, max_per_key: int = 8):
+        self._m = module
+        self._max = max_per_key
+        self._lock = threading.Lock()
+        self.calls: dict[str, list[dict]] = {}
+        self._tokens: dict[Any, str] = {}
+
+    # tokens for handles ----------------------------------------------------------------------------------------
+    def _token(self, obj: Any) -> str | None:
+        if isinstance(obj, (int, float, str, bytes, bool, list, tuple)) or obj is None:
+            return None
+        return self._tokens.get(handle_id(obj))
+
+    def _arg(self, a: Any) -> str:
+        tok = self._token(a)
+        if tok is not None:
+            return tok
+        if isinstance(a, (list, tuple)):
+            return "[" + ";".join(self._arg(x) for x in a) + "]"
+        return repr(a)
+
+    def _ser(self, v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, bytes):
+            return {"bytes": v.decode("latin-1")}
+        if isinstance(v, (list, tuple, ctypes.Array)):
+            return [self._ser(x) for x in v]
+        if isinstance(v, (ctypes.Structure, ctypes.Union)):
+            out = {}
+            for f in v._fields_:
+                name = f[0]
+                try:
+                    raw = object.__getattribute__(v, name)
+                except Exception:  # pragma: no cover - defensive
+                    continue
+                out[name] = self._ser(raw)
+            return {"struct": out}
+        if isinstance(v, SimpleNamespace) or type(v).__name__ == "nvmlFriendlyObject":
+            # pynvml's friendly objects (process lists), or a replayed structure (recording a replay, in tests)
+            return {"struct": {k: self._ser(x) for k, x in vars(v).items()}}
+        if isinstance(v, Handle):
+            return {"handle": self._token(v) or v.token}
+        if isinstance(v, ctypes._SimpleCData):
+            return self._ser(v.value)
+        if isinstance(v, ctypes._Pointer) or hasattr(v, "contents"):
+            tok = self._token(v)
+            if tok is None and not v:
+                return None
+            return {"handle": tok or "unknown"}
+        return repr(v)
+
+    def _add(self, key: str, outcome: dict) -> None:
+        with self._lock:
+            lst = self.calls.setdefault(key, [])
+            if len(lst) < self._max:
+                lst.append(outcome)
+            else:  # keep the first ones (static values) and the newest (counters move on)
+                lst[-1] = outcome
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._m, name)
+        if not (name.startswith("nvml") and callable(attr)):
+            return attr
+
+        def call(*args: Any) -> Any:
+            key = f"{name}({','.join(self._arg(a) for a in args)})"
+            t0 = time.perf_counter()
+            try:
+                res = attr(*args)
+            except self._m.NVMLError as e:
+                self._add(key, {"error": int(e.value), "us": round((time.perf_counter() - t0) * 1e6, 1)})
+                raise
+            us = round((time.perf_counter() - t0) * 1e6, 1)
+            if name in ("nvmlDeviceGetHandleByIndex", "nvmlDeviceGetHandleByIndex_v2"):
+                self._tokens[handle_id(res)] = f"gpu{args[0]}"
+            elif name == "nvmlDeviceGetMigDeviceHandleByIndex":
+                self._tokens[handle_id(res)] = f"{self._arg(args[0])}/mig{args[1]}"
+            elif name == "nvmlEventSetCreate":
+                self._tokens[handle_id(res)] = "eventset"
+            self._add(key, {"value": self._ser(res), "us": us})
+            return res
+
+        return call
+
+    def dump(self, meta: dict) -> dict:
+        with self._lock:
+            return {"meta": meta, "calls": {k: list(v) for k, v in sorted(self.calls.items())}}
+
+
+# ------------------------------------------------------------------------------------------------------ replay
+def _de(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_de(x) for x in v]
+    if isinstance(v, dict):
+        if "handle" in v:
+            return Handle(v["handle"]) if v["handle"] else None
+        if "bytes" in v:
+            return v["bytes"].encode("latin-1")
+        if "struct" in v:
+            return SimpleNamespace(**{k: _de(x) for k, x in v["struct"].items()})
+    return v
+
+
+class ReplayNvml:
+    """A stand-in ``pynvml`` module that answers from a recording (see the module docstring).
+
+    ``gpus`` clones the recorded GPUs to that many (UUID, PCI bus id, index and minor number made unique), for
+    tests and for the simulated-8-GPU benchmark. ``latency`` makes each call take as long as it took when recorded.
+    Constants and error classes come from the real ``pynvml`` (a pure-Python module that loads the driver's
+    library only in ``nvmlInit``, which this class never calls).
+    """
+
+    def __init__(self, recording: dict, *, gpus: int | None = None, latency: bool = False):
+        self._calls = {k: [dict(o) for o in v] for k, v in recording["calls"].items()}
+        self.meta = recording.get("meta", {})
+        self._pos: dict[str, int] = {}
+        self._latency = latency
+        self._lock = threading.Lock()
+        self._recorded = max(1, int(self._first("nvmlDeviceGetCount()", 1)))
+        self.gpus = gpus if gpus is not None else self._recorded
+        self.init_error: int | None = None
+        self.initialized = False
+        self.lost: set[int] = set()
+        self.failures: dict[tuple[str, int | None], int] = {}
+        self.processes: dict[int, list[tuple[int, int]]] = {}
+        self.init_calls = 0
+        self._events: list[tuple[int, int]] = []
+        self._event_cond = threading.Condition()
+        self.NVMLError = _pynvml.NVMLError
+
+    @classmethod
+    def from_file(cls, path: str, **kw: Any) -> "ReplayNvml":
+        with open(path, encoding="utf-8") as f:
+            return cls(json.load(f), **kw)
+
+    # fault injection -------------------------------------------------------------------------------------------
+    def lose_gpu(self, index: int) -> None:
+        """From now on every call on that GPU fails with GPU_IS_LOST (fell off the bus)."""
+        self.lost.add(index)
+
+    def fail(self, func: str, code: int, gpu: int | None = None) -> None:
+        self.failures[(func, gpu)] = code
+
+    def xid(self, gpu: int, code: int) -> None:
+        with self._event_cond:
+            self._events.append((gpu, code))
+            self._event_cond.notify_all()
+
+    # plumbing ---------------------------------------------------------------------------------------------------
+    def _first(self, key: str, default: Any) -> Any:
+        for o in self._calls.get(key, []):
+            if "value" in o:
+                return o["value"]
+        return default
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("nvml") and callable(getattr(_pynvml, name, None)):
+            fn = getattr(self, "_fn_" + name, None)
+            if fn is None:
+                def fn(*args: Any, _name: str = name) -> Any:
+                    return self._replay(_name, args)
+            object.__setattr__(self, name, fn)  # later lookups skip __getattr__
+            return fn
+        return getattr(_pynvml, name)
+
+    def _err(self, code: int) -> Exception:
+        return _pynvml.NVMLError(code)
+
+    @staticmethod
+    def _gpu_of(args: tuple) -> int | None:
+        if args:
+            a = args[0]
+            if type(a) is Handle and a.token.startswith("gpu"):
+                return int(a.token[3:].split("/")[0])
+        return None
+
+    def _argkey(self, a: Any) -> str:
+        t = type(a)
+        if t is int:
+            return str(a)
+        if t is Handle:
+            tok = a.token
+            if tok.startswith("gpu"):
+                idx, _, rest = tok[3:].partition("/")
+                tok = f"gpu{int(idx) % self._recorded}" + (f"/{rest}" if rest else "")
+            return tok
+        if isinstance(a, (list, tuple)):
+            return "[" + ";".join(self._argkey(x) for x in a) + "]"
+        return repr(a)
+
+    def _replay(self, name: str, args: tuple) -> Any:
+        if not self.initialized and name not in ("nvmlErrorString",):
+            raise self._err(_pynvml.NVML_ERROR_UNINITIALIZED)
+        gpu = self._gpu_of(args)
+        if gpu is not None and (gpu in self.lost or gpu >= self.gpus):
+            raise self._err(_pynvml.NVML_ERROR_GPU_IS_LOST if gpu in self.lost
+                            else _pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        code = self.failures.get((name, gpu), self.failures.get((name, None)))
+        if code is not None:
+            raise self._err(code)
+        key = f"{name}({','.join(self._argkey(a) for a in args)})"
+        outcomes = self._calls.get(key)
+        if not outcomes:
+            raise self._err(_pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        with self._lock:
+            i = self._pos.get(key, 0)
+            self._pos[key] = min(i + 1, len(outcomes) - 1)
+        o = outcomes[i]
+        if self._latency:
+            self._spin(o.get("us", 0.0))
+        if "error" in o:
+            raise self._err(o["error"])
+        val = o.get("_de", _MISSING)
+        if val is _MISSING:  # deserialise once; the agent never mutates what NVML returns
+            val = o["_de"] = _de(o["value"])
+        if gpu is not None and gpu >= self._recorded and name in _IDENTITY_CALLS:
+            val = self._relabel(name, val, gpu)
+        return val
+
+    @staticmethod
+    def _spin(us: float) -> None:
+        end = time.perf_counter() + us / 1e6
+        if us > 300:
+            time.sleep(us / 1e6 * 0.8)
+        while time.perf_counter() < end:
+            pass
+
+    @staticmethod
+    def _relabel(name: str, val: Any, gpu: int) -> Any:
+        if name == "nvmlDeviceGetUUID":
+            return f"{val[:-4]}{gpu:04x}"
+        if name in ("nvmlDeviceGetIndex", "nvmlDeviceGetMinorNumber"):
+            return gpu
+        if name == "nvmlDeviceGetSerial":
+            return f"{val}-{gpu}"
+        if name.startswith("nvmlDeviceGetPciInfo") and isinstance(val, SimpleNamespace):
+            bus = 0x10 + gpu * 0x10
+            val = SimpleNamespace(**vars(val))
+            for attr in ("busId", "busIdLegacy"):
+                b = getattr(val, attr, None)
+                if isinstance(b, (bytes, str)) and len(b) >= 12:
+                    s = b.decode() if isinstance(b, bytes) else b
+                    parts = s.split(":")
+                    if len(parts) == 3:
+                        s = f"{parts[0]}:{bus:02X}:{parts[2]}"
+                    setattr(val, attr, s.encode() if isinstance(b, bytes) else s)
+            val.bus = bus
+            return val
+        return val
+
+    # functions with behaviour of their own -----------------------------------------------------------------------
+    def _fn_nvmlInit(self) -> None:
+        self.init_calls += 1
+        if self.init_error is not None:
+            raise self._err(self.init_error)
+        self.initialized = True
+
+    def _fn_nvmlInitWithFlags(self, flags: int) -> None:
+        self._fn_nvmlInit()
+
+    def _fn_nvmlShutdown(self) -> None:
+        self.initialized = False
+        with self._event_cond:
+            self._event_cond.notify_all()
+
+    def _fn_nvmlDeviceGetCount(self) -> int:
+        self._replay("nvmlDeviceGetCount", ())
+        return self.gpus
+
+    def _fn_nvmlDeviceGetHandleByIndex(self, index: int) -> Handle:
+        if not self.initialized:
+            raise self._err(_pynvml.NVML_ERROR_UNINITIALIZED)
+        if index >= self.gpus:
+            raise self._err(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if index in self.lost:
+            raise self._err(_pynvml.NVML_ERROR_GPU_IS_LOST)
+        return Handle(f"gpu{index}")
+
+    def _fn_nvmlDeviceGetMigDeviceHandleByIndex(self, device: Handle, index: int) -> Handle:
+        self._replay("nvmlDeviceGetMigDeviceHandleByIndex", (device, index))
+        return Handle(f"{device.token}/mig{index}")
+
+    def _procs(self, device: Handle) -> list:
+        gpu = self._gpu_of((device,))
+        if gpu in self.processes:
+            if gpu in self.lost:
+                raise self._err(_pynvml.NVML_ERROR_GPU_IS_LOST)
+            return [SimpleNamespace(pid=p, usedGpuMemory=m, gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+                    for p, m in self.processes[gpu]]
+        return None  # type: ignore[return-value]
+
+    def _fn_nvmlDeviceGetComputeRunningProcesses(self, device: Handle) -> list:
+        p = self._procs(device)
+        return p if p is not None else self._replay("nvmlDeviceGetComputeRunningProcesses", (device,))
+
+    def _fn_nvmlDeviceGetGraphicsRunningProcesses(self, device: Handle) -> list:
+        p = self._procs(device)
+        return [] if p is not None else self._replay("nvmlDeviceGetGraphicsRunningProcesses", (device,))
+
+    def _fn_nvmlEventSetCreate(self) -> Handle:
+        if not self.initialized:
+            raise self._err(_pynvml.NVML_ERROR_UNINITIALIZED)
+        return Handle("eventset")
+
+    def _fn_nvmlDeviceRegisterEvents(self, device: Handle, types: int, eventset: Handle) -> None:
+        gpu = self._gpu_of((device,))
+        if gpu in self.lost:
+            raise self._err(_pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    def _fn_nvmlEventSetFree(self, eventset: Handle) -> None:
+        return None
+
+    def _fn_nvmlEventSetWait_v2(self, eventset: Handle, timeout_ms: int) -> SimpleNamespace:
+        with self._event_cond:
+            if not self._events and self.initialized:
+                self._event_cond.wait(timeout_ms / 1000.0)
+            if not self.initialized:
+                raise self._err(_pynvml.NVML_ERROR_UNINITIALIZED)
+            if not self._events:
+                raise self._err(_pynvml.NVML_ERROR_TIMEOUT)
+            gpu, code = self._events.pop(0)
+        return SimpleNamespace(device=Handle(f"gpu{gpu}"), eventType=_pynvml.nvmlEventTypeXidCriticalError,
+                               eventData=code, gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+
+    _fn_nvmlEventSetWait = _fn_nvmlEventSetWait_v2

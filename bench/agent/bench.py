@@ -1,0 +1,318 @@
+"""gpu-agent benchmark and H100 recording (not a test). Run by bench/agent/device_run.sh on the GPU machine;
+the replay parts also run anywhere.
+
+  python3 bench/agent/bench.py record  OUT.json [--seconds N]   record every NVML call the agent makes
+  python3 bench/agent/bench.py compare OUT.json                  agent values vs nvidia-smi --query-gpu
+  python3 bench/agent/bench.py scrape  OUT.json [--replay FIX --gpus 8] [--n N] [--smi]
+  python3 bench/agent/bench.py soak    OUT.csv  [--replay FIX --gpus 8] --seconds S --rate R
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+SMI_FIELDS = ["uuid", "name", "driver_version", "memory.total", "memory.used", "memory.free", "temperature.gpu",
+              "temperature.memory", "power.draw", "power.limit", "clocks.sm", "clocks.mem", "pcie.link.gen.current",
+              "pcie.link.width.current", "pstate", "utilization.gpu"]
+
+
+def smi_query() -> list[dict]:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=" + ",".join(SMI_FIELDS), "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30).stdout
+    rows = []
+    for line in out.strip().splitlines():
+        rows.append(dict(zip(SMI_FIELDS, [v.strip() for v in line.split(",")])))
+    return rows
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = min(len(xs) - 1, max(0, int(round(p / 100 * (len(xs) - 1)))))
+    return xs[k]
+
+
+def versions() -> dict:
+    v = {"python": platform.python_version(), "machine": platform.node(), "kernel": platform.release()}
+    for pkg in ("nvidia-ml-py", "prometheus_client"):
+        try:
+            from importlib.metadata import version
+            v[pkg] = version(pkg)
+        except Exception:
+            v[pkg] = ""
+    try:
+        v["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                         capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:
+        v["nvidia_smi"] = "absent"
+    return v
+
+
+# ------------------------------------------------------------------------------------------------------ record
+def cmd_record(args: argparse.Namespace) -> None:
+    import pynvml
+    from agent.nvml import NvmlSource
+    from agent.replay import Recorder
+    rec = Recorder(pynvml, max_per_key=6)
+    src = NvmlSource(rec, slow_interval=1.0, pcie_throughput=True)
+    snaps = []
+    end = time.time() + args.seconds
+    while time.time() < end:
+        snaps.append(src.collect())
+        time.sleep(1.0)
+    src.close()
+    s = snaps[-1]
+    g = s.gpus[0].info if s.gpus else None
+    meta = {"date": datetime.date.today().isoformat(), "recorded_at": datetime.datetime.now(datetime.timezone.utc)
+            .isoformat(timespec="seconds"), "gpu": g.name if g else "", "gpus": len(s.gpus),
+            "driver": s.driver_version, "cuda": s.cuda_version, "nvml": s.nvml_version,
+            "note": "recorded by bench/agent/bench.py record through agent.replay.Recorder: every NVML call "
+                    "agent.nvml makes, with result or error code and its duration in microseconds (us)",
+            "versions": versions()}
+    data = rec.dump(meta)
+    # a summary of call costs for the docs
+    cost: dict[str, list[float]] = {}
+    for key, outs in data["calls"].items():
+        fn = key.split("(")[0]
+        cost.setdefault(fn, []).extend(o["us"] for o in outs if "us" in o)
+    data["meta"]["call_us_median"] = {k: round(statistics.median(v), 1) for k, v in sorted(cost.items())}
+    with open(args.out, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    print("recorded", len(data["calls"]), "keys;", json.dumps(data["meta"]["call_us_median"]))
+
+
+# ------------------------------------------------------------------------------------------------------ compare
+def cmd_compare(args: argparse.Namespace) -> None:
+    import pynvml
+    from agent.nvml import NvmlSource
+    src = NvmlSource(pynvml, xid_events=False)
+    rounds = []
+    for _ in range(args.rounds):
+        snap = src.collect()
+        smi = smi_query()
+        for g, row in zip(snap.gpus, smi):
+            def f(x: str) -> float | None:
+                try:
+                    return float(x)
+                except ValueError:
+                    return None
+            pairs = {
+                "uuid": (g.info.uuid, row["uuid"]),
+                "name": (g.info.name, row["name"]),
+                "driver_version": (snap.driver_version, row["driver_version"]),
+                "memory_total_mib": (g.memory_total_bytes / 2**20 if g.memory_total_bytes else None,
+                                     f(row["memory.total"])),
+                "memory_used_mib": (g.memory_used_bytes / 2**20 if g.memory_used_bytes is not None else None,
+                                    f(row["memory.used"])),
+                "memory_free_mib": (g.memory_free_bytes / 2**20 if g.memory_free_bytes is not None else None,
+                                    f(row["memory.free"])),
+                "temperature_c": (g.temperature_celsius, f(row["temperature.gpu"])),
+                "memory_temperature_c": (g.memory_temperature_celsius, f(row["temperature.memory"])),
+                "power_w": (g.power_watts, f(row["power.draw"])),
+                "power_limit_w": (g.power_limit_watts, f(row["power.limit"])),
+                "sm_clock_mhz": (g.sm_clock_hertz / 1e6 if g.sm_clock_hertz else None, f(row["clocks.sm"])),
+                "mem_clock_mhz": (g.memory_clock_hertz / 1e6 if g.memory_clock_hertz else None, f(row["clocks.mem"])),
+                "pcie_gen": (g.pcie_link_generation, f(row["pcie.link.gen.current"])),
+                "pcie_width": (g.pcie_link_width, f(row["pcie.link.width.current"])),
+                "pstate": (f"P{g.performance_state}" if g.performance_state is not None else None, row["pstate"]),
+                "utilization_pct": (g.utilization_ratio * 100 if g.utilization_ratio is not None else None,
+                                    f(row["utilization.gpu"])),
+            }
+            res = {}
+            for k, (a, b) in pairs.items():
+                if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                    res[k] = {"agent": round(a, 3), "nvidia_smi": b, "diff": round(a - b, 3)}
+                else:
+                    res[k] = {"agent": a, "nvidia_smi": b, "equal": str(a) == str(b)}
+            rounds.append({"gpu": g.info.index, "values": res})
+        time.sleep(0.5)
+    src.close()
+    with open(args.out, "w") as f:
+        json.dump({"versions": versions(), "rounds": rounds}, f, indent=1)
+    print(json.dumps(rounds[-1], indent=1))
+
+
+# ------------------------------------------------------------------------------------------------------ scrape
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start_agent(replay: str | None, gpus: int | None, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "agent.server", "--web.listen-address", f"127.0.0.1:{port}",
+           "--no-collector.docker", "--log.level", "warning"]
+    if replay:
+        cmd += ["--replay", replay, "--replay-latency"] + (["--replay-gpus", str(gpus)] if gpus else [])
+    p = subprocess.Popen(cmd, cwd=ROOT)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return p
+        except OSError:
+            time.sleep(0.05)
+    p.kill()
+    raise SystemExit("agent did not start")
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds user+system, RSS bytes) of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    cpu = (int(parts[11]) + int(parts[12])) / tck
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    return cpu, rss
+
+
+def scrape(conn: http.client.HTTPConnection) -> tuple[float, bytes]:
+    t0 = time.perf_counter()
+    conn.request("GET", "/metrics")
+    r = conn.getresponse()
+    body = r.read()
+    return time.perf_counter() - t0, body
+
+
+def cmd_scrape(args: argparse.Namespace) -> None:
+    port = free_port()
+    p = start_agent(args.replay, args.gpus, port)
+    res: dict = {"versions": versions(), "mode": "replay" if args.replay else "real NVML",
+                 "replay_gpus": args.gpus, "scrapes": args.n}
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(20):  # warm-up (first scrape initialises NVML)
+            scrape(conn)
+        time.sleep(2)
+        cpu0, rss0 = proc_stats(p.pid)
+        time.sleep(args.idle)
+        cpu1, _ = proc_stats(p.pid)
+        idle_cpu_per_s = (cpu1 - cpu0) / args.idle
+        lat, server_dur = [], []
+        c0, _ = proc_stats(p.pid)
+        t0 = time.perf_counter()
+        for _ in range(args.n):
+            dt, body = scrape(conn)
+            lat.append(dt)
+        wall = time.perf_counter() - t0
+        c1, rss1 = proc_stats(p.pid)
+        text = body.decode()
+        series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+        for line in text.splitlines():
+            if line.startswith('gpufleet_agent_collection_duration_seconds{source="nvml"}'):
+                server_dur.append(float(line.split()[-1]))
+        gpus = text.count("gpufleet_gpu_up{")
+        # CPU of one scrape = process CPU during the loop minus what it burns idle in that time
+        cpu_per_scrape = max(0.0, (c1 - c0) - idle_cpu_per_s * wall) / args.n
+        res["agent"] = {
+            "gpus": gpus, "series": series, "bytes": len(body),
+            "scrape_ms_p50": round(pct(lat, 50) * 1e3, 3), "scrape_ms_p99": round(pct(lat, 99) * 1e3, 3),
+            "scrape_ms_max": round(max(lat) * 1e3, 3), "scrape_ms_mean": round(statistics.mean(lat) * 1e3, 3),
+            "nvml_collection_ms_last": round(server_dur[-1] * 1e3, 3) if server_dur else None,
+            "nvml_collection_ms_per_gpu": round(server_dur[-1] * 1e3 / max(gpus, 1), 3) if server_dur else None,
+            "cpu_ms_per_scrape": round(cpu_per_scrape * 1e3, 3),
+            "idle_cpu_percent": round(idle_cpu_per_s * 100, 4),
+            "cpu_percent_at_15s_interval": round((cpu_per_scrape / 15 + idle_cpu_per_s) * 100, 4),
+            "rss_mib_after_warmup": round(rss0 / 2**20, 1), "rss_mib_after_scrapes": round(rss1 / 2**20, 1),
+        }
+        if args.smi and shutil.which("nvidia-smi"):
+            lat_s = []
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            for _ in range(args.smi_n):
+                t = time.perf_counter()
+                smi_query()
+                lat_s.append(time.perf_counter() - t)
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = ((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)) / args.smi_n
+            res["nvidia_smi_per_scrape"] = {
+                "n": args.smi_n, "ms_p50": round(pct(lat_s, 50) * 1e3, 3), "ms_p99": round(pct(lat_s, 99) * 1e3, 3),
+                "cpu_ms_per_call": round(cpu_s * 1e3, 3),
+                "cpu_percent_at_15s_interval": round(cpu_s / 15 * 100, 4)}
+            res["speedup_p50"] = round(pct(lat_s, 50) / pct(lat, 50), 1)
+            res["speedup_p99"] = round(pct(lat_s, 99) / pct(lat, 99), 1)
+    finally:
+        p.terminate()
+        p.wait(10)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps(res, indent=1))
+
+
+def cmd_soak(args: argparse.Namespace) -> None:
+    port = free_port()
+    p = start_agent(args.replay, args.gpus, port)
+    rows = ["elapsed_s,scrapes,rss_mib,cpu_s,scrape_ms_p99_window"]
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        t0 = time.time()
+        n = 0
+        window: list[float] = []
+        next_sample = t0
+        while time.time() - t0 < args.seconds:
+            dt, _ = scrape(conn)
+            window.append(dt)
+            n += 1
+            if time.time() >= next_sample:
+                cpu, rss = proc_stats(p.pid)
+                rows.append(f"{time.time() - t0:.0f},{n},{rss / 2**20:.2f},{cpu:.2f},{pct(window, 99) * 1e3:.3f}")
+                window = []
+                next_sample += args.sample
+            time.sleep(1.0 / args.rate)
+    finally:
+        p.terminate()
+        p.wait(10)
+    with open(args.out, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    print("\n".join(rows[:3] + rows[-3:]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("record")
+    r.add_argument("out")
+    r.add_argument("--seconds", type=float, default=8)
+    c = sub.add_parser("compare")
+    c.add_argument("out")
+    c.add_argument("--rounds", type=int, default=5)
+    s = sub.add_parser("scrape")
+    s.add_argument("out")
+    s.add_argument("--replay")
+    s.add_argument("--gpus", type=int)
+    s.add_argument("--n", type=int, default=2000)
+    s.add_argument("--idle", type=float, default=10)
+    s.add_argument("--smi", action="store_true")
+    s.add_argument("--smi-n", type=int, default=100)
+    k = sub.add_parser("soak")
+    k.add_argument("out")
+    k.add_argument("--replay")
+    k.add_argument("--gpus", type=int)
+    k.add_argument("--seconds", type=float, default=180)
+    k.add_argument("--rate", type=float, default=10)
+    k.add_argument("--sample", type=float, default=10)
+    a = ap.parse_args()
+    {"record": cmd_record, "compare": cmd_compare, "scrape": cmd_scrape, "soak": cmd_soak}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
