@@ -858,8 +858,6 @@ class _Loader:
                 raise _err(UNSUPPORTED[k], kp(k), str(k))
             if k == "listen":
                 raise _err("'listen' is only valid on handlers", kp(k), k)
-            if k == "block":
-                continue
         if len(mods) > 1:
             raise _err(f"a task runs one module, found {len(mods)}: {', '.join(mods)}", kp(mods[1]), mods[1])
         if others:
