@@ -56,12 +56,18 @@ LINKS = {"etc/systemd/system/sysinit.target.wants/gpufleet-boot-id.service": "..
 RECIPE = {"version": 3, "suite": SUITE, "packages": PACKAGES, "baked": BAKED, "masked": MASKED, "files": FILES, "links": LINKS}
 
 
+def _recipe() -> dict:
+    # GPUFLEET_IMAGE_SALT makes a separate image (e.g. to measure a cold build without touching the shared one).
+    salt = os.environ.get("GPUFLEET_IMAGE_SALT")
+    return dict(RECIPE, salt=salt) if salt else RECIPE
+
+
 def image_tag() -> str:
-    return f"{IMAGE_REPO}:{recipe_hash(RECIPE)}"
+    return f"{IMAGE_REPO}:{recipe_hash(_recipe())}"
 
 
 def mini_tag() -> str:
-    return f"{MINI_REPO}:{recipe_hash(RECIPE)}"
+    return f"{MINI_REPO}:{recipe_hash(_recipe())}"
 
 
 def debian_mirror() -> str:
