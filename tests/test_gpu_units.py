@@ -1,0 +1,130 @@
+"""Pure parts of the GPU stack: JSON merge, dev container spec, GPU-container detection, image fit checks, and the
+site playbook + example lab inventory loading and validating without contacting any host."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from provision.gpu import devcontainer as dc
+from provision.gpu.images import check_image_fits
+from provision.gpu.jsonmerge import JsonMergeError, merge, plan_merge
+from provision.gpu.probe import parse_gpu_containers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- daemon.json merge ------------------------------------------------------------------------------------------
+USER = {"log-driver": "json-file", "log-opts": {"max-size": "10m"}, "runtimes": {"crun": {"path": "/usr/bin/crun"}}}
+CTK = {"runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}}
+
+
+def test_merge_keeps_every_user_key_and_adds_the_runtime():
+    out = merge(USER, CTK)
+    assert out["log-opts"] == {"max-size": "10m"} and out["runtimes"]["crun"] == {"path": "/usr/bin/crun"}
+    assert out["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+
+
+@pytest.mark.parametrize("before, changes", [
+    (json.dumps(USER), True),
+    (json.dumps(merge(USER, CTK), indent=4), False),      # already merged: no rewrite, whatever the formatting
+    ("", True),                                           # absent file
+])
+def test_plan_merge_changes_only_when_needed(before, changes):
+    b, after = plan_merge(before, CTK, "/etc/docker/daemon.json")
+    assert (after is not None) is changes
+    if after:
+        assert json.loads(after)["runtimes"]["nvidia"]
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_plan_merge_refuses_to_touch_a_broken_file(text):
+    with pytest.raises(JsonMergeError, match="not touching it"):
+        plan_merge(text, CTK, "/etc/docker/daemon.json")
+
+
+# ---- dev containers ---------------------------------------------------------------------------------------------
+SPEC = dc.DevSpec(name="gpufleet-dev", image="gpufleet/dev:x", gpus="0,1", jupyter_port=8888, ssh_port=2222)
+
+
+def test_docker_run_args_have_labels_volumes_restart_and_no_secret():
+    args = dc.docker_run_args(SPEC, "abc")
+    text = " ".join(args)
+    assert "--restart unless-stopped" in text and "NVIDIA_VISIBLE_DEVICES=0,1" in text
+    assert "gpufleet.devcontainer=1" in text and "gpufleet.gpus=0,1" in text and "gpufleet.spec=abc" in text
+    for v in ("data", "models", "checkpoints"):
+        assert f"/srv/gpufleet/devcontainers/gpufleet-dev/{v}:/workspace/{v}" in text
+    assert "/jupyter_token:/run/gpufleet/jupyter_token:ro" in text and "TOKEN=" not in text
+
+
+@pytest.mark.parametrize("gpus, count, want", [("all", 8, "all"), ([0, 1], 2, "0,1"), ("1", 2, "1"),
+                                               (["GPU-1a2b-3c"], 1, "GPU-1a2b-3c")])
+def test_normalize_gpus(gpus, count, want):
+    assert dc.normalize_gpus(gpus, count) == want
+
+
+@pytest.mark.parametrize("gpus, count, err", [([2], 2, "does not exist"), (["x"], 2, "neither"), ([], 2, "empty")])
+def test_normalize_gpus_refuses(gpus, count, err):
+    with pytest.raises(dc.SpecError, match=err):
+        dc.normalize_gpus(gpus, count)
+
+
+def test_keys_must_be_public_keys():
+    assert dc.keys_text(["ssh-ed25519 AAAAC3Nza alice"]) == "ssh-ed25519 AAAAC3Nza alice\n"
+    with pytest.raises(dc.SpecError):
+        dc.keys_text(["-----BEGIN OPENSSH PRIVATE KEY-----"])
+
+
+def test_spec_hash_follows_image_and_spec():
+    h = dc.spec_hash(SPEC, "sha256:1")
+    assert h == dc.spec_hash(SPEC, "sha256:1") != dc.spec_hash(SPEC, "sha256:2")
+
+
+def test_parse_probe():
+    st = dc.parse_probe("## maintenance\npresent\nRMA by bob\n## token\n400 1000\n## keys\nabc\n## image\n"
+                        "sha256:9\n## container\nrunning 1234\n## end\n")
+    assert st["maintenance"] and st["maintenance_reason"] == "RMA by bob" and st["token_uid"] == 1000
+    assert (st["image_id"], st["container_status"], st["container_spec"]) == ("sha256:9", "running", "1234")
+
+
+def test_controller_token_file_is_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUFLEET_SECRETS_DIR", str(tmp_path))
+    p = dc.save_controller_token("h1", "dev", "s3cret-token")
+    assert p.read_text() == "s3cret-token\n" and oct(p.stat().st_mode & 0o777) == "0o600"
+
+
+# ---- GPU containers (the daemon-reload warning) -----------------------------------------------------------------
+def test_gpu_containers_are_nvidia_runtime_or_gpu_requests():
+    text = ("/job nvidia null PATH=/x NVIDIA_VISIBLE_DEVICES=all\n"
+            "/cuda-image-on-runc runc null NVIDIA_VISIBLE_DEVICES=all\n"
+            "/void nvidia null NVIDIA_VISIBLE_DEVICES=void\n"
+            '/gpus runc [{"Driver":"","Count":-1,"Capabilities":[["gpu"]]}] X=1\n')
+    assert parse_gpu_containers(text) == ["gpus", "job"]
+
+
+# ---- image fit ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tag, driver, gpus, refusal", [
+    ("pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime", "570.195.03", [("12.0", "RTX 5090")], None),
+    ("pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime", "535.261.03", [("9.0", "H100")], "driver is 535.261.03"),
+    ("pytorch/pytorch:2.7.0-cuda12.6-cudnn9-runtime", "570.195.03", [("12.0", "RTX 5090")], "compute capability 12.0"),
+    ("pytorch/pytorch:2.9.0-cuda13.0-cudnn9-runtime", "570.195.03", [("9.0", "H100")], "driver >= 580.65.06"),
+])
+def test_check_image_fits(tag, driver, gpus, refusal):
+    got = check_image_fits(tag, driver, gpus)
+    assert (got is None) if refusal is None else (refusal in got)
+
+
+# ---- the site playbook and the example lab ----------------------------------------------------------------------
+def test_site_playbook_and_lab_inventory_validate_without_connecting():
+    from provision.inventory import load_inventory
+    from provision.playbook import load_playbook, validate
+    pb = load_playbook(str(ROOT / "playbooks/site.yaml"))
+    inv = load_inventory(str(ROOT / "inventories/lab.yaml"))
+    validate(pb, inv, {})                                  # static checks only: no connection is opened
+    assert pb.plays[0].roles == ("gpu_facts", "nvidia_driver", "container_toolkit", "gpu_image", "devcontainer",
+                                 "gpu_agent", "gpu_validate")
+    names = {h.name for h in inv.select("all")}
+    assert names and all(n.endswith(".lab.example.com") for n in names)
+    groups = {g: {h.name for h in inv.select(g)} for g in ("hopper", "blackwell", "ampere")}
+    assert all(groups.values())
