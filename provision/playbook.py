@@ -1067,6 +1067,7 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -
     """Static checks before any connection: host patterns resolve in the inventory, every template variable is
     defined somewhere (inventory vars of the targeted hosts, play vars, role defaults, extra vars, registered
     names, set_fact keys, loop vars, facts, magic vars), template syntax and filter/test names."""
+    from provision.ops.spec import registry
     from provision.templating import TemplateError, analyse, render
     extra_vars = dict(extra_vars or {})
     for play in playbook.plays:
@@ -1097,6 +1098,13 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -
             for path, s in _template_strings(v, k):
                 pos = play.positions.get(f"vars.{k}", play.source)
                 _undefined_check(s, expression=False, defined=defined, guarded=set(), pos=pos, key=path)
+
+        reg = registry()
+        for t in (*play.tasks, *play.handlers):
+            mpos = t.positions.get("module", t.source)
+            if t.module not in reg:   # the registry may have changed since load_playbook
+                raise _err("unknown module", mpos, t.module, hint=closest(t.module, reg))
+            check_module_args(t.module, t.args, t.positions, mpos)
 
         for t in (*play.tasks, *play.handlers):
             tdefined = defined | {t.loop_var} | ({t.index_var} if t.index_var else set())

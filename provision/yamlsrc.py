@@ -73,7 +73,9 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode):
     data = LineDict()
     data.file, data.line = loader.filename, node.start_mark.line + 1
     yield data
-    loader.flatten_mapping(node)  # YAML merge keys (<<)
+    explicit = {id(k) for k, _v in node.value if k.tag != "tag:yaml.org,2002:merge"}
+    loader.flatten_mapping(node)  # YAML merge keys (<<): merged pairs come first, explicit keys may override them
+    merged_keys: set = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         try:
@@ -82,9 +84,13 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode):
             raise InputError("a mapping key must be a plain value", file=loader.filename,
                              line=key_node.start_mark.line + 1) from None
         line = key_node.start_mark.line + 1
-        if key in data.key_lines and key_node.tag != "tag:yaml.org,2002:merge":
+        if key in data.key_lines and key not in merged_keys:
             raise InputError(f"duplicate key (first defined at line {data.key_lines[key]})", file=loader.filename,
                              line=line, key=str(key))
+        if id(key_node) in explicit:
+            merged_keys.discard(key)
+        else:
+            merged_keys.add(key)
         data[key] = loader.construct_object(value_node, deep=True)
         data.key_lines[key] = line
 

@@ -155,6 +155,22 @@ def test_precedence(tmp_path, why, text, expected):
     assert inv.hosts["h"].vars["v"] == expected
 
 
+def test_yaml_anchors_and_merge_keys(tmp_path):
+    inv = load_inventory(write(tmp_path, """
+        all:
+          vars:
+            common: &c {a: 1, b: 2}
+          children:
+            g:
+              vars:
+                <<: *c
+                b: 3
+              hosts:
+                h:
+    """))
+    assert (inv.hosts["h"].vars["a"], inv.hosts["h"].vars["b"]) == (1, 3)   # explicit keys override merged ones
+
+
 def test_priority_key_not_leaked_and_group_defined_twice_merges(tmp_path):
     inv = load_inventory(write(tmp_path, """
         all:

@@ -522,6 +522,15 @@ def test_extra_vars_define_names(tmp_path, inventory):
     validate(pb, inventory, {"release": "1"})
 
 
+def test_validate_rechecks_module_args_against_the_registry(tmp_path, inventory):
+    pb = load_playbook(write(tmp_path, "- hosts: all\n  tasks:\n    - apt:\n        update_cache: true\n"))
+    validate(pb, inventory, {})
+    module("apt", args={"name": ArgSpec("list")})(_Fake)     # the spec changed: update_cache is gone
+    with pytest.raises(InputError) as e:
+        validate(pb, inventory, {})
+    assert str(e.value) == f"{pb.path}:4: update_cache: unknown argument for module 'apt'"
+
+
 def test_missing_playbook(tmp_path):
     missing = str(tmp_path / "none.yaml")
     with pytest.raises(InputError) as e:
