@@ -511,7 +511,7 @@ class _Parser:
                     continue
                 full = os.path.join(root, entry)
                 stem, ext = os.path.splitext(entry)
-                if os.path.isdir(full):
+                if os.path.isdir(full) or entry in table:   # host_vars/gpu01.lab (no extension) too
                     name = entry
                 elif ext in VAR_FILE_EXTS[1:]:
                     name = stem

@@ -360,6 +360,7 @@ def _parse_kv(text: str, pos: SourcePos, module: str) -> dict:
 
 
 def _split_free_form(text: str, spec) -> dict:
+    """Free-form text of a ``free_form`` module -> {'_raw_params': rest, creates/removes/chdir...: value}."""
     special = [a for a in FREE_FORM_SPECIAL if a in spec.args]
     out = {}
     if special:
@@ -1009,6 +1010,11 @@ def _check_notify(tasks: list[Task], handlers: list[Task]):
                 pos = t.positions.get("notify", t.source)
                 raise _err(f"no handler named '{n}' in this play", pos, "notify",
                            hint=closest(n, names))
+
+
+# Public names for other parts (ad hoc `provision run -a`): stable.
+parse_kv = _parse_kv
+split_free_form = _split_free_form
 
 
 def load_playbook(path: str) -> Playbook:

@@ -155,6 +155,16 @@ def test_precedence(tmp_path, why, text, expected):
     assert inv.hosts["h"].vars["v"] == expected
 
 
+def test_var_files_without_extension(tmp_path):
+    path = write(tmp_path, "all:\n  children:\n    gpu:\n      hosts:\n        gpu01.lab:\n")
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "gpu01.lab").write_text("a: 1\n")
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "gpu").write_text("b: 2\n")
+    (tmp_path / "group_vars" / "gpu.txt").write_text("b: 3\n")   # other extensions are ignored
+    assert dict(load_inventory(path).hosts["gpu01.lab"].vars) == {"a": 1, "b": 2}
+
+
 def test_yaml_anchors_and_merge_keys(tmp_path):
     inv = load_inventory(write(tmp_path, """
         all:
