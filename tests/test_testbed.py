@@ -254,6 +254,23 @@ cat /etc/docker/daemon.json""")
     assert json.loads(out)["default-runtime"] == "nvidia"
 
 
+def test_blackwell_needs_the_open_flavour_and_flavours_replace_each_other(tb):
+    host, env = "ws", "DEBIAN_FRONTEND=noninteractive"
+    add_repo(tb, host, "nvidia_cuda_repo_url", "nvidia_cuda_repo_key_url", "cuda-archive-keyring")
+    rc, out, err = ssh(tb, host, f"{env} apt-get install -y -q nvidia-driver-580=580.95.05-1")
+    assert rc == 0, out + err
+    reboot(tb, host)
+    rc, out, _ = ssh(tb, host, "nvidia-smi -L")
+    assert (rc, out.strip()) == (6, "No devices were found")     # proprietary modules do not drive Blackwell
+    rc, out, err = ssh(tb, host, f"{env} apt-get install -y -q nvidia-driver-580-open=580.95.05-1; "
+                                 "dpkg-query -W -f='${Package} ${Status}\\n' 'nvidia-driver-580*'")
+    assert "nvidia-driver-580-open install ok installed" in out
+    assert "nvidia-driver-580 install ok installed" not in out   # the other flavour was replaced
+    reboot(tb, host)
+    rc, out, _ = ssh(tb, host, "nvidia-smi --query-gpu=name,driver_version --format=csv,noheader")
+    assert (rc, out.splitlines()) == (0, ["NVIDIA GeForce RTX 5090, 580.95.05"] * 2)
+
+
 def test_hosts_of_two_testbeds_coexist(tb, testbed_factory):
     other = testbed_factory("tbother", [HostSpec("cpu1")])
     assert other.hosts["cpu1"].container != tb.hosts["cpu1"].container
