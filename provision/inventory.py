@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from provision import yamlsrc
 from provision.errors import EXIT_OPTIONS, EXIT_PARSE, InputError, closest
-from provision.yamlsrc import LineDict, LineList, SourcePos
+from provision.yamlsrc import SourcePos
 
 GROUP_KEYS = ("hosts", "children", "vars")
 VAR_FILE_EXTS = ("", ".yml", ".yaml", ".json")

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from provision import yamlsrc
-from provision.errors import EXIT_PARSE, InputError, closest
+from provision.errors import InputError, closest
 from provision.yamlsrc import LineDict, LineList, SourcePos
 
 _EMPTY: Mapping = MappingProxyType({})
