@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from provision import yamlsrc
 from provision.errors import EXIT_OPTIONS, EXIT_PARSE, InputError, closest
-from provision.yamlsrc import SourcePos
+from provision.yamlsrc import SourcePos, describe, short_repr
 
 GROUP_KEYS = ("hosts", "children", "vars")
 VAR_FILE_EXTS = ("", ".yml", ".yaml", ".json")
@@ -350,16 +350,12 @@ def _merge_level(ent: _Entity, values: Mapping, what: str):
             raise InputError("variable names must be strings", file=kpos.file, line=kpos.line, key=str(k))
         if k in ent.vars and ent.vars[k] != v:
             first = ent.var_src[k]
-            raise InputError(f"{what} '{ent.name}' sets it to {_show(v)} here but to {_show(ent.vars[k])} at "
+            raise InputError(f"{what} '{ent.name}' sets it to {short_repr(v)} here but to {short_repr(ent.vars[k])} at "
                              f"{first}", file=kpos.file, line=kpos.line, key=k)
         if k not in ent.vars:
             ent.vars[k] = yamlsrc.plain(v)
             ent.var_src[k] = kpos
 
-
-def _show(v: Any) -> str:
-    s = repr(yamlsrc.plain(v))
-    return s if len(s) < 40 else s[:37] + "..."
 
 
 class _Parser:
@@ -423,7 +419,7 @@ class _Parser:
         if body is None:
             return
         if not isinstance(body, dict):
-            raise InputError(f"group '{name}' must be a mapping with hosts/children/vars, got {_type(body)}",
+            raise InputError(f"group '{name}' must be a mapping with hosts/children/vars, got {describe(body)}",
                              file=pos.file, line=pos.line, key=name)
         for key in body:
             if key not in GROUP_KEYS:
@@ -434,7 +430,7 @@ class _Parser:
             vars_ = body["vars"]
             if not isinstance(vars_, dict):
                 vpos = body.pos("vars")
-                raise InputError(f"vars must be a mapping, got {_type(vars_)}", file=vpos.file, line=vpos.line,
+                raise InputError(f"vars must be a mapping, got {describe(vars_)}", file=vpos.file, line=vpos.line,
                                  key="vars")
             _merge_level(g, vars_, "group")
         hosts = body.get("hosts")
@@ -449,7 +445,7 @@ class _Parser:
             elif isinstance(hosts, dict):
                 hosts_pos = {k: hosts.pos(k) for k in hosts}
             else:
-                raise InputError(f"hosts must be a mapping of host names, got {_type(hosts)}", file=hpos.file,
+                raise InputError(f"hosts must be a mapping of host names, got {describe(hosts)}", file=hpos.file,
                                  line=hpos.line, key="hosts")
             for hname, hvars in hosts.items():
                 self._parse_host(g, hname, hvars, hosts_pos[hname])
@@ -457,7 +453,7 @@ class _Parser:
         if children is not None:
             cpos = body.pos("children")
             if not isinstance(children, dict):
-                raise InputError(f"children must be a mapping of group names, got {_type(children)}",
+                raise InputError(f"children must be a mapping of group names, got {describe(children)}",
                                  file=cpos.file, line=cpos.line, key="children")
             for cname, cbody in children.items():
                 kpos = children.pos(cname)
@@ -469,7 +465,7 @@ class _Parser:
         if not isinstance(pattern, (str, int)) or isinstance(pattern, bool):
             raise InputError("a host name must be a string", file=pos.file, line=pos.line, key=str(pattern))
         if hvars is not None and not isinstance(hvars, dict):
-            raise InputError(f"host vars must be a mapping, got {_type(hvars)}", file=pos.file, line=pos.line,
+            raise InputError(f"host vars must be a mapping, got {describe(hvars)}", file=pos.file, line=pos.line,
                              key=str(pattern))
         for name in expand_hostname(str(pattern), pos):
             h = self.hosts.get(name)
@@ -531,7 +527,7 @@ class _Parser:
                         continue
                     if not isinstance(data, dict):
                         p = yamlsrc.pos_of(data, default=SourcePos(file, 1))
-                        raise InputError(f"{kind} file must be a mapping of variables, got {_type(data)}",
+                        raise InputError(f"{kind} file must be a mapping of variables, got {describe(data)}",
                                          file=file, line=p.line or 1)
                     for k, v in data.items():  # later files in a directory win, as in Ansible
                         ent.file_vars[k] = yamlsrc.plain(v)
@@ -564,13 +560,6 @@ def _var_files(path: str) -> list[str]:
                 out.append(os.path.join(root, f))
     return sorted(out)
 
-
-def _type(v: Any) -> str:
-    for t, name in ((bool, "a boolean"), (dict, "a mapping"), (list, "a list"), (str, "a string"),
-                    ((int, float), "a number"), (type(None), "nothing")):
-        if isinstance(v, t):
-            return name
-    return type(v).__name__
 
 
 def _check_host_vars(name: str, vars_: Mapping, src: Mapping[str, SourcePos], warnings: list[str]):

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from provision import yamlsrc
 from provision.errors import InputError, closest
-from provision.yamlsrc import LineDict, LineList, SourcePos
+from provision.yamlsrc import LineDict, LineList, SourcePos, describe, short_repr
 
 _EMPTY: Mapping = MappingProxyType({})
 
@@ -186,13 +186,6 @@ def _kpos(container: Any, key: Any, default: SourcePos) -> SourcePos:
     return yamlsrc.pos_of(container, key, default) if isinstance(container, (LineDict, LineList)) else default
 
 
-def _type(v: Any) -> str:
-    for t, name in ((bool, "a boolean"), (dict, "a mapping"), (list, "a list"), (str, "a string"),
-                    ((int, float), "a number"), (type(None), "nothing")):
-        if isinstance(v, t):
-            return name
-    return type(v).__name__
-
 
 def _bool(v: Any, pos: SourcePos, key: str) -> bool:
     if isinstance(v, bool):
@@ -211,7 +204,7 @@ def _bool(v: Any, pos: SourcePos, key: str) -> bool:
 
 def _str(v: Any, pos: SourcePos, key: str) -> str:
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise _err(f"expected a string, got {_type(v)}", pos, key)
+        raise _err(f"expected a string, got {describe(v)}", pos, key)
     return str(v)
 
 
@@ -224,10 +217,10 @@ def _str_list(v: Any, pos: SourcePos, key: str, *, split_commas: bool = False) -
         items = []
         for i, x in enumerate(v):
             if isinstance(x, bool) or not isinstance(x, (str, int, float)):
-                raise _err(f"expected a list of strings, item {i + 1} is {_type(x)}", _kpos(v, i, pos), key)
+                raise _err(f"expected a list of strings, item {i + 1} is {describe(x)}", _kpos(v, i, pos), key)
             items.append(str(x))
     else:
-        raise _err(f"expected a string or a list of strings, got {_type(v)}", pos, key)
+        raise _err(f"expected a string or a list of strings, got {describe(v)}", pos, key)
     if split_commas:
         items = [p.strip() for x in items for p in x.split(",") if p.strip()]
     return tuple(items)
@@ -245,7 +238,7 @@ def _conditions(v: Any, pos: SourcePos, key: str) -> tuple[str, ...]:
                 raise _err("empty condition", _kpos(v, i, pos), key)
             out.append(s)
         else:
-            raise _err(f"expected a condition (a string or a list of strings), got {_type(x)}", _kpos(v, i, pos), key)
+            raise _err(f"expected a condition (a string or a list of strings), got {describe(x)}", _kpos(v, i, pos), key)
     return tuple(out)
 
 
@@ -253,7 +246,7 @@ def _mapping(v: Any, pos: SourcePos, key: str) -> dict:
     if v is None:
         return {}
     if not isinstance(v, dict):
-        raise _err(f"expected a mapping, got {_type(v)}", pos, key)
+        raise _err(f"expected a mapping, got {describe(v)}", pos, key)
     for k in v:
         if not isinstance(k, str):
             raise _err(f"variable names must be strings, got {k!r}", _kpos(v, k, pos), key)
@@ -430,7 +423,7 @@ def check_module_args(module: str, args: Mapping, positions: Mapping[str, Source
             continue
         ok = _TYPE_OK.get(a.type, _TYPE_OK["raw"])
         if not ok(v):
-            raise _err(f"expected {_TYPE_WORDS.get(a.type, a.type)}, got {_type(v)} {_show(v)}", pos, str(k))
+            raise _err(f"expected {_TYPE_WORDS.get(a.type, a.type)}, got {describe(v)} {short_repr(v)}", pos, str(k))
         if a.choices and not has_template(v):
             values = v if (a.type == "list" and isinstance(v, list)) else [v]
             for item in values:
@@ -441,10 +434,6 @@ def check_module_args(module: str, args: Mapping, positions: Mapping[str, Source
         if a.required and name not in seen:
             raise _err(f"module '{module}' requires argument '{name}'", default, module)
 
-
-def _show(v: Any) -> str:
-    s = repr(yamlsrc.plain(v))
-    return s if len(s) <= 40 else s[:37] + "..."
 
 
 # ------------------------------------------------------------------------------------------------ loader
@@ -497,13 +486,13 @@ class _Loader:
         if data is None:
             raise _err("playbook is empty (expected a list of plays)", SourcePos(path, 1))
         if not isinstance(data, list):
-            raise _err(f"a playbook must be a list of plays, got {_type(data)}", yamlsrc.pos_of(data,
+            raise _err(f"a playbook must be a list of plays, got {describe(data)}", yamlsrc.pos_of(data,
                        default=SourcePos(path, 1)))
         plays: list[Play] = []
         for i, item in enumerate(data):
             pos = data.pos(i)
             if not isinstance(item, dict):
-                raise _err(f"each play must be a mapping, got {_type(item)}", pos)
+                raise _err(f"each play must be a mapping, got {describe(item)}", pos)
             imp = next((k for k in ("import_playbook", "ansible.builtin.import_playbook") if k in item), None)
             if imp:
                 _check_keys(item, (imp, "name", "when", "tags", "vars"), pos, "import_playbook")
@@ -587,7 +576,7 @@ class _Loader:
         roles = data.get("roles")
         if roles is not None:
             if not isinstance(roles, list):
-                raise _err(f"roles must be a list, got {_type(roles)}", kp("roles"), "roles")
+                raise _err(f"roles must be a list, got {describe(roles)}", kp("roles"), "roles")
             for i, r in enumerate(roles):
                 tasks += self._role_entry(r, roles.pos(i), ctx)
         tasks += self._task_list(data.get("tasks"), kp("tasks"), ctx, "tasks")
@@ -612,7 +601,7 @@ class _Loader:
             found = None
             for c in candidates:
                 if not isinstance(c, str):
-                    raise _err(f"vars_files entries must be file names, got {_type(c)}", ipos, "vars_files")
+                    raise _err(f"vars_files entries must be file names, got {describe(c)}", ipos, "vars_files")
                 if "{{" in c:
                     raise _err(f"templated vars_files are not supported: {c!r}", ipos, "vars_files")
                 full = c if os.path.isabs(c) else os.path.join(os.path.dirname(os.path.abspath(path)), c)
@@ -625,7 +614,7 @@ class _Loader:
             if data is None:
                 continue
             if not isinstance(data, dict):
-                raise _err(f"a vars file must be a mapping, got {_type(data)}", SourcePos(found, 1))
+                raise _err(f"a vars file must be a mapping, got {describe(data)}", SourcePos(found, 1))
             yield found, data
 
     def _serial(self, v: Any, pos: SourcePos) -> tuple:
@@ -660,7 +649,7 @@ class _Loader:
         out = {}
         for k, val in env.items():
             if isinstance(val, (dict, list)):
-                raise _err(f"environment values must be strings, got {_type(val)}", _kpos(env, k, pos), k)
+                raise _err(f"environment values must be strings, got {describe(val)}", _kpos(env, k, pos), k)
             out[k] = "" if val is None else (str(val).lower() if isinstance(val, bool) else str(val))
         return out
 
@@ -686,7 +675,7 @@ class _Loader:
         if isinstance(entry, str):
             return self._load_role(entry, pos, ctx, {}, "roles")
         if not isinstance(entry, dict):
-            raise _err(f"a role entry must be a name or a mapping, got {_type(entry)}", pos, "roles")
+            raise _err(f"a role entry must be a name or a mapping, got {describe(entry)}", pos, "roles")
         name = entry.get("role", entry.get("name"))
         if not isinstance(name, str):
             raise _err("role entry needs 'role: NAME'", pos, "role")
@@ -771,12 +760,12 @@ class _Loader:
         if data is None:
             return []
         if not isinstance(data, list):
-            raise _err(f"{key} must be a list of tasks, got {_type(data)}", pos, key)
+            raise _err(f"{key} must be a list of tasks, got {describe(data)}", pos, key)
         out: list[Task] = []
         for i, item in enumerate(data):
             ipos = data.pos(i) if isinstance(data, LineList) else pos
             if not isinstance(item, dict):
-                raise _err(f"each task must be a mapping, got {_type(item)}", ipos, key)
+                raise _err(f"each task must be a mapping, got {describe(item)}", ipos, key)
             out += self._task_or_block(item, ipos, ctx)
         return out
 
@@ -903,7 +892,7 @@ class _Loader:
                 positions[f"args.{k}"] = mpos
             args.update(parsed)
         else:
-            raise _err(f"module arguments must be a mapping or a string, got {_type(raw)}", mpos, mkey)
+            raise _err(f"module arguments must be a mapping or a string, got {describe(raw)}", mpos, mkey)
         check_module_args(module, args, positions, mpos)
 
         sub = self._inherit(data, pos, ctx)
@@ -926,7 +915,7 @@ class _Loader:
             elif lk == "with_dict":
                 loop = _dict_items(loop, lpos)
             if loop is not None and not isinstance(loop, (list, str)):
-                raise _err(f"loop expects a list or a template, got {_type(loop)}", lpos, lk)
+                raise _err(f"loop expects a list or a template, got {describe(loop)}", lpos, lk)
         loop_var, index_var, label, pause = "item", None, None, 0.0
         if data.get("loop_control") is not None:
             lc = _mapping(data["loop_control"], kp("loop_control"), "loop_control")

@@ -164,3 +164,18 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
+
+def describe(value: Any) -> str:
+    """'a mapping', 'a list', 'a string'... for "expected X, got Y" messages."""
+    for t, name in ((bool, "a boolean"), (dict, "a mapping"), (list, "a list"), (str, "a string"),
+                    ((int, float), "a number"), (type(None), "nothing")):
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """repr() of a plain value, cut to ``limit`` characters for one-line messages."""
+    s = repr(plain(value))
+    return s if len(s) <= limit else s[: limit - 3] + "..."
