@@ -106,7 +106,19 @@ def ensure_image(log=print) -> str:
         log(f"testbed: building image {tag} (debootstrap {SUITE}; a few minutes, once)")
         _build(tag)
         log(f"testbed: built {tag} in {time.monotonic() - start:.0f}s")
+        if not os.environ.get("GPUFLEET_IMAGE_SALT"):
+            _prune_old(tag)
     return tag
+
+
+def _prune_old(tag: str) -> None:
+    """Remove images of older recipes (Docker refuses, harmlessly, while a container still uses one)."""
+    keep = {tag, mini_tag()}
+    for repo in (IMAGE_REPO, MINI_REPO):
+        names = docker.out(["images", repo, "--format", "{{.Repository}}:{{.Tag}}"], check=False).splitlines()
+        old = [n for n in names if n not in keep and not n.endswith(":<none>")]
+        if old:
+            docker.run(["image", "rm", *old], check=False)
 
 
 def _sh(cmd: list[str], **kw) -> None:
