@@ -28,7 +28,7 @@ from provision import facts as factmod
 from provision.connectors import ConnectOptions, connect
 from provision.connectors.base import CommandTimeout, ConnectorError, Unreachable
 from provision.errors import InputError, OptionError
-from provision.ops.core import OpContext, OpError, execute_plan, mask_text, normalize, secret_values
+from provision.ops.core import OpContext, OpError, execute_plan, mask_text, normalize, secret_values, unified
 from provision.results import HostResult, RunStats
 
 CENSORED = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
@@ -706,7 +706,7 @@ class Executor:
         m = lambda t: mask_text(t, secrets) if isinstance(t, str) else t  # noqa: E731
         return dataclasses.replace(
             r, msg=m(r.msg), stdout=m(r.stdout), stderr=m(r.stderr), commands=[m(c) for c in r.commands],
-            diff=[{k: m(x) for k, x in d.items()} for d in r.diff],
+            diff=[{**{k: m(x) for k, x in d.items()}, "unified": m(unified(d))} for d in r.diff],
             results=[self._masked(x, secrets) for x in r.results])
 
     def _report(self, s, task, r: HostResult, secrets, item=False) -> None:

@@ -40,7 +40,7 @@ class AdhocReporter:
             if self.diff:
                 from provision.ops.core import unified
                 for df in r.diff:
-                    print(unified(df), end="", file=self.out)
+                    print(df.get("unified") or unified(df), end="", file=self.out)
             if "stdout" in d and not r.failed and not r.unreachable:
                 print(f"{r.host} | {status} | rc={r.rc} >>\n{r.stdout}", file=self.out, flush=True)
             else:

@@ -112,7 +112,7 @@ class TextReporter:
         if not self.diff:
             return
         for d in r.diff:
-            text = unified(d)
+            text = d.get("unified") or unified(d)   # diffed before masking, so a changed secret still shows
             if text:
                 for line in text.rstrip("\n").splitlines():
                     kind = "changed" if line.startswith("+") else "failed" if line.startswith("-") else None
