@@ -49,7 +49,9 @@ class HostSpec:
     secure_boot: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "gpus", tuple(self.gpus))
+        # gpus: a tuple of model keys, or a string such as "8xH100-SXM" / "2xRTX-5090+1xL40S" / "none"
+        gpus = gpumod.parse_gpus(self.gpus) if isinstance(self.gpus, str) else tuple(self.gpus or ())
+        object.__setattr__(self, "gpus", gpus)
 
 
 @dataclass(frozen=True)
