@@ -452,10 +452,14 @@ def _binding_version() -> str:
 
 
 def _esc(v: str) -> str:
+    if "\\" not in v and '"' not in v and "\n" not in v:
+        return v
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _num(v: float) -> str:
+    if v.__class__ is int:
+        return f"{v}.0" if -(1 << 53) < v < (1 << 53) else repr(float(v))
     if v != v:
         return "NaN"
     if v in (float("inf"), float("-inf")):
@@ -473,14 +477,14 @@ def render(registry: Any) -> bytes:
         name = fam.name + ("_total" if typ == "counter" else "")
         doc = fam.documentation.replace("\\", "\\\\").replace("\n", "\\n")
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")
+        app = out.append
         for smp in fam.samples:
-            if smp.name.endswith("_created"):
-                continue
-            if smp.labels:
-                lbl = ",".join(f'{k}="{_esc(str(v))}"' for k, v in smp.labels.items())
-                out.append(f"{smp.name}{{{lbl}}} {_num(smp.value)}\n")
-            else:
-                out.append(f"{smp.name} {_num(smp.value)}\n")
+            sname, labels, value = smp[0], smp[1], smp[2]
+            if labels:
+                lbl = ",".join([f'{k}="{_esc(v)}"' for k, v in labels.items()])
+                app(f"{sname}{{{lbl}}} {_num(value)}\n")
+            elif not sname.endswith("_created"):
+                app(f"{sname} {_num(value)}\n")
     return "".join(out).encode()
 
 

@@ -286,9 +286,12 @@ class ReplayNvml:
 
     @staticmethod
     def _spin(us: float) -> None:
+        # a real NVML call runs in C with the GIL released: long ones sleep (GIL released too); short ones spin,
+        # since a sleep cannot be shorter than ~60 us
+        if us > 200:
+            time.sleep(us / 1e6)
+            return
         end = time.perf_counter() + us / 1e6
-        if us > 300:
-            time.sleep(us / 1e6 * 0.8)
         while time.perf_counter() < end:
             pass
 
