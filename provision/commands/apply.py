@@ -30,6 +30,8 @@ def add_connection_args(p: argparse.ArgumentParser, *, inventory_positional: boo
                    help="SSH connect timeout (default 10)")
     p.add_argument("--command-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="wall-clock deadline for each remote command (default 3600)")
+    p.add_argument("-F", "--ssh-config", metavar="FILE",
+                   help="ssh config file (default ~/.ssh/config): HostName, Port, User, IdentityFile, ProxyJump")
     p.add_argument("-b", "--become", action="store_true", default=None, help="run operations with sudo")
     p.add_argument("--become-user", help="user to become (default root)")
     p.add_argument("-K", "--ask-become-pass", action="store_true",
@@ -98,7 +100,7 @@ def run_options(args, *, check: bool = False):
         start_at_task=getattr(args, "start_at_task", None), extra_vars=parse_extra_vars(args.extra_vars),
         limit=args.limit, become=args.become, become_user=args.become_user,
         connect=ConnectOptions(host_key_checking=args.host_key_checking, connect_timeout=args.connect_timeout,
-                               command_timeout=args.command_timeout),
+                               command_timeout=args.command_timeout, ssh_config=args.ssh_config),
         retry_dir=getattr(args, "retry_dir", None), retry_files=not getattr(args, "no_retry_file", False),
         verbosity=args.verbose)
 

@@ -16,7 +16,6 @@ import getpass
 import os
 import select
 import shlex
-import socket
 import sys
 import threading
 import time
@@ -119,7 +118,8 @@ class SSHConnector:
         sock = None
         jump = c.get("proxyjump")
         if jump and jump.lower() != "none" and _depth < 5:
-            sock = self._open_jump(jump.split(",")[0].strip(), host_key_checking, keepalive, ssh_config, _depth)
+            sock = self._open_jump(jump.split(",")[0].strip(), host_key_checking, keepalive, ssh_config, _depth,
+                                   keys)
         try:
             client.connect(self.address, port=self.port, username=self.user, key_filename=keys or None,
                            password=password, allow_agent=True, look_for_keys=not keys, timeout=connect_timeout,
@@ -152,11 +152,14 @@ class SSHConnector:
             transport.set_keepalive(keepalive)
 
     # -- ProxyJump ------------------------------------------------------------------------------------
-    def _open_jump(self, spec: str, hkc: str, keepalive: int, ssh_config: str | None, depth: int):
+    def _open_jump(self, spec: str, hkc: str, keepalive: int, ssh_config: str | None, depth: int, keys: list):
+        """The jump host is verified against the same known_hosts file, with the same keys (plus its own
+        ~/.ssh/config entry)."""
         user, _, hostport = spec.rpartition("@")
         jhost, _, jport = hostport.partition(":")
         self._jump = SSHConnector(f"{self.host}~jump:{jhost}", address=jhost, port=int(jport) if jport else None,
-                                  user=user or None, known_hosts_file=None, host_key_checking=hkc,
+                                  user=user or None, key_files=keys, known_hosts_file=self.known_hosts_file,
+                                  host_key_checking=hkc,
                                   connect_timeout=self._connect_timeout, keepalive=keepalive,
                                   ssh_config=ssh_config, warn=self._warn, _depth=depth + 1)
         try:

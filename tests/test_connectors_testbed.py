@@ -1,0 +1,131 @@
+"""Connectors against real sshd hosts: deadlines, concurrent stdout/stderr, put/get, one connection per host,
+sudo with a password, ProxyJump through ~/.ssh/config, the reboot module, the docker connection."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from provision.cli import main
+from provision.connectors import ConnectOptions, connect
+from provision.connectors.base import CommandTimeout, ConnectorError
+from provision.inventory import load_inventory
+from provision.testbed import HostSpec
+
+pytestmark = pytest.mark.testbed
+FIX = Path(__file__).parent / "fixtures" / "engine"
+
+
+@pytest.fixture(scope="module")
+def tb(module_testbed_factory):
+    t = module_testbed_factory("conn", [HostSpec("c1"), HostSpec("c2")])
+    t.write_inventory()
+    return t
+
+
+@pytest.fixture
+def conn(tb):
+    inv = load_inventory(str(tb.inventory_path))
+    c = connect(inv.hosts["c1"], ConnectOptions())
+    yield c
+    c.close()
+
+
+def accepted(tb, host) -> int:
+    return int(tb.exec(host, "journalctl -u ssh --no-pager -q | grep -c 'Accepted publickey'")[1].strip() or 0)
+
+
+def test_big_stdout_and_stderr_together_and_deadline(conn):
+    res = conn.run("(yes out | head -c 3000000) & (yes err | head -c 3000000 >&2); wait; exit 3")
+    assert res.rc == 3 and len(res.stdout) == 3000000 and len(res.stderr) == 3000000
+    with pytest.raises(CommandTimeout):
+        conn.run("sleep 60", timeout=1.5)
+    assert conn.run("echo still-usable").stdout == "still-usable\n"   # the connection survives a timeout
+
+
+def test_put_get_binary_and_mode(conn):
+    data = bytes(range(256)) * 64
+    conn.put("/tmp/blob.bin", data, mode=0o600)
+    assert conn.get("/tmp/blob.bin") == data
+    assert conn.run("stat -c %a /tmp/blob.bin").stdout.strip() == "600"
+    with pytest.raises(ConnectorError):
+        conn.get("/nonexistent/file")
+
+
+def test_one_connection_per_host_for_a_whole_run(tb, capsys):
+    before = {h: accepted(tb, h) for h in ("c1", "c2")}
+    rc = main(["apply", str(tb.inventory_path), "-p", str(FIX / "site.yaml"), "--json"])
+    capsys.readouterr()
+    assert rc == 0
+    after = {h: accepted(tb, h) for h in ("c1", "c2")}
+    assert {h: after[h] - before[h] for h in after} == {"c1": 1, "c2": 1}
+
+
+def test_become_with_password_via_sudo(tb, tmp_path, monkeypatch, capsys):
+    tb.exec("c2", "id dev >/dev/null 2>&1 || useradd -m -s /bin/bash dev; echo 'dev:Pa55-word-xyz' | chpasswd; "
+                  "echo 'dev ALL=(ALL) ALL' > /etc/sudoers.d/dev; mkdir -p /home/dev/.ssh; "
+                  "cp /root/.ssh/authorized_keys /home/dev/.ssh/; chown -R dev: /home/dev/.ssh")
+    inv = load_inventory(str(tb.inventory_path))
+    host = inv.hosts["c2"]
+
+    class AsDev:   # the testbed host, reached as an unprivileged user
+        name = "c2"
+        vars = {**host.vars, "ansible_user": "dev"}
+        connection = "ssh"
+        address = host.address
+        key_file = host.key_file
+        known_hosts_file = host.known_hosts_file
+
+    c = connect(AsDev(), ConnectOptions(become_password="Pa55-word-xyz"))
+    try:
+        assert c.run("id -u").stdout.strip() != "0"
+        res = c.run("id -u; cat", become=True, stdin=b"payload-after-password\n")
+        assert res.rc == 0 and res.stdout == "0\npayload-after-password\n"   # password never reaches the command
+        assert "Pa55" not in res.stderr
+    finally:
+        c.close()
+    c = connect(AsDev(), ConnectOptions())
+    try:
+        with pytest.raises(ConnectorError, match="PROVISION_BECOME_PASS"):
+            c.run("true", become=True)
+    finally:
+        c.close()
+
+
+def test_proxyjump_from_ssh_config(tb, tmp_path, capsys):
+    c1, c2 = tb.hosts["c1"], tb.hosts["c2"]
+    pub = (tb.workdir / "hosts" / "c2" / "ssh_host_ed25519_key.pub").read_text().split()
+    known = tmp_path / "known_hosts"
+    known.write_text(tb.known_hosts_path.read_text() + f"c2 {pub[0]} {pub[1]}\n")
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host behind-c1\n  HostName c2\n  Port 22\n  User root\n  IdentityFile {tb.key_path}\n"
+                   f"  ProxyJump root@127.0.0.1:{c1.port}\n")
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f"all:\n  hosts:\n    inner:\n      ansible_host: behind-c1\n"
+                   f"      ansible_ssh_known_hosts_file: {known}\n")
+    rc = main(["run", str(inv), "all", "-m", "command", "-a", "hostname", "-F", str(cfg), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["inner"]["stdout"] == "c2"
+    assert c2.port != 22   # it really went through c1 (c2's published port was not used)
+
+
+def test_reboot_module_survives_restart(tb, capsys):
+    before = tb.boot_id("c1")
+    rc = main(["apply", str(tb.inventory_path), "-p", str(FIX / "reboot.yaml"), "--limit", "c1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0, report
+    after = tb.boot_id("c1")
+    assert after != before
+    tasks = {t["task"]["name"]: t["hosts"]["c1"] for t in report["plays"][0]["tasks"]}
+    assert tasks["reboot the host"]["status"] == "changed"
+    assert tasks["still works afterwards"]["status"] == "ok"
+
+
+def test_docker_connection(tb, tmp_path, capsys):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f"all:\n  hosts:\n    viadocker:\n      ansible_connection: docker\n"
+                   f"      ansible_host: {tb.container('c2')}\n")
+    rc = main(["run", str(inv), "all", "-m", "shell", "-a", "hostname; echo e >&2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["viadocker"]["stdout"] == "c2" and out["viadocker"]["stderr"] == "e"
