@@ -432,11 +432,23 @@ class NvmlSource:
 
     # ------------------------------------------------------------------------------------------ background reads
     def refresh_slow(self) -> None:
-        """Read the slow fields of every GPU once (the background thread calls this every slow_interval)."""
+        """Read the slow fields of every GPU once (the background thread calls this every slow_interval).
+        Also notices a change in the GPU count (a GPU gone from the bus after a reset, or one added) and then
+        enumerates the GPUs again."""
         nv = self.nvml
         with self._lock:
             if not self._up:
                 return
+            try:
+                n = nv.nvmlDeviceGetCount()
+            except Exception:
+                n = len(self._handles)
+            if n != len(self._handles):
+                log.warning("GPU count changed from %d to %d: enumerating again", len(self._handles), n)
+                try:
+                    self._discover()
+                except Exception as e:
+                    log.warning("GPU enumeration failed: %s", e)
             handles = list(enumerate(self._handles))
         for i, h in handles:
             if h is None:

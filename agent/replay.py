@@ -189,6 +189,7 @@ class ReplayNvml:
         self.initialized = False
         self.lost: set[int] = set()
         self.failures: dict[tuple[str, int | None], int] = {}
+        self.overrides: dict[tuple, Any] = {}
         self.processes: dict[int, list[tuple[int, int]]] = {}
         self.init_calls = 0
         self._events: list[tuple[int, int]] = []
@@ -207,6 +208,11 @@ class ReplayNvml:
 
     def fail(self, func: str, code: int, gpu: int | None = None) -> None:
         self.failures[(func, gpu)] = code
+
+    def set(self, func: str, value: Any, gpu: int | None = None, args: tuple = ()) -> None:
+        """From now on ``func`` (on that GPU, with these extra arguments) returns ``value`` (plain JSON form, as in
+        a recording: {"struct": {...}} for structures)."""
+        self.overrides[(func, gpu, tuple(args))] = value
 
     def xid(self, gpu: int, code: int) -> None:
         with self._event_cond:
@@ -265,6 +271,11 @@ class ReplayNvml:
         code = self.failures.get((name, gpu), self.failures.get((name, None)))
         if code is not None:
             raise self._err(code)
+        if self.overrides:
+            rest = tuple(args[1:]) if gpu is not None else tuple(args)
+            for g in (gpu, None):
+                if (name, g, rest) in self.overrides:
+                    return _de(self.overrides[(name, g, rest)])
         key = f"{name}({','.join(self._argkey(a) for a in args)})"
         outcomes = self._calls.get(key)
         if not outcomes:
