@@ -89,7 +89,8 @@ def parse_module_args(module: str, text: str | None) -> dict:
     from provision.yamlsrc import SourcePos
     reg = registry()
     if module not in reg:
-        raise OptionError(f"unknown module '{module}'", key="-m", choices=[k for k in reg if "." not in k])
+        from provision.errors import closest
+        raise OptionError(f"unknown module '{module}'", key="-m", hint=closest(module, [k for k in reg if "." not in k]))
     spec = reg[module]
     pos = SourcePos("<command line>", 0)
     text = (text or "").strip()

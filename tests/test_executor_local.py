@@ -1,0 +1,210 @@
+"""Executor semantics with `local` connection hosts (fast; real shell, real files under tmp_path): loops, register,
+when, changed_when/failed_when, until/retries, ignore_errors, set_fact, tags, --start-at-task, handlers and
+flush_handlers, any_errors_fatal, extra vars precedence, retry files, template/lineinfile/file/wait_for."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from provision.cli import main
+
+
+def write(tmp_path, name, text) -> str:
+    p = tmp_path / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+@pytest.fixture
+def inv(tmp_path):
+    return write(tmp_path, "inv.yaml", f"""
+        all:
+          vars:
+            out: {tmp_path}/out
+          hosts:
+            a: {{ansible_connection: local}}
+            b: {{ansible_connection: local}}
+        """)
+
+
+def run(capsys, *argv):
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr()
+
+
+def report(capsys, *argv):
+    rc, out = run(capsys, *argv, "--json")
+    return rc, json.loads(out.out)
+
+
+def host_status(rep, task, host):
+    for play in rep["plays"]:
+        for t in play["tasks"]:
+            if t["task"]["name"] == task and host in t["hosts"]:
+                return t["hosts"][host]
+    return None
+
+
+def test_loop_register_when_changed_failed_when(tmp_path, inv, capsys):
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          gather_facts: false
+          tasks:
+            - file: {path: "{{ out }}/{{ inventory_hostname }}", state: directory}
+            - name: loop
+              copy: {dest: "{{ out }}/{{ inventory_hostname }}/{{ item }}", content: "{{ item }}\\n"}
+              loop: [x, y, z]
+              when: item != 'z'
+              register: looped
+            - name: count
+              shell: ls {{ out }}/{{ inventory_hostname }} | wc -l
+              register: n
+              changed_when: false
+              failed_when: n.stdout | int != 2
+            - name: check register shape
+              assert:
+                that:
+                  - looped.results | length == 3
+                  - looped.results[2].skipped
+                  - looped.changed
+                  - n.rc == 0 and n.stdout_lines == ['2']
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    assert rc == 0, rep
+    assert host_status(rep, "count", "a")["status"] == "ok"
+    assert [r["status"] for r in host_status(rep, "loop", "a")["results"]] == ["changed", "changed", "skipped"]
+    assert sorted(p.name for p in (tmp_path / "out" / "b").iterdir()) == ["x", "y"]
+
+
+def test_until_retries_ignore_errors_set_fact_and_extra_vars(tmp_path, inv, capsys):
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          gather_facts: false
+          vars: {greeting: play}
+          tasks:
+            - name: flaky
+              shell: echo x >> {{ out }}-{{ inventory_hostname }}.cnt; wc -l < {{ out }}-{{ inventory_hostname }}.cnt
+              register: c
+              until: c.stdout | int >= 3
+              retries: 5
+              delay: 0
+            - name: broken but ignored
+              command: /bin/false
+              ignore_errors: true
+            - set_fact: {computed: "{{ c.stdout | int * 10 }}"}
+            - name: see
+              assert: {that: ["computed | int == 30", "greeting == 'cli'"]}
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb, "-e", "greeting=cli")
+    assert rc == 0, rep
+    assert rep["stats"]["a"]["ignored"] == 1 and rep["stats"]["a"]["failed"] == 0
+    assert host_status(rep, "broken but ignored", "a")["ignored"] is True
+    assert (tmp_path / "out-a.cnt").read_text().count("x") == 3
+
+
+def test_handlers_once_in_order_and_flush(tmp_path, inv, capsys):
+    log = tmp_path / "handlers.log"
+    pb = write(tmp_path, "pb.yaml", f"""
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - {{name: t1, command: "true", notify: [second, first]}}
+            - {{name: t2, command: "true", notify: first}}
+            - {{name: t3, command: "true", notify: first, changed_when: false}}
+            - meta: flush_handlers
+            - {{name: t4, command: "true", notify: second}}
+          handlers:
+            - {{name: first, shell: "echo first >> {log}"}}
+            - {{name: second, shell: "echo second >> {log}"}}
+            - {{name: never, shell: "echo never >> {log}"}}
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    assert rc == 0
+    assert log.read_text().split() == ["first", "second", "second"]
+
+
+def test_tags_and_start_at_task(tmp_path, inv, capsys):
+    log = tmp_path / "tags.log"
+    pb = write(tmp_path, "pb.yaml", f"""
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - {{name: one, shell: "echo one >> {log}", tags: [x]}}
+            - {{name: two, shell: "echo two >> {log}", tags: [y]}}
+            - {{name: three, shell: "echo three >> {log}", tags: [always]}}
+            - {{name: four, shell: "echo four >> {log}", tags: [never, debug]}}
+        """)
+    assert run(capsys, "apply", inv, "-p", pb, "--tags", "y")[0] == 0
+    assert log.read_text().split() == ["two", "three"]
+    log.unlink()
+    assert run(capsys, "apply", inv, "-p", pb, "--skip-tags", "x,always", "--tags", "all,debug")[0] == 0
+    assert log.read_text().split() == ["two", "four"]
+    log.unlink()
+    assert run(capsys, "apply", inv, "-p", pb, "--start-at-task", "thr*")[0] == 0
+    assert log.read_text().split() == ["three"]
+
+
+def test_any_errors_fatal_and_retry_file(tmp_path, inv, capsys):
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          gather_facts: false
+          any_errors_fatal: true
+          tasks:
+            - fail: {msg: stop}
+              when: inventory_hostname == 'a'
+            - name: after
+              copy: {dest: "{{ out }}-{{ inventory_hostname }}", content: "x"}
+        """)
+    rc, out = run(capsys, "apply", inv, "-p", pb, "--retry-dir", tmp_path / "retry")
+    assert rc == 2
+    assert not (tmp_path / "out-a").exists() and not (tmp_path / "out-b").exists()
+    assert (tmp_path / "retry" / "pb.retry").read_text() == "a\n"
+    assert "to retry, use: --limit @" in out.out
+
+
+def test_template_lineinfile_file_wait_for(tmp_path, inv, capsys):
+    write(tmp_path, "templates/app.conf.j2", "name={{ inventory_hostname }}\n{% for p in ports %}port={{ p }}\n"
+                                             "{% endfor %}")
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          vars: {ports: [1, 2]}
+          tasks:
+            - template: {src: app.conf.j2, dest: "{{ out }}.conf", mode: "0600"}
+            - lineinfile: {path: "{{ out }}.extra", regexp: "^port=", line: "port=3", create: true}
+            - lineinfile: {path: "{{ out }}.extra", line: "first", insertbefore: BOF}
+            - file: {path: "{{ out }}.link", state: link, src: "{{ out }}.conf"}
+            - wait_for: {path: "{{ out }}.extra", search_regex: "port=3", timeout: 5}
+            - name: absent path times out
+              wait_for: {path: "{{ out }}.nope", timeout: 1}
+              ignore_errors: true
+              register: w
+            - assert: {that: [w.failed]}
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    assert rc == 0, rep
+    assert (tmp_path / "out.conf").read_text() == "name=a\nport=1\nport=2\n"
+    assert (tmp_path / "out.extra").read_text() == "first\nport=3\n"
+    assert oct((tmp_path / "out.conf").stat().st_mode & 0o777) == "0o600"
+    assert (tmp_path / "out.link").resolve() == tmp_path / "out.conf"
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    assert rep["stats"]["a"]["changed"] == 0
+
+
+def test_adhoc_run_and_bad_module_args(tmp_path, inv, capsys):
+    rc, out = run(capsys, "run", inv, "b", "-m", "shell", "-a", "echo hi-$((1+1))")
+    assert rc == 0 and "b | CHANGED | rc=0 >>\nhi-2" in out.out
+    rc, out = run(capsys, "run", inv, "all", "-m", "copy", "-a", "dest=/tmp/x contnt=y")
+    assert rc == 5 and "did you mean 'content'" in out.err
+    rc, out = run(capsys, "run", inv, "all", "-m", "cpy", "-a", "dest=/tmp/x")
+    assert rc == 5 and "did you mean 'copy'" in out.err
+
+
+def test_forks_zero_is_an_option_error(inv, tmp_path, capsys):
+    pb = write(tmp_path, "pb.yaml", "- hosts: all\n  tasks: [{ping: {}}]\n")
+    rc, out = run(capsys, "apply", inv, "-p", pb, "-f", "0")
+    assert rc == 5 and "--forks" in out.err
