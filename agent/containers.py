@@ -107,11 +107,11 @@ def requested_gpus(inspect: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------- cgroup parsing
 _ID = r"([0-9a-f]{64})"
 _PATTERNS = [
-    re.compile(r"(?:^|/)docker-" + _ID + r"\.scope$"),  # systemd cgroup driver (v1 and v2)
+    re.compile(r"(?:^|/)docker-" + _ID + r"\.scope(?:/|$)"),  # systemd cgroup driver (v1 and v2)
     re.compile(r"(?:^|/)docker/" + _ID + r"(?:/|$)"),  # cgroupfs driver (v1 and v2)
-    re.compile(r"(?:^|/)cri-containerd-" + _ID + r"\.scope$"),
-    re.compile(r"(?:^|/)crio-" + _ID + r"\.scope$"),
-    re.compile(r"(?:^|/)libpod-" + _ID + r"\.scope$"),
+    re.compile(r"(?:^|/)cri-containerd-" + _ID + r"\.scope(?:/|$)"),
+    re.compile(r"(?:^|/)crio-" + _ID + r"\.scope(?:/|$)"),
+    re.compile(r"(?:^|/)libpod-" + _ID + r"\.scope(?:/|$)"),
     re.compile(r"(?:^|/)kubepods[^\n]*/" + _ID + r"$"),
 ]
 

@@ -1,0 +1,128 @@
+"""agent.containers: cgroup parsing (table), GPU requests (table), and attribution against REAL containers on this
+machine's Docker engine (GPU processes come from the NVML replay, mapped to the containers' real PIDs)."""
+from __future__ import annotations
+
+import pytest
+
+from agent.collectors import Agent, registry_for
+from agent.containers import (ContainerSource, DockerClient, container_cgroups, container_id_from_cgroup,
+                              requested_gpus)
+from agent.nvml import NvmlSource
+from test_agent_nvml import metrics, values
+from test_agent_support import containers, replay  # noqa: F401  (fixture)
+
+CID = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899"
+CASES = [
+    # cgroup v1, cgroupfs driver
+    ("12:memory:/docker/%s\n11:cpuacct,cpu:/docker/%s\n" % (CID, CID), CID),
+    # cgroup v1, systemd driver
+    ("4:memory:/system.slice/docker-%s.scope\n1:name=systemd:/system.slice/docker-%s.scope\n" % (CID, CID), CID),
+    # cgroup v2, systemd driver
+    ("0::/system.slice/docker-%s.scope\n" % CID, CID),
+    # cgroup v2, cgroupfs driver; a process in a sub-cgroup (systemd inside the container)
+    ("0::/docker/%s/init.scope\n" % CID, CID),
+    # hybrid v1 + v2 line, as on this Debian machine
+    ("9:name=systemd:/docker/%s/init.scope\n0::/docker/%s/init.scope\n" % (CID, CID), CID),
+    # Kubernetes (containerd, CRI-O)
+    ("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-%s.scope\n" % CID,
+     CID),
+    ("0::/kubepods.slice/kubepods-pod1.slice/crio-%s.scope\n" % CID, CID),
+    ("11:memory:/kubepods/besteffort/pod0c1d/%s\n" % CID, CID),
+    # podman
+    ("0::/machine.slice/libpod-%s.scope/container\n" % CID, CID),
+    ("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-%s.scope\n" % CID, CID),
+    # host processes
+    ("0::/user.slice/user-0.slice/session-3.scope\n", None),
+    ("12:memory:/\n0::/init.scope\n", None),
+    ("", None),
+    ("garbage without colons", None),
+    # not a 64-hex id
+    ("0::/docker/abc123\n", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", CASES)
+def test_container_id_from_cgroup(text, expected):
+    assert container_id_from_cgroup(text) == expected
+
+
+def test_container_cgroups_cut_at_the_container():
+    cg = container_cgroups("4:memory:/docker/%s/init.scope\n2:cpu,cpuacct:/docker/%s\n0::/docker/%s/init.scope\n"
+                           % (CID, CID, CID))
+    assert cg == {"memory": f"/docker/{CID}", "cpu": f"/docker/{CID}", "cpuacct": f"/docker/{CID}",
+                  "": f"/docker/{CID}"}
+
+
+GPU_CASES = [
+    ({"HostConfig": {"DeviceRequests": [{"Driver": "", "Count": -1, "Capabilities": [["gpu"]]}]}}, ["all"]),
+    ({"HostConfig": {"DeviceRequests": [{"Driver": "nvidia", "DeviceIDs": ["0", "2"],
+                                         "Capabilities": [["gpu"]]}]}}, ["0", "2"]),
+    ({"HostConfig": {"DeviceRequests": [{"Driver": "", "Count": 2, "Capabilities": [["gpu", "utility"]]}]}},
+     ["count=2"]),
+    ({"HostConfig": {"DeviceRequests": None}, "Config": {"Env": ["NVIDIA_VISIBLE_DEVICES=GPU-aaa,GPU-bbb"]}},
+     ["GPU-aaa", "GPU-bbb"]),
+    ({"HostConfig": {}, "Config": {"Env": ["NVIDIA_VISIBLE_DEVICES=void"]}}, []),
+    ({"HostConfig": {}, "Config": {"Env": ["PATH=/bin"]}}, []),
+    ({"HostConfig": {"DeviceRequests": [{"Driver": "other", "Count": 1, "Capabilities": [["fpga"]]}]}}, []),
+]
+
+
+@pytest.mark.parametrize("inspect,expected", GPU_CASES)
+def test_requested_gpus(inspect, expected):
+    assert requested_gpus(inspect) == expected
+
+
+def test_docker_absent_gives_docker_up_0_and_gpu_metrics_unaffected(tmp_path):
+    agent = Agent(NvmlSource(replay(), xid_events=False),
+                  ContainerSource(DockerClient(str(tmp_path / "no-docker.sock"), timeout=1)),
+                  maintenance_file="/nonexistent/m", upgrade_state_file="/nonexistent/u")
+    try:
+        m = metrics(registry_for(agent))
+        assert m[("gpufleet_docker_up", ())] == 0
+        assert m[("gpufleet_gpu_up", (("gpu", "0"),))] == 1
+        assert m[("gpufleet_agent_collection_errors_total", (("source", "docker"),))] >= 1
+    finally:
+        agent.close()
+
+
+def test_real_containers_with_gpu_processes_attributed(containers):  # noqa: F811
+    a = containers.run("train", "-e", "NVIDIA_VISIBLE_DEVICES=0,1", "--memory", "64m")
+    b = containers.run("infer", "-e", "NVIDIA_VISIBLE_DEVICES=1")
+    c = containers.run("nogpu")
+    r = replay(gpus=2)
+    # NVML reports these PIDs on the GPUs; the agent must find their containers through /proc/PID/cgroup
+    r.processes = {0: [(a["State"]["Pid"], 3 << 30)],
+                   1: [(a["State"]["Pid"], 1 << 30), (b["State"]["Pid"], 2 << 30), (1, 5 << 20)]}
+    src = NvmlSource(r, xid_events=False)
+    agent = Agent(src, ContainerSource(DockerClient()), maintenance_file="/nonexistent/m",
+                  upgrade_state_file="/nonexistent/u")
+    reg = registry_for(agent)
+    try:
+        metrics(reg)
+        src.refresh_slow()  # processes are read in the background
+        metrics(reg)  # the docker worker maps the processes NVML last reported
+        m = metrics(reg)
+        assert m[("gpufleet_docker_up", ())] == 1
+        na, nb, nc = a["Name"].lstrip("/"), b["Name"].lstrip("/"), c["Name"].lstrip("/")
+        mem = values(m, "gpufleet_container_gpu_memory_used_bytes")
+        procs = values(m, "gpufleet_container_gpu_processes")
+        assert mem[(("container", na), ("gpu", "0"))] == 3 << 30
+        assert mem[(("container", na), ("gpu", "1"))] == 1 << 30
+        assert mem[(("container", nb), ("gpu", "1"))] == 2 << 30
+        assert procs[(("container", nb), ("gpu", "1"))] == 1
+        assert not [k for k in mem if ("container", nc) in k]  # no GPU process, no series
+        # pid 1 (the host's init) is in no container: not attributed to anyone
+        assert sum(mem.values()) == (3 << 30) + (1 << 30) + (2 << 30)
+        req = values(m, "gpufleet_container_gpu_requested")
+        assert {k for k in req if ("container", na) in k} == {(("container", na), ("gpu", "0")),
+                                                               (("container", na), ("gpu", "1"))}
+        # CPU, memory and limit from the container's cgroup
+        assert m[("gpufleet_container_memory_limit_bytes", (("container", na),))] == 64 << 20
+        assert m[("gpufleet_container_memory_usage_bytes", (("container", na),))] > 0
+        assert ("gpufleet_container_cpu_seconds_total", (("container", na),)) in m
+        assert m[("gpufleet_container_state", (("container", nc), ("state", "running")))] == 1
+        assert m[("gpufleet_container_restarts_total", (("container", nc),))] == 0
+        info = values(m, "gpufleet_container_info")
+        assert (("container", na), ("id", a["Id"][:12]), ("image", "gpufleet-agenttest-busybox:1")) in info
+    finally:
+        agent.close()
