@@ -28,7 +28,8 @@ from provision import facts as factmod
 from provision.connectors import ConnectOptions, connect
 from provision.connectors.base import CommandTimeout, ConnectorError, Unreachable
 from provision.errors import InputError, OptionError
-from provision.ops.core import OpContext, OpError, execute_plan, mask_text, normalize, secret_values, unified
+from provision.ops.core import (MASK, SECRET_NAME, OpContext, OpError, execute_plan, mask_text, normalize,
+                                secret_values, unified)
 from provision.results import HostResult, RunStats
 
 CENSORED = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
@@ -224,6 +225,7 @@ class HostState:
     failed: bool = False
     unreachable: bool = False
     ended: bool = False
+    secrets: list = field(default_factory=list)   # values to mask in this host's output (current task)
 
     @property
     def name(self) -> str:
@@ -519,6 +521,7 @@ class Executor:
         try:
             v = self._vars(s, play, task)
             secrets = self._secrets(v)
+            s.secrets = secrets
             if task.loop is None:
                 if task.when and not templating.conditional(task.when, v):
                     r = HostResult(s.name, skipped=True, msg="Conditional result was False")
@@ -634,7 +637,8 @@ class Executor:
         ctx = OpContext(host=s.name, check=check, diff=self.options.diff, become=become, become_user=become_user,
                         env=dict(task.environment) if task.environment else None, vars=v, facts=s.facts,
                         search_paths=search, no_log=task.no_log,
-                        log=(lambda lvl, text, _n=s.name, _nl=task.no_log: self._log(_n, lvl, text, _nl)))
+                        log=(lambda lvl, text, _s=s, _nl=task.no_log: self._log(_s.name, lvl,
+                                                                                  mask_text(text, _s.secrets), _nl)))
         controller = spec.runs_on_controller or getattr(op, "controller", False)
         conn = None
         try:
@@ -701,11 +705,23 @@ class Executor:
                                        diff=[{"before": "", "after": "", "before_header": "(no_log)",
                                               "after_header": "(no_log)"}] if r.diff else [],
                                        commands=[], extra={}, item="(censored)" if r.item is not None else None,
+                                       show={"censored": CENSORED} if r.show is not None else None,
                                        results=[self._masked(dataclasses.replace(x, no_log=True), secrets)
                                                 for x in r.results])
         m = lambda t: mask_text(t, secrets) if isinstance(t, str) else t  # noqa: E731
+
+        def deep(v):
+            if isinstance(v, str):
+                return m(v)
+            if isinstance(v, dict):
+                return {k: (MASK if isinstance(k, str) and SECRET_NAME.search(k) and isinstance(x, (str, int))
+                            and not isinstance(x, bool) else deep(x)) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [deep(x) for x in v]
+            return v
         return dataclasses.replace(
             r, msg=m(r.msg), stdout=m(r.stdout), stderr=m(r.stderr), commands=[m(c) for c in r.commands],
+            show=deep(r.show) if r.show is not None else None, item=deep(r.item), extra=deep(r.extra),
             diff=[{**{k: m(x) for k, x in d.items()}, "unified": m(unified(d))} for d in r.diff],
             results=[self._masked(x, secrets) for x in r.results])
 

@@ -208,3 +208,25 @@ def test_forks_zero_is_an_option_error(inv, tmp_path, capsys):
     pb = write(tmp_path, "pb.yaml", "- hosts: all\n  tasks: [{ping: {}}]\n")
     rc, out = run(capsys, "apply", inv, "-p", pb, "-f", "0")
     assert rc == 5 and "--forks" in out.err
+
+
+def test_secrets_masked_in_output_and_verbose_commands(tmp_path, inv, capsys):
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          vars: {db_password: hunter2-very-secret, note: plain-value}
+          tasks:
+            - debug: {msg: "pw is {{ db_password }} / {{ note }}"}
+            - debug: {var: db_password}
+            - name: hidden
+              shell: "echo {{ note }}-nolog"
+              no_log: true
+            - name: visible
+              shell: "echo {{ db_password }}"
+        """)
+    rc, out = run(capsys, "apply", inv, "-p", pb, "-vvv")
+    assert rc == 0
+    assert "hunter2-very-secret" not in out.out + out.err
+    assert "pw is ******** / plain-value" in out.out and '"db_password": "********"' in out.out
+    assert "plain-value-nolog" not in out.out and "(hidden: no_log)" in out.out
+    assert "<a> EXEC echo ********" in out.out
