@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import sys
@@ -104,6 +105,9 @@ def _break_locks(args, inv) -> int:
 
 
 def main(args) -> int:
+    # paramiko logs every refused connection while a host reboots (tracebacks); our events say what matters
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    logging.getLogger("paramiko").propagate = False
     # ---- every option checked before any host is contacted
     for key, val in (("--drain-timeout", args.drain_timeout), ("--reboot-timeout", args.reboot_timeout),
                      ("--validate-timeout", args.validate_timeout)):

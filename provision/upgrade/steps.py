@@ -366,6 +366,9 @@ class HostUpgrade:
                     f"-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold install {args}",
                     timeout=self.o.apt_lock_timeout + 1800, check=True, what="apt-get install")
         self.sh(f"apt-mark hold {' '.join(sorted(want))}", timeout=60, check=True, what="apt-mark hold")
+        if any(p.startswith("nvidia-fabricmanager") for p in want):
+            # NVSwitch boards need the fabric manager running after the reboot, at the driver's version
+            self.sh("systemctl enable nvidia-fabricmanager >/dev/null 2>&1 || true", timeout=60)
         f = gather(self.conn(), self.o.become)
         wrong = {p: f.installed.get(p) for p, v in want.items() if f.installed.get(p) != v}
         if wrong:
@@ -453,6 +456,7 @@ class HostUpgrade:
         target = self.target()
         deadline = time.monotonic() + self.o.validate_timeout
         problem = ""
+        fm_restarted = False
         checks: dict[str, str] = {}
         while True:
             f = gather(self.conn(), self.o.become)
@@ -467,6 +471,13 @@ class HostUpgrade:
                 problem = ""
             if f.pci.nvswitches and not problem:
                 fm = self.sh("systemctl is-active nvidia-fabricmanager 2>/dev/null", timeout=30).stdout.strip()
+                if fm != "active" and not fm_restarted:
+                    # it may have started before the driver was ready at boot: one restart, noted in the report
+                    fm_restarted = True
+                    self.rec.notes.append(f"nvidia-fabricmanager was {fm or 'not running'} after the reboot: "
+                                          "restarted it")
+                    self.sh("systemctl restart nvidia-fabricmanager >/dev/null 2>&1 || true", timeout=120)
+                    fm = self.sh("systemctl is-active nvidia-fabricmanager 2>/dev/null", timeout=30).stdout.strip()
                 problem = "" if fm == "active" else f"nvidia-fabricmanager is {fm or 'not running'} on an " \
                                                     "NVSwitch board"
             if not problem or time.monotonic() >= deadline:
