@@ -300,9 +300,13 @@ class Executor:
         try:
             for play, hosts in zip(playbook.plays, plays_hosts):
                 self._run_play(play, hosts, workers)
-        finally:
-            workers.shutdown(wait=True)
+        except BaseException:
+            # interrupted (Ctrl-C) or a bug: do not wait for queued work; closing the connections ends what runs
+            workers.shutdown(wait=False, cancel_futures=True)
             self.pool.close_all()
+            raise
+        workers.shutdown(wait=True)
+        self.pool.close_all()
         self.stats.peak_connections = self.pool.peak
         self.stats.connections_opened = self.pool.opened
         self.reporter.recap(self.stats)
