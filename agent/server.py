@@ -320,6 +320,8 @@ class AgentHTTPServer(ThreadingHTTPServer):
         self.registry = registry
         self.web = web
         self.auth = BasicAuth(web.basic_auth_users)
+        self._conns: set = set()
+        self._conns_lock = threading.Lock()
         self.ssl_ctx = ssl_context(web) if web.tls else None
         host = addr[0]
         if host and ":" in host:
@@ -336,6 +338,24 @@ class AgentHTTPServer(ThreadingHTTPServer):
             except OSError:
                 pass
         super().server_bind()
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._conns_lock:  # keep-alive connections end with the server (as they do when the process exits)
+            for c in list(self._conns):
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            self._conns.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._conns_lock:
+                self._conns.discard(request)
 
     def finish_request(self, request: socket.socket, client_address: Any) -> None:
         try:  # headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms
