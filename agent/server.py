@@ -21,7 +21,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import yaml
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent import __version__
 from agent.collectors import render
@@ -30,6 +29,7 @@ from provision.errors import EXIT_OPTIONS, EXIT_PARSE, InputError, closest
 log = logging.getLogger("gpu-agent")
 
 DEFAULT_PORT = 10240
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what agent.collectors.render writes
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
 
 # ------------------------------------------------------------------------------------------------ YAML with lines
@@ -301,7 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
                 log.exception("scrape failed")
                 self._send(500, b"collection failed\n")
                 return
-            self._send(200, body, CONTENT_TYPE_LATEST)
+            self._send(200, body, CONTENT_TYPE)
         elif path == "/healthz":
             self._send(200, b"ok\n")
         elif path == "/":

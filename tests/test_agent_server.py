@@ -1,0 +1,227 @@
+"""gpu-agent's HTTP side: exporter-toolkit web config (TLS, client certificates, bcrypt basic auth), the pages,
+and one-line errors for bad config files."""
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import bcrypt
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.server import load_web_config
+from test_agent_support import ROOT, RunningAgent, free_port, replay
+
+NONE = {"maintenance_file": "/nonexistent/m", "upgrade_state_file": "/nonexistent/u", "docker": False}
+
+
+def _cert(tmp, name, ca=None, server=True):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(subject)
+         .issuer_name(ca[0].subject if ca else subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(days=1)))
+    if ca is None:
+        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    elif server:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                         x509.IPAddress(__import__("ipaddress").ip_address(
+                                                             "127.0.0.1"))]), critical=False)
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    else:
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    cert = b.sign(ca[1] if ca else key, hashes.SHA256())
+    cp, kp = os.path.join(tmp, f"{name}.crt"), os.path.join(tmp, f"{name}.key")
+    with open(cp, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(kp, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert, key, cp, kp
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("pki"))
+    ca = _cert(tmp, "ca")
+    srv = _cert(tmp, "server", ca=(ca[0], ca[1]))
+    cli = _cert(tmp, "client", ca=(ca[0], ca[1]), server=False)
+    return {"dir": tmp, "ca": ca[2], "crt": srv[2], "key": srv[3], "client": (cli[2], cli[3])}
+
+
+def _web(tmp_path, text):
+    p = tmp_path / "web.yml"
+    p.write_text(text)
+    return load_web_config(str(p))
+
+
+def test_tls_and_basic_auth(pki, tmp_path):
+    h = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = _web(tmp_path, f"tls_server_config:\n  cert_file: {pki['crt']}\n  key_file: {pki['key']}\n"
+                         f"basic_auth_users:\n  prometheus: {h}\n")
+    a = RunningAgent(replay(), web=web, **NONE)
+    url = f"https://127.0.0.1:{a.port}"
+    try:
+        ok = requests.get(url + "/metrics", auth=("prometheus", "s3cret"), verify=pki["ca"], timeout=10)
+        assert ok.status_code == 200 and "gpufleet_gpu_up" in ok.text
+        again = requests.get(url + "/metrics", auth=("prometheus", "s3cret"), verify=pki["ca"], timeout=10)
+        assert again.status_code == 200  # the verified pair is remembered (no second bcrypt)
+        bad = requests.get(url + "/metrics", auth=("prometheus", "wrong"), verify=pki["ca"], timeout=10)
+        assert bad.status_code == 401 and "gpufleet" not in bad.text
+        assert bad.headers["WWW-Authenticate"].startswith("Basic")
+        assert requests.get(url + "/metrics", auth=("nobody", "s3cret"), verify=pki["ca"], timeout=10
+                            ).status_code == 401
+        assert requests.get(url + "/metrics", verify=pki["ca"], timeout=10).status_code == 401
+        assert requests.get(url + "/healthz", verify=pki["ca"], timeout=10).status_code == 401
+        # plain HTTP to the TLS port: refused with a 400, never metrics
+        plain = requests.get(f"http://127.0.0.1:{a.port}/metrics", auth=("prometheus", "s3cret"), timeout=10)
+        assert plain.status_code == 400 and "gpufleet" not in plain.text
+        # a client that does not trust the server's CA fails the handshake
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url + "/metrics", auth=("prometheus", "s3cret"), timeout=10)
+    finally:
+        a.stop()
+
+
+def test_client_certificate_required(pki, tmp_path):
+    web = _web(tmp_path, f"tls_server_config:\n  cert_file: {pki['crt']}\n  key_file: {pki['key']}\n"
+                         f"  client_ca_file: {pki['ca']}\n  client_auth_type: RequireAndVerifyClientCert\n")
+    a = RunningAgent(replay(), web=web, **NONE)
+    url = f"https://127.0.0.1:{a.port}/metrics"
+    try:
+        r = requests.get(url, verify=pki["ca"], cert=pki["client"], timeout=10)
+        assert r.status_code == 200 and "gpufleet_nvml_up 1.0" in r.text
+        with pytest.raises(requests.exceptions.RequestException):
+            requests.get(url, verify=pki["ca"], timeout=10)
+    finally:
+        a.stop()
+
+
+def test_pages_without_web_config():
+    a = RunningAgent(replay(), **NONE)
+    try:
+        land = requests.get(a.url + "/", timeout=5)
+        assert land.status_code == 200 and 'href="/metrics"' in land.text
+        assert requests.get(a.url + "/healthz", timeout=5).text == "ok\n"
+        assert requests.get(a.url + "/nope", timeout=5).status_code == 404
+        m = requests.get(a.url + "/metrics", timeout=5)
+        assert m.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    finally:
+        a.stop()
+
+
+def _run_cli(*args, timeout=20):
+    return subprocess.run([sys.executable, "-m", "agent.server", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+BAD_WEB = [
+    ("tls_server_config:\n  min_version: TLS12\n  key_flie: x.key\n", "web.yml:3: tls_server_config.key_flie: "
+     "unknown key (did you mean 'key_file'?)"),
+    ("basic_auth_user:\n  p: x\n", "web.yml:1: basic_auth_user: unknown key (did you mean 'basic_auth_users'?)"),
+    ("basic_auth_users:\n  prometheus: plaintext\n", "web.yml:2: basic_auth_users.prometheus: expected a bcrypt"),
+    ("tls_server_config:\n  cert_file: /nonexistent.crt\n", "web.yml:2: tls_server_config.cert_file: file not found"),
+    ("tls_server_config:\n  client_auth_type: RequireAndVerifyClientCrt\n",
+     "(did you mean 'RequireAndVerifyClientCert'?)"),
+    ("tls_server_config: [\n", "web.yml:2: invalid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,expected", BAD_WEB)
+def test_bad_web_config_one_line_error(tmp_path, text, expected):
+    (tmp_path / "web.yml").write_text(text)
+    port = free_port()
+    out = _run_cli("--web.config.file", str(tmp_path / "web.yml"), "--web.listen-address", f"127.0.0.1:{port}")
+    assert out.returncode == 4, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert expected in lines[0]
+    with pytest.raises(OSError):  # nothing was started
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+BAD_CONFIG = [
+    ("listen_adress: ':1'\n", "config.yml:1: listen_adress: unknown key (did you mean 'listen_address'?)"),
+    ("docker: yes please\n", "config.yml:1: docker: expected true or false"),
+    ("collect_timeout_seconds: -1\n", "config.yml:1: collect_timeout_seconds: expected a positive number"),
+    ("log_level: verbose\n", "config.yml:1: log_level: unknown level 'verbose'"),
+]
+
+
+@pytest.mark.parametrize("text,expected", BAD_CONFIG)
+def test_bad_config_file_one_line_error(tmp_path, text, expected):
+    (tmp_path / "config.yml").write_text(text)
+    out = _run_cli("--config.file", str(tmp_path / "config.yml"))
+    assert out.returncode == 4 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert expected in out.stderr
+
+
+def test_bad_listen_address():
+    out = _run_cli("--web.listen-address", "localhost")
+    assert out.returncode == 5 and "--web.listen-address: expected HOST:PORT" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_serves_a_replay_with_the_example_config_and_stops_on_sigterm(tmp_path):
+    """The packaged example config is valid; the console entry point serves and exits cleanly on SIGTERM."""
+    port = free_port()
+    example = os.path.join(ROOT, "agent", "packaging", "gpu-agent.yaml")
+    p = subprocess.Popen([sys.executable, "-m", "agent.server", "--config.file", example,
+                          "--web.listen-address", f"127.0.0.1:{port}", "--no-collector.docker",
+                          "--replay", os.path.join(ROOT, "tests", "fixtures", "nvml",
+                                                   sorted(os.listdir(os.path.join(ROOT, "tests", "fixtures",
+                                                                                  "nvml")))[-1])],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                break
+            except requests.RequestException:
+                time.sleep(0.1)
+        assert r.status_code == 200 and 'gpufleet_gpu_up{gpu="0"} 1.0' in r.text
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_basic_auth_cache_never_holds_the_password():
+    from agent.server import BasicAuth
+    import base64
+    h = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))
+    ba = BasicAuth({"u": h})
+    hdr = "Basic " + base64.b64encode(b"u:pw").decode()
+    assert ba.check(hdr) and ba.check(hdr)
+    assert not ba.check("Basic " + base64.b64encode(b"u:pW").decode())
+    assert not ba.check("Basic !!!") and not ba.check(None) and not ba.check("Bearer x")
+    assert all(b"pw" not in t for t in ba._ok)
+
+
+def test_tls_handshake_refused_for_old_versions(pki, tmp_path):
+    web = _web(tmp_path, f"tls_server_config:\n  cert_file: {pki['crt']}\n  key_file: {pki['key']}\n"
+                         f"  min_version: TLS13\n")
+    a = RunningAgent(replay(), web=web, **NONE)
+    try:
+        ctx = ssl.create_default_context(cafile=pki["ca"])
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            with socket.create_connection(("127.0.0.1", a.port), timeout=5) as s:
+                with ctx.wrap_socket(s, server_hostname="127.0.0.1"):
+                    pass
+    finally:
+        a.stop()
