@@ -132,3 +132,14 @@ def test_every_builtin_module_is_registered_with_specs():
                  "systemd", "reboot", "wait_for", "assert", "fail", "set_fact", "debug", "ping", "meta"):
         assert name in reg and f"ansible.builtin.{name}" in reg and reg[name].impl is not None
     assert reg["apt"].args["state"].choices == ("present", "absent", "latest", "installed", "removed")
+
+
+def test_apt_cache_valid_time_decision():
+    from provision.ops.apt import Apt
+    now = 1_000_000
+    assert not Apt().cache_stale({"update_cache": False}, {"date_epoch": now, "apt_cache_mtime": 0})
+    assert Apt().cache_stale({"update_cache": True}, {"date_epoch": now, "apt_cache_mtime": now})
+    assert not Apt().cache_stale({"update_cache": True, "cache_valid_time": 3600},
+                                 {"date_epoch": now, "apt_cache_mtime": now - 100})
+    assert Apt().cache_stale({"update_cache": True, "cache_valid_time": 3600},
+                             {"date_epoch": now, "apt_cache_mtime": now - 4000})

@@ -46,8 +46,8 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
          _one("pci_devices", p.pci_devices)),
     Fact("packages", "command -v dpkg-query >/dev/null && "
                      "dpkg-query -W -f='${Package}\\t${Version}\\t${Status}\\n'", p.dpkg_packages),
-    Fact("apt_cache", "echo $(date +%s) $(stat -c %Y /var/lib/apt/lists /var/cache/apt/pkgcache.bin "
-                      "/var/lib/apt/periodic/update-success-stamp 2>/dev/null)", p.apt_cache),
+    Fact("apt_cache", "echo $(date +%s) $(stat -c %Y /var/lib/apt/periodic/provision-update-stamp 2>/dev/null || "
+                      "stat -c %Y /var/cache/apt/pkgcache.bin 2>/dev/null)", p.apt_cache),
 ]}
 
 PLAY_FACTS = tuple(FACTS)   # what gather_facts collects

@@ -22,7 +22,15 @@ LOCK_WAIT = 600
 APT_GET = ("DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a apt-get -y -q "
            f"-o DPkg::Lock::Timeout={LOCK_WAIT} -o Dpkg::Options::=--force-confdef "
            "-o Dpkg::Options::=--force-confold")
-UPDATE = f"DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout={LOCK_WAIT} update"
+STAMP = "/var/lib/apt/periodic/provision-update-stamp"   # when the WHOLE cache was last updated (cache_valid_time)
+UPDATE = (f"DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout={LOCK_WAIT} update && "
+          f"{{ mkdir -p /var/lib/apt/periodic && touch {STAMP}; }}")
+
+
+def update_one_source(path: str) -> str:
+    """apt-get update of one sources file only (seconds instead of a full update that reaches every mirror)."""
+    return (f"DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout={LOCK_WAIT} "
+            f"-o Dir::Etc::sourcelist={q(path)} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 update")
 
 
 def _apt_mark(action: str, names: list[str]) -> str:
@@ -386,6 +394,9 @@ class AptRepository(Op):
         else:
             plan = write_file_plan(path, text.encode(), st, mode=parse_mode(args.get("mode")) or 0o644)
         if plan.commands and args.get("update_cache", True):
-            plan.commands.append(Cmd(UPDATE, timeout=1800, counts=False, desc="apt-get update"))
-            plan.refresh_facts = ("apt_cache",)
+            if args.get("state") == "absent":
+                plan.commands.append(Cmd(UPDATE, timeout=1800, counts=False, desc="apt-get update"))
+            else:
+                plan.commands.append(Cmd(update_one_source(path), timeout=600, counts=False,
+                                         desc=f"apt-get update ({path} only)"))
         return execute_plan(plan, ctx)
