@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -470,10 +470,10 @@ class Executor:
     def _run_on(self, states, workers, name, fn, play, handler=False) -> None:
         self.reporter.task_start(name, handler=handler)
         futures = {workers.submit(self._guard, fn, s): s for s in states}
-        done = 0
-        for fut in as_completed(futures):
-            done += 1
-            self.reporter.progress(done, len(futures), name)
+        pending = set(futures)
+        while pending:   # wake every second so a long task shows a live progress line
+            _, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            self.reporter.progress(len(futures) - len(pending), len(futures), name)
         self.reporter.progress_done()
         _ = play
 

@@ -97,10 +97,11 @@ class TextReporter:
             self._line(self._c("verbose", f"{prefix} {text}"))
 
     def progress(self, done: int, total: int, name: str) -> None:
-        if not self.show_progress or total < 2 or time.monotonic() - self._task_start < 1.0:
+        if not self.show_progress or time.monotonic() - self._task_start < 1.0:
             return
         with self._lock:
-            self.err.write(f"\r\033[K  {name}: {done}/{total} hosts done")
+            self.err.write(f"\r\033[K  [{name}] {done}/{total} hosts done, "
+                           f"{time.monotonic() - self._task_start:.0f}s")
             self.err.flush()
             self._progress_shown = True
 
