@@ -111,6 +111,9 @@ def load_web_config(path: str) -> WebConfig:
         line = doc.line(key) if isinstance(doc, _LinedDict) else None
         if key not in top:
             raise InputError("unknown key", file=path, line=line, key=str(key), choices=top)
+        if key == "http_server_config" and val:
+            raise InputError("not supported by gpu-agent (HTTP/1.1 only, no extra headers)", file=path, line=line,
+                             key=key)
         if key == "tls_server_config" and val is not None:
             if not isinstance(val, dict):
                 raise InputError("expected a mapping", file=path, line=line, key=key)
