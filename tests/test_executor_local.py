@@ -230,3 +230,28 @@ def test_secrets_masked_in_output_and_verbose_commands(tmp_path, inv, capsys):
     assert "pw is ******** / plain-value" in out.out and '"db_password": "********"' in out.out
     assert "plain-value-nolog" not in out.out and "(hidden: no_log)" in out.out
     assert "<a> EXEC echo ********" in out.out
+
+
+def test_role_templates_files_defaults_and_handlers(tmp_path, inv, capsys):
+    write(tmp_path, "roles/web/defaults/main.yaml", "port: 8080\n")
+    write(tmp_path, "roles/web/templates/web.conf.j2", "port={{ port }}\n")
+    write(tmp_path, "roles/web/files/static.txt", "static\n")
+    write(tmp_path, "roles/web/tasks/main.yaml", """
+        - template: {src: web.conf.j2, dest: "{{ out }}-web.conf"}
+          notify: web changed
+        - copy: {src: static.txt, dest: "{{ out }}-static.txt"}
+        """)
+    write(tmp_path, "roles/web/handlers/main.yaml", """
+        - name: web changed
+          shell: "echo handled >> {{ out }}-handler.log"
+        """)
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          roles: [web]
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb, "-e", "port=9090")
+    assert rc == 0, rep
+    assert (tmp_path / "out-web.conf").read_text() == "port=9090\n"
+    assert (tmp_path / "out-static.txt").read_text() == "static\n"
+    assert (tmp_path / "out-handler.log").read_text() == "handled\n"
