@@ -501,16 +501,24 @@ class NvmlSource:
             self.xid_last_seen[key] = time.time() if when is None else when
 
     def _xid_loop(self) -> None:
-        nv = self.nvml
         gen = self._generation
+        while not self._stop.is_set() and gen == self._generation:
+            handles = self._handles
+            if not self._xid_watch(handles, gen):
+                return
+
+    def _xid_watch(self, handles: list, gen: int) -> bool:
+        """Register the GPUs for XID events and wait for them until stopped (False) or until the GPUs were
+        enumerated again (True: register the new handles)."""
+        nv = self.nvml
         try:
             es = nv.nvmlEventSetCreate()
         except Exception as e:
             log.warning("XID events unavailable: %s", e)
-            return
+            return False
         ids = {}
         registered = 0
-        for i, h in enumerate(self._handles):
+        for i, h in enumerate(handles):
             if h is None:
                 continue
             ids[handle_id(h)] = i
@@ -519,9 +527,11 @@ class NvmlSource:
                 registered += 1
             except Exception as e:
                 log.info("GPU %d: XID events not registered: %s", i, e)
-        if not registered:
-            return
-        while not self._stop.is_set() and gen == self._generation:
+        again = False
+        while registered and not self._stop.is_set() and gen == self._generation:
+            if self._handles is not handles:
+                again = True
+                break
             try:
                 data = nv.nvmlEventSetWait_v2(es, 500)
             except Exception as e:
@@ -533,14 +543,20 @@ class NvmlSource:
                     self._stop.wait(1.0)
                     continue
                 if code == ERR_UNINITIALIZED:
-                    return
+                    break
                 log.warning("XID event wait failed: %s", e)
                 self._stop.wait(1.0)
                 continue
             if int(data.eventType) & XID_CRITICAL_EVENT:
-                gpu = ids.get(handle_id(data.device), -1)
+                gpu = ids.get(handle_id(data.device))
+                if gpu is None:
+                    try:
+                        gpu = int(nv.nvmlDeviceGetIndex(data.device))
+                    except Exception:
+                        gpu = -1
                 self.record_xid(gpu, int(data.eventData))
         try:
             nv.nvmlEventSetFree(es)
         except Exception:
             pass
+        return again

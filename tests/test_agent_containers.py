@@ -126,3 +126,50 @@ def test_real_containers_with_gpu_processes_attributed(containers):  # noqa: F81
         assert (("container", na), ("id", a["Id"][:12]), ("image", "gpufleet-agenttest-busybox:1")) in info
     finally:
         agent.close()
+
+
+def _tree(tmp_path, cgroup_text, files):
+    proc = tmp_path / "proc"
+    (proc / "4242").mkdir(parents=True)
+    (proc / "4242" / "cgroup").write_text(cgroup_text)
+    cg = tmp_path / "cg"
+    for rel, content in files.items():
+        p = cg / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(content)
+    return str(proc), str(cg)
+
+
+def test_cgroup_usage_v2_systemd_driver(tmp_path):
+    from agent.containers import cgroup_usage
+    scope = f"system.slice/docker-{CID}.scope"
+    proc, cg = _tree(tmp_path, f"0::/{scope}\n", {
+        "cgroup.controllers": "cpu memory\n",
+        f"{scope}/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n",
+        f"{scope}/memory.current": "73400320\n",
+        f"{scope}/memory.max": "134217728\n"})
+    assert cgroup_usage(4242, proc, cg) == (2.5, 73400320, 134217728)
+
+
+def test_cgroup_usage_v2_unlimited_memory_reports_host_memory(tmp_path):
+    from agent.containers import _mem_total, cgroup_usage
+    proc, cg = _tree(tmp_path, f"0::/docker/{CID}/init.scope\n", {
+        "cgroup.controllers": "cpu memory\n",
+        f"docker/{CID}/cpu.stat": "usage_usec 10\n",
+        f"docker/{CID}/memory.current": "4096\n",
+        f"docker/{CID}/memory.max": "max\n"})
+    assert cgroup_usage(4242, proc, cg) == (1e-05, 4096, _mem_total())
+
+
+def test_cgroup_usage_v1_cgroupfs_driver(tmp_path):
+    from agent.containers import cgroup_usage
+    proc, cg = _tree(tmp_path, f"4:memory:/docker/{CID}/init.scope\n2:cpu,cpuacct:/docker/{CID}\n", {
+        f"cpu,cpuacct/docker/{CID}/cpuacct.usage": "1500000000\n",
+        f"memory/docker/{CID}/memory.usage_in_bytes": "1048576\n",
+        f"memory/docker/{CID}/memory.limit_in_bytes": "67108864\n"})
+    assert cgroup_usage(4242, proc, cg) == (1.5, 1048576, 67108864)
+
+
+def test_cgroup_usage_unreadable_is_none(tmp_path):
+    from agent.containers import cgroup_usage
+    assert cgroup_usage(4242, str(tmp_path / "proc"), str(tmp_path / "cg")) == (None, None, None)

@@ -158,14 +158,22 @@ def test_xid_events_counted_per_gpu_and_code_with_last_seen():
         agent.close()
 
 
-def test_gpu_count_change_is_noticed():
+def test_gpu_count_change_is_noticed_and_xid_events_follow():
     r = replay(gpus=2)
-    src = NvmlSource(r, xid_events=False)
-    assert len(src.collect().gpus) == 2
-    r.gpus = 1  # a GPU gone after a reset: NVML no longer enumerates it
-    src.refresh_slow()
-    assert [g.info.index for g in src.collect().gpus] == [0]
-    src.close()
+    src = NvmlSource(r, slow_interval=3600)
+    try:
+        assert len(src.collect().gpus) == 2
+        r.gpus = 3  # a GPU added (or back after a reset): NVML enumerates it
+        src.refresh_slow()
+        assert [g.info.index for g in src.collect().gpus] == [0, 1, 2]
+        time.sleep(1.2)  # the event thread notices new handles between its 0.5 s waits and registers them
+        r.xid(2, 79)
+        assert wait_until(lambda: src.collect().xid_counts.get((2, 79)) == 1)
+        r.gpus = 1  # a GPU gone after a reset: NVML no longer enumerates it
+        src.refresh_slow()
+        assert [g.info.index for g in src.collect().gpus] == [0]
+    finally:
+        src.close()
 
 
 def test_recorder_round_trip_through_replay():
