@@ -181,6 +181,7 @@ class ReplayNvml:
         self._calls = {k: [dict(o) for o in v] for k, v in recording["calls"].items()}
         self.meta = recording.get("meta", {})
         self._pos: dict[str, int] = {}
+        self._keycache: dict[tuple, tuple] = {}
         self._latency = latency
         self._lock = threading.Lock()
         self._recorded = max(1, int(self._first("nvmlDeviceGetCount()", 1)))
@@ -264,25 +265,36 @@ class ReplayNvml:
     def _replay(self, name: str, args: tuple) -> Any:
         if not self.initialized and name not in ("nvmlErrorString",):
             raise self._err(_pynvml.NVML_ERROR_UNINITIALIZED)
-        gpu = self._gpu_of(args)
+        try:
+            ck: Any = (name, *args)
+            hit = self._keycache.get(ck)
+        except TypeError:  # a list argument: not hashable, no cache
+            ck, hit = None, None
+        if hit is None:
+            gpu = self._gpu_of(args)
+            key = f"{name}({','.join(self._argkey(a) for a in args)})"
+            hit = (gpu, key, tuple(args[1:]) if gpu is not None else tuple(args))
+            if ck is not None:
+                self._keycache[ck] = hit
+        gpu, key, rest = hit
         if gpu is not None and (gpu in self.lost or gpu >= self.gpus):
             raise self._err(_pynvml.NVML_ERROR_GPU_IS_LOST if gpu in self.lost
                             else _pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        code = self.failures.get((name, gpu), self.failures.get((name, None)))
-        if code is not None:
-            raise self._err(code)
+        if self.failures:
+            code = self.failures.get((name, gpu), self.failures.get((name, None)))
+            if code is not None:
+                raise self._err(code)
         if self.overrides:
-            rest = tuple(args[1:]) if gpu is not None else tuple(args)
             for g in (gpu, None):
                 if (name, g, rest) in self.overrides:
                     return _de(self.overrides[(name, g, rest)])
-        key = f"{name}({','.join(self._argkey(a) for a in args)})"
         outcomes = self._calls.get(key)
         if not outcomes:
             raise self._err(_pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
-        with self._lock:
-            i = self._pos.get(key, 0)
-            self._pos[key] = min(i + 1, len(outcomes) - 1)
+        i = self._pos.get(key, 0)
+        if i < len(outcomes) - 1:
+            with self._lock:
+                self._pos[key] = i + 1
         o = outcomes[i]
         if self._latency:
             self._spin(o.get("us", 0.0))
