@@ -329,9 +329,13 @@ class AgentHTTPServer(ThreadingHTTPServer):
         host = addr[0]
         if host and ":" in host:
             self.address_family = socket.AF_INET6
-        elif not host:
-            self.address_family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
-            addr = ("::" if socket.has_ipv6 else "", addr[1])
+        elif not host and socket.has_ipv6:  # ":PORT": every address, IPv6 and IPv4, where the host has IPv6
+            self.address_family = socket.AF_INET6
+            try:
+                super().__init__(("::", addr[1]), _Handler)
+                return
+            except OSError:
+                self.address_family = socket.AF_INET
         super().__init__(addr, _Handler)
 
     def server_bind(self) -> None:
