@@ -103,6 +103,13 @@ def test_rules_file_is_clean():
     assert "SUCCESS" in out.stdout
 
 
+def test_alert_timing_with_promtool_test_rules():
+    """`for` durations, the 6-hour GPU-count memory, XID code filter, drift majority and annotations."""
+    out = subprocess.run([_need("promtool"), "test", "rules", RULES.replace(".yaml", ".test.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
 def test_real_prometheus_evaluates_every_alert_and_dashboard_query(containers, tmp_path):  # noqa: F811
     tmp = str(tmp_path)
     train = containers.run("train", "-e", "NVIDIA_VISIBLE_DEVICES=0")
