@@ -53,6 +53,7 @@ class RunOptions:
     retry_dir: str | None = None
     retry_files: bool = True
     verbosity: int = 0
+    prefetch: bool = True        # batch the play's read-only probes into one round trip per host
 
 
 def parse_extra_vars(values: list[str] | None) -> dict:
@@ -226,6 +227,7 @@ class HostState:
     unreachable: bool = False
     ended: bool = False
     secrets: list = field(default_factory=list)   # values to mask in this host's output (current task)
+    probe_cache: dict = field(default_factory=dict)   # prefetched read-only probes, cleared by any change
 
     @property
     def name(self) -> str:
@@ -276,6 +278,28 @@ def _task_matches(task, pattern: str) -> bool:
 
 class _PlayAbort(Exception):
     pass
+
+
+PROBE_MARK = "@@provision-probe@@"
+
+
+def split_probes(output: str, n: int) -> list[tuple[int | None, str]]:
+    """Output of the batched probe script -> [(rc, stdout)] per probe (rc None when a section is missing)."""
+    out: list[tuple[int | None, str]] = []
+    for i in range(n):
+        start_tag = f"{PROBE_MARK}{i}\n"
+        a = output.find(start_tag)
+        if a < 0:
+            out.append((None, ""))
+            continue
+        a += len(start_tag)
+        b = output.find(f"\n{PROBE_MARK}rc ", a)
+        if b < 0:
+            out.append((None, ""))
+            continue
+        rest = output[b + len(PROBE_MARK) + 4:].split("\n", 1)[0]
+        out.append((int(rest) if rest.strip().lstrip("-").isdigit() else None, output[a:b]))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- executor
@@ -401,6 +425,9 @@ class Executor:
         if play.gather_facts:
             self._run_on(batch, workers, "Gathering Facts", self._gather_task, play)
             self._check_failures(play, batch)
+        if self.options.prefetch:
+            futures = [workers.submit(self._prefetch, s, play) for s in batch if s.active]
+            wait(futures)
         for task in play.tasks:
             if not self._started:
                 if _task_matches(task, self.options.start_at_task):
@@ -503,6 +530,80 @@ class Executor:
             self._record(s, HostResult(s.name, failed=True, msg=str(err)), None)
         finally:
             self.pool.release(s.host)
+
+    def _become(self, s: HostState, task, play) -> tuple[bool, str]:
+        become = task.become
+        if become is None:
+            become = bool(play.become) or bool(getattr(s.host, "become", None)) or bool(self.options.become)
+        user = task.become_user or play.become_user or getattr(s.host, "become_user", None) \
+            or self.options.become_user or "root"
+        return bool(become), user
+
+    def _prefetch(self, s: HostState, play) -> None:
+        """Run the read-only probes of the play's tasks in ONE round trip per host (per become setting).
+        A task later uses its probe's answer only if nothing ran on the host in between (OpContext.probe)."""
+        from provision import templating
+        from provision.ops.spec import registry
+        s.probe_cache = {}
+        started = self._started
+        groups: dict[tuple, list[str]] = {}
+        reg = registry()
+        for task in play.tasks:
+            if not started:
+                if not _task_matches(task, self.options.start_at_task):
+                    continue
+                started = True
+            spec = reg.get(task.module)
+            if (spec is None or task.loop is not None or spec.runs_on_controller or not isinstance(spec.impl, type)
+                    or not tag_selected(task.tags, self.options.tags, self.options.skip_tags)):
+                continue
+            try:
+                op = spec.impl()
+                if getattr(op, "controller", False):
+                    continue
+                v = self._vars(s, play, task)
+                raw = set(getattr(op, "raw_args", ()))
+                args = normalize(spec, {k: (x if k in raw else templating.render(x, v)) for k, x in task.args.items()})
+                if not op.prefetchable(args):
+                    continue
+                ctx = OpContext(host=s.name, check=self._check_for(task), diff=self.options.diff, vars=v,
+                                facts=s.facts)
+                cmd = op.probe(args, ctx)
+            except Exception:  # noqa: BLE001 - args that depend on later results: probed when the task runs
+                continue
+            if cmd:
+                b, u = self._become(s, task, play)
+                groups.setdefault((b, u if b else ""), [])
+                if cmd not in groups[(b, u if b else "")]:
+                    groups[(b, u if b else "")].append(cmd)
+        if not groups:
+            return
+        try:
+            conn = self.pool.acquire(s.host)
+        except Unreachable:
+            return   # the first task reports it
+        try:
+            for (b, u), cmds in groups.items():
+                if len(cmds) < 2:
+                    continue
+                script = "".join(f"printf '%s\\n' '{PROBE_MARK}{i}'; ( {c} ) 2>/dev/null; "
+                                 f"printf '\\n{PROBE_MARK}rc %s\\n' $?\n" for i, c in enumerate(cmds))
+                kw = {"become_user": u} if b and u != "root" else {}
+                self._log(s.name, "cmd", f"prefetch {len(cmds)} read-only probes in one round trip", False)
+                res = conn.run(script, become=b, **kw)
+                for (i, c), (rc, out) in zip(enumerate(cmds), split_probes(res.stdout, len(cmds))):
+                    if rc is not None:
+                        s.probe_cache[(b, u, c)] = (rc, out)
+        except ConnectorError:
+            s.probe_cache = {}
+        finally:
+            self.pool.release(s.host)
+
+    def _check_for(self, task) -> bool:
+        check = self.options.check
+        if getattr(task, "check_mode", None) is not None:
+            check = bool(task.check_mode)
+        return check
 
     def _unreachable(self, s: HostState, msg: str) -> None:
         s.unreachable = True
@@ -628,19 +729,13 @@ class Executor:
         return r
 
     def _run_op(self, s, task, play, spec, op, impl, args, v) -> HostResult:
-        become = task.become
-        if become is None:
-            become = bool(play.become) or bool(getattr(s.host, "become", None)) or bool(self.options.become)
-        become_user = task.become_user or play.become_user or getattr(s.host, "become_user", None) \
-            or self.options.become_user or "root"
-        check = self.options.check
-        if getattr(task, "check_mode", None) is not None:
-            check = bool(task.check_mode)
+        become, become_user = self._become(s, task, play)
+        check = self._check_for(task)
         search = tuple(p for p in (getattr(task, "role_path", None), getattr(task, "playbook_dir", None)
                                    or getattr(play, "playbook_dir", None)) if p)
         ctx = OpContext(host=s.name, check=check, diff=self.options.diff, become=become, become_user=become_user,
                         env=dict(task.environment) if task.environment else None, vars=v, facts=s.facts,
-                        search_paths=search, no_log=task.no_log,
+                        search_paths=search, no_log=task.no_log, probe_cache=s.probe_cache,
                         log=(lambda lvl, text, _s=s, _nl=task.no_log: self._log(_s.name, lvl,
                                                                                   mask_text(text, _s.secrets), _nl)))
         controller = spec.runs_on_controller or getattr(op, "controller", False)
@@ -663,6 +758,8 @@ class Executor:
                 r = op.run(args, ctx)
             else:   # a plain function op: (args, facts, ctx) -> Plan
                 r = execute_plan(impl(args, s.facts, ctx), ctx)
+            if r.changed or r.failed:
+                s.probe_cache.clear()   # the host changed (or may have): prefetched probes are stale
             r.duration = r.duration or (time.monotonic() - start)
             if not r.commands:
                 r.commands = list(ctx.ran)

@@ -255,3 +255,29 @@ def test_role_templates_files_defaults_and_handlers(tmp_path, inv, capsys):
     assert (tmp_path / "out-web.conf").read_text() == "port=9090\n"
     assert (tmp_path / "out-static.txt").read_text() == "static\n"
     assert (tmp_path / "out-handler.log").read_text() == "handled\n"
+
+
+def test_unchanged_second_run_answers_probes_from_one_prefetch(tmp_path, inv, capsys):
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - file: {path: "{{ out }}.d", state: directory}
+            - copy: {dest: "{{ out }}.d/one", content: "1\\n"}
+            - copy: {dest: "{{ out }}.d/two", content: "2\\n"}
+            - lineinfile: {path: "{{ out }}.d/two", line: "2"}
+            - command: {cmd: "touch {{ out }}.d/three", creates: "{{ out }}.d/three"}
+        """)
+    assert run(capsys, "apply", inv, "-p", pb)[0] == 0
+    rc, out = run(capsys, "apply", inv, "-p", pb, "-vv")
+    assert rc == 0 and "changed: [a]" not in out.out
+    execs = [line for line in out.out.splitlines() if line.startswith("<a> EXEC")]
+    assert execs[0] == "<a> EXEC prefetch 4 read-only probes in one round trip"   # two tasks share one
+    assert all("(prefetched)" in line for line in execs[1:]) and len(execs) == 6
+    # after a change, later tasks probe live again (the prefetched state is stale)
+    (tmp_path / "out.d" / "one").write_text("changed\n")
+    rc, out = run(capsys, "apply", inv, "-p", pb, "-vv")
+    execs = [line for line in out.out.splitlines() if line.startswith("<a> EXEC")]
+    assert "changed: [a]" in out.out
+    assert not any("(prefetched)" in line for line in execs[execs.index(
+        next(x for x in execs if x.startswith("<a> EXEC write"))):])

@@ -140,7 +140,7 @@ class Apt(Op):
         if state in ("present", "latest"):
             cand = {}
             if state == "latest" and names:
-                cand = parse_policy(ctx.run("LANG=C apt-cache policy " + " ".join(q(n) for n in names)).stdout)
+                cand = parse_policy(ctx.probe("LANG=C apt-cache policy " + " ".join(q(n) for n in names)).stdout)
             todo = []
             for name, ver in wanted:
                 cur = pkgs.get(name)
@@ -285,11 +285,16 @@ class AptKey(Op):
             return f"/etc/apt/keyrings/{args['name']}.gpg"
         raise OpError("apt_key needs keyring (the destination file) or name")
 
+    def probe(self, args, ctx):
+        if args.get("url") or not (args.get("keyring") or args.get("name")):
+            return None   # a url is fetched and compared on the host by the task itself
+        return stat_probe(self.dest(args), content=False)
+
     def run(self, args, ctx) -> HostResult:
         dest = self.dest(args)
         mode = parse_mode(args.get("mode")) or 0o644
         if args.get("state") == "absent":
-            st = parse_stat(ctx.run(stat_probe(dest, content=False)).stdout)
+            st = parse_stat(ctx.probe(stat_probe(dest, content=False)).stdout)
             plan = Plan(noop=f"{dest} is absent") if st.kind == "absent" else \
                 Plan([Cmd(f"rm -f {q(dest)}")], diff=[{"before_header": dest, "after_header": dest,
                                                        "before": "keyring present\n", "after": "(absent)\n"}])
@@ -298,7 +303,8 @@ class AptKey(Op):
             install = "true" if ctx.check else (f"mkdir -p {q(dest.rsplit('/', 1)[0] or '/')} && "
                                                 f"install -m {mode:o} \"$t\" {q(dest)}")
             script = _KEY_SCRIPT.format(url=q(str(args["url"])), dest=q(dest), install=install)
-            res = ctx.run(script, timeout=300, desc=f"fetch {args['url']} -> {dest}")
+            # installs only when the key differs, and then reports a change: safe to keep prefetched probes
+            res = ctx.run(script, timeout=300, desc=f"fetch {args['url']} -> {dest}", readonly=True)
             if res.rc != 0 or "KEY-" not in res.stdout:
                 return HostResult(ctx.host, failed=True, rc=res.rc, stderr=res.stderr,
                                   msg=f"cannot fetch key {args['url']}: {res.stderr.strip()[-500:]}")
@@ -315,7 +321,7 @@ class AptKey(Op):
                 data = dearmor(fh.read())
         else:
             raise OpError("apt_key needs url, data or file")
-        st = parse_stat(ctx.run(stat_probe(dest, content=False)).stdout)
+        st = parse_stat(ctx.probe(stat_probe(dest, content=False)).stdout)
         plan = write_file_plan(dest, data, st, mode=mode, make_parent=True)
         for d in plan.diff:   # keys are binary: show a fingerprint-like summary, not bytes
             d.update(before="(absent)\n" if st.kind == "absent" else f"sha256 {st.sha256}\n",
@@ -383,9 +389,12 @@ class AptRepository(Op):
         name = args.get("filename") or _repo_filename(uri)
         return f"/etc/apt/sources.list.d/{name}.list", line + "\n", uri
 
+    def probe(self, args, ctx):
+        return stat_probe(self.content(args)[0])
+
     def run(self, args, ctx) -> HostResult:
         path, text, _ = self.content(args)
-        st = parse_stat(ctx.run(stat_probe(path)).stdout)
+        st = parse_stat(ctx.probe(stat_probe(path)).stdout)
         if args.get("state") == "absent":
             plan = Plan(noop=f"{path} is absent") if st.kind == "absent" else Plan(
                 [Cmd(f"rm -f {q(path)}")], diff=[{"before_header": path, "after_header": path,

@@ -72,7 +72,7 @@ class _Command(Op):
 
     def run(self, args, ctx) -> HostResult:
         probe_cmd = self.probe(args, ctx)
-        probe = ctx.run(probe_cmd) if probe_cmd else None
+        probe = ctx.probe(probe_cmd) if probe_cmd else None
         plan = self.plan(args, ctx.facts, probe, ctx)
         if plan.noop is not None or ctx.check:
             return execute_plan(plan, ctx)

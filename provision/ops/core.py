@@ -87,9 +87,26 @@ class OpContext:
     reconnect: Callable[[], Any] | None = None     # reboot: drop and reopen the connection
     refresh: Callable[[tuple], None] | None = None   # re-gather fact sections
     ran: list[str] = field(default_factory=list)
+    probe_cache: dict | None = None      # (become, user, cmd) -> (rc, stdout): probes prefetched in one round trip
+
+    def probe(self, cmd: str, *, become: bool | None = None, desc: str | None = None) -> CommandResult:
+        """A READ-ONLY command (state check). Answered from the host's prefetched probes when nothing ran on the
+        host since they were taken; never invalidates them."""
+        b = self.become if become is None else become
+        key = (bool(b), self.become_user if b else "", cmd)
+        if self.probe_cache is not None and key in self.probe_cache:
+            rc, out = self.probe_cache[key]
+            if self.log:
+                self.log("cmd", f"(prefetched) {desc or cmd}")
+            return CommandResult(rc, out, "", 0.0)
+        return self.run(cmd, become=b, desc=desc, readonly=True)
 
     def run(self, cmd: str, *, stdin: bytes | None = None, timeout: float | None = None,
-            become: bool | None = None, desc: str | None = None) -> CommandResult:
+            become: bool | None = None, desc: str | None = None, readonly: bool = False) -> CommandResult:
+        """``readonly=True``: the command changes nothing unless the op then reports a change (the executor drops
+        prefetched probes after any changed result); otherwise prefetched probes are dropped now."""
+        if not readonly and self.probe_cache:
+            self.probe_cache.clear()    # something may change on the host: prefetched state is stale
         b = self.become if become is None else become
         kw = {"become_user": self.become_user} if b and self.become_user != "root" else {}
         self.ran.append(desc or cmd)
@@ -109,12 +126,16 @@ class Op:
     def probe(self, args: dict, ctx: OpContext) -> str | None:
         return None
 
+    def prefetchable(self, args: dict) -> bool:
+        """Whether probe() may run early, batched with the play's other probes (it must be read-only)."""
+        return True
+
     def plan(self, args: dict, facts: Mapping, probe: CommandResult | None, ctx: OpContext) -> Plan:
         raise NotImplementedError
 
     def run(self, args: dict, ctx: OpContext) -> HostResult:
         probe_cmd = self.probe(args, ctx)
-        probe = ctx.run(probe_cmd) if probe_cmd else None
+        probe = ctx.probe(probe_cmd) if probe_cmd else None
         plan = self.plan(args, ctx.facts, probe, ctx)
         return execute_plan(plan, ctx)
 

@@ -41,7 +41,7 @@ class _Writer(Op):
             dest = dest.rstrip("/") + "/" + os.path.basename(str(args["src"]))
             if dest.endswith(".j2"):
                 dest = dest[:-3]
-            st = parse_stat(ctx.run(stat_probe(dest)).stdout)
+            st = parse_stat(ctx.probe(stat_probe(dest)).stdout)
         if st.kind != "absent" and args.get("force") is False:
             return Plan(noop=f"{dest} exists and force is off")
         data = self.data(args, ctx)

@@ -83,7 +83,7 @@ class WaitFor(Op):
             return HostResult(ctx.host, msg=f"slept {timeout}s")
         script = (f"sleep {int(args.get('delay') or 0)}; end=$(( $(date +%s) + {timeout} )); "
                   f"while ! {ok}; do [ $(date +%s) -ge $end ] && exit 7; sleep {int(args.get('sleep') or 1)}; done")
-        res = ctx.run(script, timeout=timeout + int(args.get("delay") or 0) + 30, become=False)
+        res = ctx.run(script, timeout=timeout + int(args.get("delay") or 0) + 30, become=False, readonly=True)
         if res.rc == 0:
             return HostResult(ctx.host, msg=f"{what} is {state}", extra={"elapsed": int(res.duration)})
         return HostResult(ctx.host, failed=True, rc=res.rc,
@@ -93,7 +93,7 @@ class WaitFor(Op):
 @module("ping", args={"data": ArgSpec("str", default="pong")})
 class Ping(Op):
     def run(self, args, ctx) -> HostResult:
-        res = ctx.run("echo pong", become=False)
+        res = ctx.run("echo pong", become=False, readonly=True)
         if res.rc != 0 or "pong" not in res.stdout:
             return HostResult(ctx.host, failed=True, rc=res.rc, msg=f"ping failed: {res.stderr.strip()}")
         return HostResult(ctx.host, extra={"ping": args.get("data") or "pong"},

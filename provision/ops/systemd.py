@@ -34,6 +34,9 @@ class Systemd(Op):
         return (pre + f"systemctl show {q(args['name'])} --property=LoadState,ActiveState,SubState,UnitFileState,"
                 "FragmentPath --no-pager")
 
+    def prefetchable(self, args) -> bool:
+        return not args.get("daemon_reload")   # its probe reloads first: not read-only
+
     def plan(self, args, facts, probe, ctx):
         name = args.get("name")
         cmds: list[Cmd] = []
@@ -87,7 +90,7 @@ class Systemd(Op):
 
     def run(self, args, ctx) -> HostResult:
         probe_cmd = self.probe(args, ctx)
-        probe = ctx.run(probe_cmd) if probe_cmd else None
+        probe = ctx.probe(probe_cmd) if probe_cmd else None
         if probe is not None and probe.rc != 0 and "LoadState" not in probe.stdout:
             return HostResult(ctx.host, failed=True, rc=probe.rc, msg=f"systemctl show failed: "
                                                                          f"{probe.stderr.strip()[-500:]}")
