@@ -722,8 +722,11 @@ class Executor:
                     r.failed = True
                     r.msg = (r.msg + "; " if r.msg else "") + f"still not done after {attempts} attempts"
                     r.extra["attempts"] = attempt
-        if r.extra.get("ansible_facts") and task.module == "set_fact" and not r.failed:
+        if isinstance(r.extra.get("ansible_facts"), dict) and not r.failed:
+            # as Ansible: facts a module returns become host variables (set_fact's too)
             s.set_facts.update(r.extra["ansible_facts"])
+            if task.module != "set_fact":
+                s.facts.update(r.extra["ansible_facts"])
         if r.failed and task.ignore_errors:
             r.ignored = True
         return r
