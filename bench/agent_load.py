@@ -184,6 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus", type=int, default=8, help="replayed GPUs")
     ap.add_argument("--replay", default=None, help="NVML recording (default: tests/fixtures/gpu/h100-*.json)")
     ap.add_argument("--no-replay-latency", action="store_true", help="do not replay the recorded NVML call times")
+    ap.add_argument("--real-nvml", action="store_true", help="read the real GPUs (GPU machine) instead of a replay")
     ap.add_argument("--modes", nargs="+", default=["paced", "closed"], choices=("paced", "closed"))
     ap.add_argument("--stem", default="agent-load")
     # internal: the client process
@@ -196,14 +197,17 @@ def main(argv=None) -> int:
     if args.client:
         return client_main(args)
 
-    replay = args.replay or find_recording()
+    replay = None if args.real_nvml else (args.replay or find_recording())
     port = _free_port()
     cmd = [sys.executable, "-m", "agent.server", "--web.listen-address", f"127.0.0.1:{port}",
-           "--no-collector.docker", "--replay", replay, "--replay-gpus", str(args.gpus), "--log.level", "warning"]
-    if not args.no_replay_latency:
-        cmd.append("--replay-latency")
+           "--no-collector.docker", "--log.level", "warning"]
+    if replay:
+        cmd += ["--replay", replay, "--replay-gpus", str(args.gpus)]
+        if not args.no_replay_latency:
+            cmd.append("--replay-latency")
     payload = {"machine": machine_info(), "agent_cmd": cmd, "scrapers": args.scrapers, "seconds": args.seconds,
-               "interval": args.interval, "gpus": args.gpus, "replay": os.path.relpath(replay, REPO), "runs": []}
+               "interval": args.interval, "gpus": args.gpus if replay else "real",
+               "replay": os.path.relpath(replay, REPO) if replay else "real NVML (no replay)", "runs": []}
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     agent = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -276,9 +280,10 @@ def render(p: dict) -> str:
                      verdict])
     return (f"# gpu-agent under load — {m['date']}\n\n"
             f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_total_mib']} MiB, load average at start "
-            f"{m['loadavg_start']}, at end {m['loadavg_end']} (shared machine).\n"
-            f"Agent: replay of {p['replay']} × {p['gpus']} GPUs (recorded NVML call times replayed), Docker "
-            f"collector off; /metrics = {p['metrics_bytes']} bytes, {p['series']} samples.\n"
+            f"{m['loadavg_start']}, at end {m['loadavg_end']} (what else ran shows in the load average).\n"
+            + (f"Agent: replay of {p['replay']} × {p['gpus']} GPUs (recorded NVML call times replayed), Docker "
+               if p["gpus"] != "real" else "Agent: real NVML, the machine's GPUs, Docker ")
+            + f"collector off; /metrics = {p['metrics_bytes']} bytes, {p['series']} samples.\n"
             f"Load: {p['scrapers']} concurrent scrapers for {p['seconds']} s each mode, one keep-alive connection "
             f"each, gzip accepted; paced = one scrape per scraper per {p['interval']} s.\n\n"
             + md_table(["mode", "ok", "errors", "req/s", "p50 ms", "p99 ms", "max ms", "agent CPU s",

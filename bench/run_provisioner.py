@@ -29,8 +29,10 @@ from bench.workload import repo
 WORKLOAD = BENCH / "workload"
 DEFAULT_VENV = Path(os.environ.get("GPUFLEET_BENCH_VENV", "/tmp/gpufleet-bench-venv"))
 TOOLS = ("gpufleet", "pyinfra", "ansible", "ansible-pipelining")
+# Close to what `provision facts` gathers (OS, kernel, arch, CPUs, memory, dpkg packages); Ansible's is its
+# default `setup` (everything: heavier, as its users get it).
 PYINFRA_FACTS = ("server.Hostname", "server.Arch", "server.KernelVersion", "server.LinuxDistribution",
-                 "server.Uptime")
+                 "hardware.Cpus", "hardware.Memory", "deb.DebPackages")
 
 
 def _gpufleet_cmd() -> list[str]:
@@ -57,6 +59,8 @@ def commands(tool: str, phase: str, hs: HostSet, inv: dict, n: int, venv: Path) 
             helptext = _gpufleet_help("facts")
         if "--forks" in helptext:
             argv += ["--forks", str(n)]
+        if "--no-retry-file" in helptext:
+            argv += ["--no-retry-file"]
         return argv, env
     if tool == "pyinfra":
         base = [str(vb / "pyinfra"), "-y", "--parallel", str(n), str(inv["pyinfra"])]
@@ -96,8 +100,8 @@ def run_floor(hs: HostSet) -> dict:
 def _summary_changed(tool: str, out: str) -> str:
     """A short, tool-specific note of what the run reported (changed counts), for sanity checking."""
     tail = [line for line in out.splitlines() if line.strip()]
-    if tool.startswith("ansible"):
-        recap = [line for line in tail if "changed=" in line]
+    recap = [line for line in tail if "changed=" in line and "ok=" in line]
+    if tool.startswith("ansible") or (tool == "gpufleet" and recap):
         changed = sum(int(line.split("changed=")[1].split()[0]) for line in recap)
         failed = sum(int(line.split("failed=")[1].split()[0]) for line in recap if "failed=" in line)
         unreach = sum(int(line.split("unreachable=")[1].split()[0]) for line in recap if "unreachable=" in line)
@@ -108,7 +112,8 @@ def _summary_changed(tool: str, out: str) -> str:
     return tail[-1].strip() if tail else ""
 
 
-def bench_n(n: int, tools: list[str], venv: Path, source: str, repeat_b: int, with_floor: bool) -> dict:
+def bench_n(n: int, tools: list[str], venv: Path, source: str, repeat_b: int, with_floor: bool,
+            profile: bool = False) -> dict:
     t0 = time.perf_counter()
     hs = bring_up(n, source)
     up_s = time.perf_counter() - t0
@@ -140,6 +145,16 @@ def bench_n(n: int, tools: list[str], venv: Path, source: str, repeat_b: int, wi
                 print(f"[{n} hosts] {tool}: re-run ... (a: {m.wall_s}s rc={m.rc})", flush=True)
                 mb = measure(argv, cwd=WORKLOAD, env=env)
                 res["b_rerun"].append(mb.as_dict() | {"summary": _summary_changed(tool, mb.stdout_tail + mb.stderr_tail)})
+            if profile and tool == "gpufleet":
+                # one more re-run under py-spy (not timed): collapsed stacks for reading, and a flame graph
+                prof_dir = BENCH / "results" / "profiles"
+                prof_dir.mkdir(parents=True, exist_ok=True)
+                for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
+                    pargv = [str(venv / "bin" / "py-spy"), "record", "--rate", "250", "--subprocesses",
+                             "--format", fmt, "-o", str(prof_dir / f"gpufleet-rerun-{n}hosts.{ext}"), "--", *argv]
+                    pm = measure(pargv, cwd=WORKLOAD, env=env)
+                    res.setdefault("profiled_rerun", []).append({"format": fmt, "rc": pm.rc, "wall_s": pm.wall_s,
+                                                                 "stderr": pm.stderr_tail[-300:]})
             if with_floor:
                 fl = run_floor(hs)
                 fl["after"] = tool
@@ -224,6 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hosts-source", choices=("auto", "testbed", "own"), default="auto")
     ap.add_argument("--repeat-b", type=int, default=2)
     ap.add_argument("--no-floor", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also profile one gpufleet re-run with py-spy "
+                    "(results/profiles/)")
     ap.add_argument("--stem", default="provisioner")
     args = ap.parse_args(argv)
     fixed_rlimit_nofile()
@@ -232,7 +249,7 @@ def main(argv=None) -> int:
     try:
         for n in args.hosts:
             payload["runs"].append(bench_n(n, args.tools, args.venv, args.hosts_source, args.repeat_b,
-                                           not args.no_floor))
+                                           not args.no_floor, args.profile))
     finally:
         payload["machine"]["loadavg_end"] = loadavg()
         if payload["runs"]:
