@@ -316,9 +316,10 @@ class Executor:
         self._lock = threading.Lock()
 
     # -- entry points ---------------------------------------------------------------------------------
-    def run_playbook(self, playbook) -> RunStats:
+    def run_playbook(self, playbook, *, validated: bool = False) -> RunStats:
         from provision.playbook import validate
-        validate(playbook, self.inventory, self.options.extra_vars)   # raises InputError: nothing contacted
+        if not validated:
+            validate(playbook, self.inventory, self.options.extra_vars)   # raises InputError: nothing contacted
         plays_hosts = [self._play_hosts(p) for p in playbook.plays]   # bad --limit: OptionError before connecting
         workers = ThreadPoolExecutor(max_workers=max(1, self.options.forks), thread_name_prefix="fork")
         try:

@@ -123,7 +123,7 @@ def run_playbook_command(args, *, check: bool = False) -> int:
         inventory.limit(inventory.select(play.hosts) if "{{" not in play.hosts else [], opts.limit)
     opts.connect.become_password = become_password(args)
     reporter = make_reporter(args, diff=opts.diff)
-    stats = Executor(inventory, opts, reporter).run_playbook(playbook)
+    stats = Executor(inventory, opts, reporter).run_playbook(playbook, validated=True)
     return stats.exit_code()
 
 
