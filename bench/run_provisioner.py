@@ -44,6 +44,14 @@ def _gpufleet_help(sub: str) -> str:
     return r.stdout + r.stderr
 
 
+def _gpufleet_code() -> str:
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "provision"],
+                           capture_output=True, text=True).stdout.strip()
+    return rev + (" + uncommitted changes under provision/" if dirty else "")
+
+
 def commands(tool: str, phase: str, hs: HostSet, inv: dict, n: int, venv: Path) -> tuple[list[str], dict]:
     """argv and environment for ``tool`` in ``phase`` (apply / facts)."""
     env = dict(os.environ)
@@ -136,6 +144,8 @@ def bench_n(n: int, tools: list[str], venv: Path, source: str, repeat_b: int, wi
             if bad:
                 raise RuntimeError(f"reset failed: {bad}")
             res: dict = {"loadavg_before": loadavg()}
+            if tool == "gpufleet":  # the engine changes during the day: record exactly which code ran
+                res["gpufleet_code"] = _gpufleet_code()
             argv, env = commands(tool, "apply", hs, inv, n, venv)
             print(f"[{n} hosts] {tool}: first apply ...", flush=True)
             m = measure(argv, cwd=WORKLOAD, env=env)
@@ -195,6 +205,8 @@ def render(payload: dict) -> str:
         floor = min((f["wall_s"] for f in run["floor"] if f["rc"] == 0), default=None)
         lines.append(f"\n## {n} hosts ({run['host_source']} hosts; package {run.get('package')}; "
                      f"load before {run['loadavg_before']})\n")
+        if "gpufleet" in run["tools"] and run["tools"]["gpufleet"].get("gpufleet_code"):
+            lines.append(f"\ngpufleet code: {run['tools']['gpufleet']['gpufleet_code']}\n\n")
         rows = []
         for tool, r in run["tools"].items():
             a, c = r["a_first_apply"], r["c_facts"]
