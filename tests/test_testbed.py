@@ -191,6 +191,7 @@ def test_driver_standin_installs_from_signed_repo_and_answers_after_reboot(tb):
     rc, out, _ = ssh(tb, host, "nvidia-smi --query-gpu=index,name,uuid,pci.bus_id,driver_version,memory.total "
                                "--format=csv,noheader")
     index, name, uuid, bus, version, mem = [f.strip() for f in out.strip().split(",")]
+    assert "Open Kernel Module" in ssh(tb, host, "cat /proc/driver/nvidia/version")[1]
     assert (index, name, bus, version, mem) == ("0", "NVIDIA A100 80GB PCIe", "00000000:18:00.0", "580.82.07",
                                                 "81920 MiB")
     # Upgrade within the branch: the old module stays loaded until the next reboot.

@@ -134,8 +134,9 @@ def test_up_status_down_round_trip(testbed_image, tmp_path):
         again = cli("up", "--name", name, "--host", "x=none", "--inventory", str(tmp_path / "other.yaml"))
         assert "already up" in one_line_error(again)
     finally:
-        down = cli("down", "--name", name, "--inventory", str(inv))
+        down = cli("down", "--name", name, "--inventory", str(inv), cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert labelled(name) == []
     assert not inv.exists()
+    assert not (tmp_path / ".testbed" / name).exists()
     assert cli("status", "--name", name).returncode != 0

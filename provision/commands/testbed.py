@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 
@@ -100,6 +101,8 @@ def cmd_down(args) -> int:
     except TestbedError as err:
         raise OptionError(str(err), key="--name") from None
     removed = tb.down()
+    if tb.workdir.is_dir() and tb.workdir.parent.name == ".testbed":
+        shutil.rmtree(tb.workdir, ignore_errors=True)     # keys and known_hosts of this testbed
     inv = args.inventory
     if inv and os.path.exists(inv):
         try:

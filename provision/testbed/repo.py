@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from provision.testbed.cache import cache_dir, locked, recipe_hash
@@ -179,10 +180,19 @@ def ensure_repo(log=print) -> Path:
                 shutil.rmtree(root)
             os.rename(tmp, root)
             (root / ".complete").write_text("ok\n")
+            _prune_old(root)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _prune_old(current: Path, max_age_s: float = 24 * 3600) -> None:
+    """Remove repositories of older recipes once nothing has been built from them for a day (a running testbed
+    may still serve one)."""
+    for old in cache_dir().glob("repo-*"):
+        if old != current and old.is_dir() and time.time() - old.stat().st_mtime > max_age_s:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
