@@ -16,7 +16,7 @@ HOST_RECORD = "/var/lib/gpufleet/upgrade-host.json"     # this host's step recor
 EVENT_LOG = "/var/lib/gpufleet/upgrade-events.log"      # one JSON line per step event (audit; tests count drains)
 MARKER_BY_PREFIX = "gpufleet-upgrade"                   # "by" of markers the upgrade itself wrote
 
-DEFAULT_AGENT_PORT = 9835
+DEFAULT_AGENT_PORT = 10240                              # gpu-agent's default (docs/agent.md)
 XID_METRIC = "gpufleet_gpu_xid_errors_total"
 
 # Packages that move together with the driver: everything NVIDIA ships at the driver's exact version.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from provision.connectors.base import CommandResult, CommandTimeout, Connector, ConnectorError, Unreachable
@@ -33,6 +33,7 @@ class StepOptions:
     agent_port: int = R.DEFAULT_AGENT_PORT
     container_test_image: str = "nvidia/cuda:12.8.0-base-ubuntu22.04"
     become: bool = False
+    unreachable_retry: float = 90.0      # seconds a step is retried after a lost/refused connection
 
 
 class StepFailed(Exception):
@@ -164,24 +165,40 @@ class HostUpgrade:
         ev = {"ts": round(time.time(), 3), "rollout": self.o.rollout, "host": self.name, "event": what, **extra}
         self.sh(R.append_event_script(ev), timeout=30)
 
+    def save_record(self, state: str | None = None) -> None:
+        """The step record on the host itself (playbook mode keeps its state there; also a recovery aid)."""
+        rec = dict(asdict(self.rec), rollout=self.o.rollout, controller=self.o.controller,
+                   host_state=state or self.rec.state, requested=self.o.target)
+        self.sh(R.write_file_script(R.HOST_RECORD, json.dumps(rec, sort_keys=True)), timeout=30, check=True,
+                what="write host record")
+
     def mark_state(self, state: str) -> None:
         doc = {"state": state, "target": self.target(), "since": int(time.time())}
         self.sh(R.write_file_script(R.STATE_FILE, json.dumps(doc)), timeout=30, check=True, what="write state")
-        rec = {"rollout": self.o.rollout, "controller": self.o.controller, "state": state,
-               "target": self.target(), "phase": self.rec.phase, "admin_marker": self.rec.admin_marker,
-               "marker_checked": self.rec.marker_checked, "stopped_containers": self.rec.stopped_containers,
-               "from_version": self.rec.from_version, "from_packages": self.rec.from_packages,
-               "boot_id_before": self.rec.boot_id_before}
-        self.sh(R.write_file_script(R.HOST_RECORD, json.dumps(rec, sort_keys=True)), timeout=30)
+        self.save_record(state)
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> HostRecord:
+    def run(self, stop_at: frozenset = frozenset()) -> HostRecord:
+        """Drive the host until a terminal state (or, for a playbook task, until one of ``stop_at``)."""
         steps = {S.REQUIRED: self.step_required, S.DRAINING: self.step_drain, S.UPGRADING: self.step_upgrade,
                  S.REBOOTING: self.step_reboot, S.VALIDATING: self.step_validate, S.RESTORING: self.step_restore}
+        retry_until: dict[str, float] = {}
         try:
-            while self.rec.state in steps:
+            while self.rec.state in steps and self.rec.state not in stop_at:
                 try:
                     event = steps[self.rec.state]()
+                except Unreachable as err:
+                    # a dropped or refused connection outside the reboot: every step is idempotent, so
+                    # re-enter it after reconnecting, for up to unreachable_retry seconds per state
+                    st = self.rec.state
+                    until = retry_until.setdefault(st, time.monotonic() + self.o.unreachable_retry)
+                    self.drop()
+                    if time.monotonic() < until:
+                        self._emit(self.name, f"connection problem in {st} ({err}); retrying the step")
+                        time.sleep(min(5.0, max(0.5, self.o.poll)))
+                        continue
+                    self.rec.error = f"{st}: unreachable: {err}"
+                    event = S.FAIL
                 except LockHeld as err:
                     self.rec.state, self.rec.skip_reason = S.SKIPPED, str(err)
                     self.rec.history.append([S.SKIPPED, round(time.time(), 3)])
