@@ -62,10 +62,14 @@ def test_one_connection_per_host_for_a_whole_run(tb, capsys):
     assert {h: after[h] - before[h] for h in after} == {"c1": 1, "c2": 1}
 
 
-def test_become_with_password_via_sudo(tb, tmp_path, monkeypatch, capsys):
+def make_sudo_user(tb):
     tb.exec("c2", "id dev >/dev/null 2>&1 || useradd -m -s /bin/bash dev; echo 'dev:Pa55-word-xyz' | chpasswd; "
                   "echo 'dev ALL=(ALL) ALL' > /etc/sudoers.d/dev; mkdir -p /home/dev/.ssh; "
                   "cp /root/.ssh/authorized_keys /home/dev/.ssh/; chown -R dev: /home/dev/.ssh")
+
+
+def test_become_with_password_via_sudo(tb, tmp_path, monkeypatch, capsys):
+    make_sudo_user(tb)
     inv = load_inventory(str(tb.inventory_path))
     host = inv.hosts["c2"]
 
@@ -129,3 +133,25 @@ def test_docker_connection(tb, tmp_path, capsys):
     rc = main(["run", str(inv), "all", "-m", "shell", "-a", "hostname; echo e >&2", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["viadocker"]["stdout"] == "c2" and out["viadocker"]["stderr"] == "e"
+
+
+def test_cli_become_password_from_environment_never_shown(tb, tmp_path, monkeypatch, capsys):
+    import yaml
+    make_sudo_user(tb)
+    inv = yaml.safe_load(Path(tb.inventory_path).read_text())
+    for group in inv["all"]["children"].values():
+        for hv in group["hosts"].values():
+            if hv:
+                hv["ansible_user"] = "dev"
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    monkeypatch.setenv("PROVISION_BECOME_PASS", "Pa55-word-xyz")
+    capsys.readouterr()
+    rc = main(["run", str(path), "c2", "-m", "shell", "-a", "id -u; whoami", "-b", "-vvv"])
+    out = capsys.readouterr()
+    assert rc == 0 and "0\nroot" in out.out
+    assert "Pa55-word-xyz" not in out.out + out.err
+    monkeypatch.delenv("PROVISION_BECOME_PASS")
+    rc = main(["run", str(path), "c2", "-m", "shell", "-a", "id -u", "-b"])
+    out = capsys.readouterr()
+    assert rc == 2 and "PROVISION_BECOME_PASS" in out.out
