@@ -95,3 +95,9 @@ def test_image_tag_follows_the_recipe(monkeypatch):
     assert image.image_tag() != before
     monkeypatch.setenv("GPUFLEET_IMAGE_SALT", "abc")
     assert image.image_tag().startswith("gpufleet-testbed:")
+
+
+def test_short_model_names_are_ambiguous_not_a_wrong_guess():
+    with pytest.raises(InputError, match="ambiguous: H100-SXM, H100-PCIE, H100-NVL") as err:
+        gpus.parse_gpus("8xH100")
+    assert err.value.hint == "H100-SXM"

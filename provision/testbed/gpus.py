@@ -86,6 +86,10 @@ def canonical_model(model: str, *, file=None, line=None, key="gpus") -> str:
     found = lookup.get(model.strip().lower())
     if found:
         return found
+    prefixed = [k for k in MODELS if k.lower().startswith(model.strip().lower() + "-")]
+    if prefixed:
+        raise InputError(f"GPU model '{model}' is ambiguous: {', '.join(prefixed)}", file=file, line=line, key=key,
+                         hint=prefixed[0])
     hint = closest(model.upper(), MODELS)
     known = "" if hint else f" (known: {', '.join(MODELS)})"
     raise InputError(f"unknown GPU model '{model}'{known}", file=file, line=line, key=key, hint=hint)
