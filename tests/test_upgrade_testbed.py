@@ -360,3 +360,21 @@ def test_admin_marker_kept_lock_blocks_other_controller_rollback_on_failure(flee
     assert running(tb, "g6") == TO
     assert json.loads(marker(tb, "g6")) == json.loads(admin)        # the admin's marker stays
     assert "left in maintenance: an admin had put it there" in r.stdout
+
+
+def test_playbook_runs_the_same_steps(fleet, tmp_path):
+    tb = fleet
+    reset(tb, ["g4"])
+    boot = tb.boot_id("g4")
+    cmd = [sys.executable, "-m", "provision.cli", "apply", str(tb.inventory_path),
+           str(ROOT / "playbooks/driver-upgrade.yaml"), "--limit", "g4", "-e", f"driver_target={TO}",
+           "-e", "reboot_timeout=60", "-e", "validate_timeout=30"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "g4                         : ok=5    changed=5" in r.stdout
+    assert running(tb, "g4") == TO and tb.boot_id("g4") != boot
+    assert marker(tb, "g4") == "" and host_state(tb, "g4") == "done"
+    assert [e["event"] for e in events(tb, "g4")] == ["drain-start", "install", "reboot", "validated", "restored"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and "changed=0" in r.stdout, r.stdout[-2000:]

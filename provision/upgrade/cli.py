@@ -28,34 +28,34 @@ def add_arguments(p) -> None:
     p.add_argument("--to", dest="to", metavar="VERSION|BRANCH",
                    help="target driver: a full version (580.95.05, also older: a rollback) or a branch (580: newest)")
     p.add_argument("-l", "--limit", help="host pattern to restrict the rollout to")
-    p.add_argument("--batch", default="1", metavar="N|P%", help="hosts upgrading at once (default 1)")
-    p.add_argument("--max-unavailable", default="25%", metavar="N|P%",
+    p.add_argument("--batch", default=None, metavar="N|P%", help="hosts upgrading at once (default 1)")
+    p.add_argument("--max-unavailable", default=None, metavar="N|P%",
                    help="hosts out of service at once, counting hosts already in maintenance (default 25%%)")
-    p.add_argument("--max-fail", default="0", metavar="N|P%",
+    p.add_argument("--max-fail", default=None, metavar="N|P%",
                    help="failures tolerated before no new host starts (default 0)")
-    p.add_argument("--drain-timeout", type=float, default=600.0, metavar="S",
+    p.add_argument("--drain-timeout", type=float, default=None, metavar="S",
                    help="seconds to wait for GPU work to finish (default 600; 0: look once)")
-    p.add_argument("--reboot-timeout", type=float, default=600.0, metavar="S",
+    p.add_argument("--reboot-timeout", type=float, default=None, metavar="S",
                    help="seconds for a host to come back with a new boot id (default 600)")
-    p.add_argument("--validate-timeout", type=float, default=300.0, metavar="S",
+    p.add_argument("--validate-timeout", type=float, default=None, metavar="S",
                    help="seconds for nvidia-smi to show the target on every GPU (default 300)")
-    p.add_argument("--force", action="store_true",
+    p.add_argument("--force", action="store_true", default=None,
                    help="after the drain timeout, stop GPU containers gracefully (and start them again after)")
     p.add_argument("--check", action="store_true", help="print the plan and change nothing")
     p.add_argument("--resume", action="store_true", help="continue the rollout recorded in the state file")
     p.add_argument("--state-file", metavar="PATH",
                    help="controller state file (default ~/.local/state/gpufleet/upgrade-<inventory>.json)")
-    p.add_argument("--rollback-on-failure", action="store_true",
+    p.add_argument("--rollback-on-failure", action="store_true", default=None,
                    help="reinstall the previous driver on a host that fails validation (it still counts as failed)")
     p.add_argument("--break-lock", action="append", metavar="HOST", default=[],
                    help="remove the upgrade lock on HOST (repeatable) and exit")
     p.add_argument("-f", "--forks", type=int, default=10, help="parallel connections for facts (default 10)")
     p.add_argument("--host-key-checking", choices=("yes", "accept-new", "off"), default="yes")
-    p.add_argument("--agent-port", type=int, default=R.DEFAULT_AGENT_PORT,
+    p.add_argument("--agent-port", type=int, default=None,
                    help=f"gpufleet agent port on the hosts, for the XID check (default {R.DEFAULT_AGENT_PORT})")
-    p.add_argument("--container-test-image", default=StepOptions.container_test_image,
+    p.add_argument("--container-test-image", default=None,
                    help="image for the GPU container test (run only where Docker, the toolkit and GPUs exist)")
-    p.add_argument("--lock-ttl", type=int, default=3600, metavar="S",
+    p.add_argument("--lock-ttl", type=int, default=None, metavar="S",
                    help="seconds a host lock stays valid without renewal (renewed at every step; default 3600)")
     p.add_argument("--json", action="store_true", help="final report as JSON on stdout")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -104,11 +104,33 @@ def _break_locks(args, inv) -> int:
     return rc
 
 
+DEFAULTS = {"batch": "1", "max_unavailable": "25%", "max_fail": "0", "drain_timeout": 600.0,
+            "reboot_timeout": 600.0, "validate_timeout": 300.0, "force": False, "rollback_on_failure": False,
+            "agent_port": R.DEFAULT_AGENT_PORT, "container_test_image": StepOptions.container_test_image,
+            "lock_ttl": 3600}
+
+
+def _fill_options(args, saved: dict | None) -> None:
+    """Options not given: from the resumed rollout's state file, else the defaults."""
+    for key, default in DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, (saved or {}).get(key, default))
+
+
 def main(args) -> int:
     # paramiko logs every refused connection while a host reboots (tracebacks); our events say what matters
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     logging.getLogger("paramiko").propagate = False
     # ---- every option checked before any host is contacted
+    saved = None
+    if args.resume:
+        path = args.state_file or default_state_file(args.inventory)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                saved = (json.load(fh) or {}).get("options")
+        except (OSError, ValueError, AttributeError):
+            saved = None
+    _fill_options(args, saved)
     for key, val in (("--drain-timeout", args.drain_timeout), ("--reboot-timeout", args.reboot_timeout),
                      ("--validate-timeout", args.validate_timeout)):
         _positive(val, key)
@@ -193,10 +215,7 @@ def main(args) -> int:
     try:
         if sf is None:
             sf = StateFile.new(state_path, rollout_id=rollout, controller=ctrl, inventory=os.path.abspath(
-                args.inventory), target=target, options={
-                    "batch": str(batch), "max_unavailable": str(max_unavail), "max_fail": str(max_fail),
-                    "force": args.force, "rollback_on_failure": args.rollback_on_failure,
-                    "drain_timeout": args.drain_timeout, "reboot_timeout": args.reboot_timeout},
+                args.inventory), target=target, options={k: getattr(args, k) for k in DEFAULTS},
                 hosts=[HostRecord(h.name) for h in hosts])
         else:
             sf.set("stopped", None)

@@ -123,8 +123,19 @@ class Rollout:
                 r.target = hp.target
                 sf.put(r)
         self.progress.begin({r.name: r.state for r in sf.hosts()})
-        # hosts out of service that are not part of the upgrade (unreachable, admin maintenance, failed earlier)
-        down = {h.name for h in plan.hosts if h.in_maintenance}
+        plans = {h.name: h for h in plan.hosts}
+
+        def unavailable() -> set[str]:
+            """Out of service now: skipped hosts in maintenance or unreachable, pending hosts an admin put in
+            maintenance, failed hosts, and upgraded hosts that stay in an admin's maintenance."""
+            out = set()
+            for r in sf.hosts():
+                hp = plans.get(r.name)
+                if r.state == S.FAILED or (r.state == S.DONE and r.admin_marker is not None):
+                    out.add(r.name)
+                elif r.state in (S.SKIPPED, S.REQUIRED) and hp is not None and hp.in_maintenance:
+                    out.add(r.name)
+            return out
         in_flight_first = [n for n in self.order if sf.host(n).state in S.IN_FLIGHT]
         pending = in_flight_first + [n for n in self.order if sf.host(n).state == S.REQUIRED]
         n_batches_est = max(1, len(plan.batches) + (1 if in_flight_first else 0))
@@ -153,7 +164,7 @@ class Rollout:
                 batch = resumed[:max(budget.batch, len(resumed))]
                 why = None
             else:
-                batch, why = next_batch(pending, down | {r.name for r in sf.hosts() if r.state == S.FAILED}, budget)
+                batch, why = next_batch(pending, unavailable(), budget)
             if not batch:
                 sf.set("stopped", why)
                 break
