@@ -218,11 +218,14 @@ class Testbed:
         (self.workdir / "id_ed25519.pub").write_text(f"{pub} gpufleet-testbed-{self.name}\n")
         label = ["--label", f"{LABEL}={self.name}"]
         docker.run(["network", "create", *label, self.network])
-        docker.run(["run", "-d", "--name", self.repo_container, *label, "--network", self.network,
-                    "--network-alias", REPO_ALIAS, "--restart", "always", "-v", f"{repo_root}:/srv/repo:ro",
-                    self.image, "python3", "-m", "http.server", "80", "--directory", "/srv/repo"])
-        with ThreadPoolExecutor(max_workers=min(16, len(specs))) as pool:
-            infos = list(pool.map(lambda s: self._start_host(s, pub), specs))
+        with ThreadPoolExecutor(max_workers=min(16, len(specs) + 1)) as pool:
+            repo = pool.submit(docker.run, [
+                "run", "-d", "--name", self.repo_container, *label, "--network", self.network,
+                "--network-alias", REPO_ALIAS, "--restart", "always", "-v", f"{repo_root}:/srv/repo:ro",
+                self.image, "python3", "-m", "http.server", "80", "--directory", "/srv/repo"])
+            futures = [pool.submit(self._start_host, s, pub) for s in specs]
+            repo.result()
+            infos = [f.result() for f in futures]
         self.hosts = {i.name: i for i in infos}
         with ThreadPoolExecutor(max_workers=min(16, len(infos))) as pool:
             list(pool.map(lambda i: self._wait_ssh(i, timeout), infos))
