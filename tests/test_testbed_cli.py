@@ -108,13 +108,20 @@ def test_not_root():
 def test_failed_up_removes_what_it_created(testbed_image, tmp_path):
     name = f"clifail-{uuid.uuid4().hex[:6]}"
     inv = tmp_path / "inv.yaml"
-    # sshd cannot answer within 0 s: up must fail and take back everything it started
-    proc = cli("up", "--name", name, "--host", "a=none", "--host", "b=none,docker", "--inventory", str(inv),
-               "--timeout", "0")
-    line = one_line_error(proc)
-    assert "did not answer" in line
-    assert labelled(name) == []
-    assert not inv.exists()
+    # Someone else's container already holds the name host "b" needs: up fails after it has made the network,
+    # the repository container, host "a" and b's Docker volume; it must take all of that back, and only that.
+    blocker = f"gpufleet-{name}-b"
+    docker.run(["create", "--name", blocker, testbed_image])
+    try:
+        proc = cli("up", "--name", name, "--host", "a=none", "--host", "b=none,docker", "--inventory", str(inv),
+                   cwd=tmp_path)
+        line = one_line_error(proc)
+        assert "already in use" in line
+        assert labelled(name) == []
+        assert not inv.exists()
+        assert docker.exists("container", blocker)
+    finally:
+        docker.run(["rm", "-f", blocker], check=False)
 
 
 @pytest.mark.testbed
