@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import uuid
 
 import pytest
 
 from provision.testbed import HostSpec, Testbed, ensure_image  # noqa: F401 - HostSpec re-exported for tests
 from provision.testbed import docker as _docker
-from provision.testbed.core import raise_inotify_limits
+from provision.testbed.core import prune_orphans, raise_inotify_limits
 from provision.testbed.repo import ensure_repo
+
+
+OWNER = {"gpufleet.owner": f"pytest-{socket.gethostname()}-{os.getpid()}"}
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +27,7 @@ def testbed_image() -> str:
     if problem:
         pytest.fail(f"testbed: {problem}", pytrace=False)
     raise_inotify_limits()
+    prune_orphans(log=lambda m: print(m))      # testbeds left by a killed test run on this machine
     tag = ensure_image(log=lambda m: print(m))
     ensure_repo(log=lambda m: print(m))
     return tag
@@ -41,7 +46,7 @@ def testbed_factory(request, testbed_image, tmp_path_factory):
 
     def make(name: str, specs, **kw) -> Testbed:
         unique = f"{_short(name, 18)}-{uuid.uuid4().hex[:6]}"
-        tb = Testbed(name=unique, workdir=tmp_path_factory.mktemp(f"testbed-{_short(name, 18)}"))
+        tb = Testbed(name=unique, workdir=tmp_path_factory.mktemp(f"testbed-{_short(name, 18)}"), labels=OWNER)
         made.append(tb)
         tb.up(list(specs), **kw)
         return tb
@@ -58,7 +63,7 @@ def module_testbed_factory(request, testbed_image, tmp_path_factory):
 
     def make(name: str, specs, **kw) -> Testbed:
         unique = f"{_short(name, 18)}-{uuid.uuid4().hex[:6]}"
-        tb = Testbed(name=unique, workdir=tmp_path_factory.mktemp(f"testbed-{_short(name, 18)}"))
+        tb = Testbed(name=unique, workdir=tmp_path_factory.mktemp(f"testbed-{_short(name, 18)}"), labels=OWNER)
         made.append(tb)
         tb.up(list(specs), **kw)
         return tb

@@ -284,3 +284,25 @@ def test_hosts_of_two_testbeds_coexist(tb, testbed_factory):
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         client.connect("127.0.0.1", port=other.hosts["cpu1"].port, username="root",
                        key_filename=str(tb.key_path), look_for_keys=False, allow_agent=False, timeout=10)
+
+
+def test_orphans_of_a_killed_run_are_pruned_and_live_ones_kept(tb, tmp_path):
+    import socket
+    import subprocess
+    import uuid
+
+    from provision.testbed import Testbed, list_testbeds, prune_orphans
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    name = f"orphan-{uuid.uuid4().hex[:6]}"
+    orphan = Testbed(name=name, workdir=tmp_path / "orphan",
+                     labels={"gpufleet.owner": f"pytest-{socket.gethostname()}-{dead.pid}"})
+    try:
+        orphan.up([HostSpec("cpu1")])
+        assert name in list_testbeds()
+        removed = prune_orphans()
+        assert name in removed and tb.name not in removed      # our own (live) testbed stays
+        assert name not in list_testbeds()
+        assert ssh(tb, "cpu1", "hostname")[1].strip() == "cpu1"
+    finally:
+        orphan.down()

@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     down.set_defaults(func=cmd_down)
     status = sub.add_parser("status", help="list a testbed's containers")
     status.add_argument("--name", default="lab")
+    status.add_argument("--all", action="store_true", help="list every testbed on this Docker engine")
     status.set_defaults(func=cmd_status)
     p.set_defaults(func=lambda args: (p.print_help(), EXIT_OPTIONS)[1])
 
@@ -119,8 +120,13 @@ def cmd_down(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from provision.testbed import Testbed, TestbedError
+    from provision.testbed import Testbed, TestbedError, list_testbeds
     _preflight(need_root=False)
+    if args.all:
+        beds = list_testbeds()
+        for name, info in sorted(beds.items()):
+            print(f"{name:<24} {info['containers']} container(s)  {info['owner'] or 'provision testbed up'}")
+        return 0 if beds else 1
     try:
         tb = Testbed(name=args.name)
     except TestbedError as err:

@@ -112,7 +112,8 @@ def raise_inotify_limits() -> str | None:
 
 
 class Testbed:
-    def __init__(self, name: str = "lab", workdir: str | os.PathLike | None = None, log=None):
+    def __init__(self, name: str = "lab", workdir: str | os.PathLike | None = None, log=None,
+                 labels: dict[str, str] | None = None):
         if not NAME_RE.match(name or ""):
             raise TestbedError(f"testbed name '{name}' must be lower-case letters, digits and '-' (max 32)")
         self.name = name
@@ -125,6 +126,8 @@ class Testbed:
         self.image: str | None = None
         self.log = log or (lambda msg: None)
         self.timings: dict[str, float] = {}
+        # extra labels on every object, e.g. gpufleet.owner=pytest-<pid> so orphans of a killed run can be found
+        self.labels = dict(labels or {})
 
     # -- names ---------------------------------------------------------------------------------------------------
     @property
@@ -216,7 +219,7 @@ class Testbed:
         pub = client_key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                     serialization.PublicFormat.OpenSSH).decode()
         (self.workdir / "id_ed25519.pub").write_text(f"{pub} gpufleet-testbed-{self.name}\n")
-        label = ["--label", f"{LABEL}={self.name}"]
+        label = self._label_args()
         docker.run(["network", "create", *label, self.network])
         with ThreadPoolExecutor(max_workers=min(16, len(specs) + 1)) as pool:
             repo = pool.submit(docker.run, [
@@ -231,6 +234,12 @@ class Testbed:
             list(pool.map(lambda i: self._wait_ssh(i, timeout), infos))
         self._write_known_hosts()
         self.write_inventory()
+
+    def _label_args(self) -> list[str]:
+        args = ["--label", f"{LABEL}={self.name}"]
+        for k, v in self.labels.items():
+            args += ["--label", f"{k}={v}"]
+        return args
 
     @staticmethod
     def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
@@ -251,13 +260,13 @@ class Testbed:
         host_pub = host_key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                       serialization.PublicFormat.OpenSSH).decode()
         (hdir / "ssh_host_ed25519_key.pub").write_text(host_pub + "\n")
-        args = ["--hostname", spec.name, "--label", f"{LABEL}={self.name}", "--label", f"gpufleet.host={spec.name}",
+        args = ["--hostname", spec.name, *self._label_args(), "--label", f"gpufleet.host={spec.name}",
                 "--network", self.network, "--network-alias", spec.name, "--restart", "always",
                 "--stop-signal", "SIGRTMIN+3", "--stop-timeout", "20",
                 "--tmpfs", "/run", "--tmpfs", "/run/lock", "-v", f"{pci}:/sys/bus/pci/devices:ro"]
         if spec.docker:
             vol = self.volume(spec.name)
-            docker.run(["volume", "create", "--label", f"{LABEL}={self.name}", vol])
+            docker.run(["volume", "create", *self._label_args(), vol])
             args += DOCKER_IN_HOST + ["-v", f"{vol}:/var/lib/docker"]
         else:
             # CAP_SYS_ADMIN only for the boot-id bind mount made at each boot (see image.py).
@@ -424,3 +433,44 @@ class Testbed:
 
     def __exit__(self, *exc):
         self.down()
+
+
+OWNER_LABEL = "gpufleet.owner"
+
+
+def list_testbeds() -> dict[str, dict]:
+    """Every testbed on this engine: name -> {"containers": n, "owner": label or ""}."""
+    out: dict[str, dict] = {}
+    fmt = '{{.Label "gpufleet.testbed"}}|{{.Label "gpufleet.owner"}}'
+    text = docker.out(["ps", "-a", "--filter", f"label={LABEL}", "--format", fmt])
+    for line in text.splitlines():
+        name, owner = (line.split("|") + [""])[:2]
+        entry = out.setdefault(name, {"containers": 0, "owner": owner})
+        entry["containers"] += 1
+    return out
+
+
+def prune_orphans(log=lambda msg: None) -> list[str]:
+    """Remove testbeds whose owner label says ``pytest-<pid>`` on this machine and that process is gone (a test run
+    killed before its fixtures could tear down). Testbeds made by ``provision testbed up`` carry no owner and are
+    never touched."""
+    removed = []
+    for name, info in list_testbeds().items():
+        owner = info["owner"]
+        if not owner.startswith(f"pytest-{socket.gethostname()}-"):
+            continue
+        try:
+            os.kill(int(owner.rsplit("-", 1)[1]), 0)
+            continue                      # still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, ValueError):
+            continue
+        log(f"testbed: removing orphan testbed {name} (owner {owner} is gone)")
+        scratch = tempfile.mkdtemp(prefix="gpufleet-prune-")
+        try:
+            Testbed(name=name, workdir=scratch).down()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        removed.append(name)
+    return removed
