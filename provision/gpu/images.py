@@ -70,16 +70,19 @@ def save_on_controller(tag: str, cache: Path) -> Tarball:
     cache.mkdir(parents=True, exist_ok=True)
     base = cache / (image_id.replace("sha256:", "")[:24] + ".tar")
     sumfile = base.with_suffix(".sha256")
-    if not (base.exists() and sumfile.exists()):
-        tmp = base.with_suffix(".partial")
-        with open(tmp, "wb") as fh:
-            proc = subprocess.run([docker.docker_bin(), "save", tag], stdout=fh, stderr=subprocess.PIPE,
-                                  timeout=1800)
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"docker save {tag}: {proc.stderr.decode(errors='replace').strip()[-200:]}")
-        sumfile.write_text(sha256_file(tmp) + "\n")
-        os.replace(tmp, base)
+    import fcntl
+    with open(base.with_suffix(".lock"), "a+") as lock:      # hosts of one run save the same image once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base.exists() and sumfile.exists()):
+            tmp = base.with_suffix(f".partial-{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                proc = subprocess.run([docker.docker_bin(), "save", tag], stdout=fh, stderr=subprocess.PIPE,
+                                      timeout=1800)
+            if proc.returncode != 0:
+                tmp.unlink(missing_ok=True)
+                raise RuntimeError(f"docker save {tag}: {proc.stderr.decode(errors='replace').strip()[-200:]}")
+            sumfile.write_text(sha256_file(tmp) + "\n")
+            os.replace(tmp, base)
     return Tarball(base, sumfile.read_text().strip(), image_id)
 
 

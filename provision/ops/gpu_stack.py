@@ -91,6 +91,8 @@ class GpuPlan(Op):
         elif args.get("fail_on_refusal", True) and plan.refusals:
             r.failed = True
             r.msg = "; ".join(plan.refusals)
+        if r.failed:       # keep a failure's output readable: the verdict, not the whole fact set
+            r.extra = {"verdict": plan.verdict}
         return r
 
 
@@ -155,6 +157,21 @@ class GpuImage(Op):
     pulled, pulled through a lab mirror, or streamed from the controller (docker save tarball, sha256-checked)."""
 
     def run(self, args, ctx) -> HostResult:
+        info = args.get("image_info")
+        if isinstance(info, str):
+            import yaml
+            try:
+                info = yaml.safe_load(info) if info.strip() else None
+            except yaml.YAMLError:
+                return HostResult(ctx.host, failed=True, msg=f"image_info is not a mapping: {info[:80]!r}")
+        if info is not None and not isinstance(info, Mapping):
+            return HostResult(ctx.host, failed=True, msg="image_info must be a mapping {cuda: '12.8', sm: [...]}")
+        if info and "cuda" not in info:
+            return HostResult(ctx.host, failed=True, msg="image_info needs at least cuda: 'X.Y'")
+        args = {**args, "image_info": info or None}
+        for k in ("tarball", "sha256", "mirror"):        # '' (an unset group var) means "not given"
+            if not str(args.get(k) or "").strip():
+                args[k] = None
         try:
             return ensure_image(_Conn(ctx), args["image"], source=args.get("source") or "auto",
                                 tarball=args.get("tarball"), sha256=args.get("sha256"), mirror=args.get("mirror"),
