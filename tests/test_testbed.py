@@ -3,7 +3,6 @@ repository, real Docker inside a host. Only the GPUs and NVIDIA's packages are s
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import paramiko
@@ -253,6 +252,8 @@ cat /etc/docker/daemon.json""")
     rc, out, _ = ssh(tb, "ws", "nvidia-ctk runtime configure --runtime=docker --set-as-default >/dev/null 2>&1 "
                                "&& cat /etc/docker/daemon.json")
     assert json.loads(out)["default-runtime"] == "nvidia"
+    rc, _, err = ssh(tb, "ws", "nvidia-ctk cdi generate")            # no driver loaded yet: like the real tool
+    assert rc != 0 and "NVML" in err
 
 
 def test_blackwell_needs_the_open_flavour_and_flavours_replace_each_other(tb):
@@ -270,6 +271,10 @@ def test_blackwell_needs_the_open_flavour_and_flavours_replace_each_other(tb):
     reboot(tb, host)
     rc, out, _ = ssh(tb, host, "nvidia-smi --query-gpu=name,driver_version --format=csv,noheader")
     assert (rc, out.splitlines()) == (0, ["NVIDIA GeForce RTX 5090, 580.95.05"] * 2)
+    # with a loaded driver, nvidia-ctk (installed by the toolkit test) writes a CDI spec for the two GPUs
+    rc, out, err = ssh(tb, host, "nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml && nvidia-ctk cdi list")
+    assert rc == 0, err
+    assert out.split() == ["nvidia.com/gpu=0", "nvidia.com/gpu=1", "nvidia.com/gpu=all"]
 
 
 def test_hosts_of_two_testbeds_coexist(tb, testbed_factory):

@@ -6,7 +6,7 @@ import shutil
 import sys
 import time
 
-from provision.errors import EXIT_OPTIONS, InputError, OptionError
+from provision.errors import EXIT_OPTIONS, OptionError
 
 DEFAULT_INVENTORY = "inventories/testbed.yaml"
 EXIT_TESTBED = 1

@@ -258,7 +258,7 @@ def _index(repo: Path, gnupg: Path, uid: str, label: str) -> None:
     packages = proc.stdout
     (repo / "Packages").write_bytes(packages)
     (repo / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
-    lines = [f"Origin: gpufleet-testbed", f"Label: {label} (TEST EQUIPMENT)", f"Architecture: {arch()}",
+    lines = ["Origin: gpufleet-testbed", f"Label: {label} (TEST EQUIPMENT)", f"Architecture: {arch()}",
              f"Date: {email.utils.formatdate(usegmt=True)}"]
     for title, algo in (("MD5Sum", hashlib.md5), ("SHA256", hashlib.sha256)):
         lines.append(f"{title}:")
