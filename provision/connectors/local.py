@@ -29,6 +29,8 @@ class LocalConnector:
     def _sudo(self) -> str:
         if self._sudo_mode is None:
             rc, _, _, _ = run_process(["/bin/sh", "-c", "sudo -n true"], stdin=None, timeout=30, host=self.host)
+            if rc == 127:
+                raise ConnectorError(f"{self.host}: become needs sudo, which is not installed")
             self._sudo_mode = "nopass" if rc == 0 else "pass"
         return self._sudo_mode
 

@@ -233,6 +233,8 @@ class SSHConnector:
     def _sudo(self) -> str:
         if self._sudo_mode is None:
             rc, _, err, _ = self._exec("sudo -n true", None, 30)
+            if rc == 127:
+                raise ConnectorError(f"{self.host}: become needs sudo, which is not installed for {self.user}")
             if rc == 0:
                 self._sudo_mode = "nopass"
             else:
