@@ -1,0 +1,43 @@
+"""The local connector (ansible_connection: local) and the connect() factory."""
+from __future__ import annotations
+
+import pytest
+
+from provision.connectors import ConnectOptions, connect
+from provision.connectors.base import CommandTimeout, ConnectorError
+from provision.executor import PROBE_MARK, split_probes
+
+
+class LocalHost:
+    name = "me"
+    vars = {"ansible_connection": "local"}
+    connection = "local"
+
+
+def test_local_run_env_stdin_deadline_put_get(tmp_path):
+    c = connect(LocalHost(), ConnectOptions())
+    res = c.run('printf "%s" "$GREETING"; cat; echo err >&2; exit 4', stdin=b"-in", env={"GREETING": "hi there"})
+    assert (res.rc, res.stdout, res.stderr) == (4, "hi there-in", "err\n")
+    with pytest.raises(CommandTimeout):
+        c.run("sleep 30", timeout=0.5)
+    target = tmp_path / "f.bin"
+    c.put(str(target), b"\x00\x01data", mode=0o640)
+    assert target.read_bytes() == b"\x00\x01data" and oct(target.stat().st_mode & 0o777) == "0o640"
+    assert c.get(str(target)) == b"\x00\x01data"
+    c.put(str(target), b"new")                       # keeps the existing mode
+    assert oct(target.stat().st_mode & 0o777) == "0o640"
+    with pytest.raises(ConnectorError):
+        c.put(str(tmp_path / "missing-dir" / "x"), b"x")
+
+
+def test_unknown_connection_kind_is_refused():
+    class Weird(LocalHost):
+        connection = "winrm"
+    with pytest.raises(ConnectorError, match="unknown ansible_connection"):
+        connect(Weird(), ConnectOptions())
+
+
+def test_split_batched_probe_output():
+    out = (f"{PROBE_MARK}0\nfile 644\n\n{PROBE_MARK}rc 0\n{PROBE_MARK}1\nno-newline\n{PROBE_MARK}rc 3\n"
+           f"{PROBE_MARK}2\n")
+    assert split_probes(out, 3) == [(0, "file 644\n"), (3, "no-newline"), (None, "")]
