@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MARKER = "/etc/gpufleet/maintenance"                   # shared contract: present = host in maintenance
 STATE_FILE = "/var/lib/gpufleet/upgrade-state.json"     # shared contract: {"state","target","since"}
