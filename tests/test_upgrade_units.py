@@ -293,3 +293,22 @@ def test_report_lists_failed_and_undone(tmp_path):
     sf.set("stopped", "1 failure(s) exceed max-fail 0: no new host started")
     text = "\n".join(report_lines(sf.doc))
     assert "stays in maintenance" in text and "LEFT UNDONE: b, c" in text and "STOPPED: 1 failure" in text
+
+
+def test_progress_redraws_a_status_line_on_a_tty_and_prints_lines_otherwise():
+    import io
+    from provision.upgrade.report import Progress
+    tty = io.StringIO()
+    p = Progress(tty, tty=True)
+    p.set_state("a", S.UPGRADING)
+    p.set_state("b", S.FAILED)
+    p.set_batch(1, 3, ["a", "b"])
+    p.event("a", "draining -> upgrading")
+    p.end()
+    text = tty.getvalue()
+    assert "\r\033[K" in text and "batch 1/3" in text and "upgrading 1" in text and "failures 1" in text
+    plain = io.StringIO()
+    p = Progress(plain, tty=False)
+    p.event("a", "draining -> upgrading")
+    p.end()
+    assert "\r" not in plain.getvalue() and plain.getvalue().endswith("a: draining -> upgrading\n")
