@@ -136,7 +136,7 @@ def clean_endpoints(names: list[str]) -> None:
 
 
 def run_step(n: int, endpoints, key, kh, work: Path, forks: int, tools: list[str], venv: Path,
-             names: list[str]) -> dict:
+             names: list[str], phases: tuple = ("a", "b", "c"), connect_timeout: int = 0) -> dict:
     inv = work / f"inventory-{n}.yml"
     write_inventory(inv, endpoints[:n], key, kh)
     f = forks or n
@@ -145,8 +145,12 @@ def run_step(n: int, endpoints, key, kh, work: Path, forks: int, tools: list[str
     for tool in tools:
         if tool == "gpufleet":
             fk = ["--forks", str(f)] if "--forks" in _gpufleet_help("apply") else []
+            if connect_timeout:
+                fk += ["--connect-timeout", str(connect_timeout)]
             apply = _gpufleet_cmd() + ["apply", str(inv), "-p", str(WORKLOAD / "scale.yml"), *fk]
             fkf = ["--forks", str(f)] if "--forks" in _gpufleet_help("facts") else []
+            if connect_timeout:
+                fkf += ["--connect-timeout", str(connect_timeout)]
             facts = _gpufleet_cmd() + ["facts", "-i", str(inv), *fkf]
         else:  # pyinfra, for reference
             pinv = work / f"inventory-{n}.py"
@@ -159,6 +163,8 @@ def run_step(n: int, endpoints, key, kh, work: Path, forks: int, tools: list[str
         clean_endpoints(names)  # (a) is a real first apply for every tool
         res = {}
         for phase, argv in (("a_first_apply", apply), ("b_rerun", apply), ("c_facts", facts)):
+            if phase[0] not in phases:
+                continue
             print(f"[{n} endpoints] {tool} {phase} ...", flush=True)
             m = measure(argv, cwd=WORKLOAD, env=env, timeout=1200)
             d = m.as_dict()
@@ -190,6 +196,8 @@ def render(p: dict) -> str:
     for s in p["steps"]:
         for tool, r in s["tools"].items():
             for phase in ("a_first_apply", "b_rerun", "c_facts"):
+                if phase not in r:
+                    continue
                 x = r[phase]
                 last = prev.get((tool, phase))
                 marginal = "-"
@@ -201,7 +209,8 @@ def render(p: dict) -> str:
     return (f"# Controller at scale — {m['date']}\n\n"
             f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_total_mib']} MiB, load average at start "
             f"{m['loadavg_start']}, at end {m.get('loadavg_end')} (shared machine; the endpoints run on it too).\n"
-            f"Endpoints: {p['endpoints']} sshd processes, {p['per_container']} per container (see scale_500.py).\n"
+            f"Endpoints: {p['endpoints']} sshd processes, {p['per_container']} per container (see scale_500.py); "
+            f"gpufleet connect timeout: {p.get('connect_timeout')}.\n"
             f"Versions: " + ", ".join(f"{k} {v}" for k, v in p["versions"].items()) + "\n\n"
             + md_table(["hosts", "forks", "tool", "phase", "wall s", "ms/host", "CPU s", "CPU ms/host",
                         "peak RSS MiB", "+MiB per extra host", "rc"], rows)
@@ -216,10 +225,13 @@ def main(argv=None) -> int:
     ap.add_argument("--tools", nargs="+", default=["gpufleet"], choices=("gpufleet", "pyinfra"))
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     ap.add_argument("--stem", default="scale")
+    ap.add_argument("--phases", default="abc", help="which of a (first apply), b (re-run), c (facts)")
+    ap.add_argument("--connect-timeout", type=int, default=0, help="gpufleet --connect-timeout (0: its default)")
     args = ap.parse_args(argv)
     fixed_rlimit_nofile()
     work = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-scale-"))
     payload = {"machine": machine_info(), "versions": tool_versions(args.venv), "per_container": args.per_container,
+               "phases": args.phases, "connect_timeout": args.connect_timeout or "gpufleet default (10 s)",
                "endpoints": max(args.steps), "steps": []}
     names: list[str] = []
     try:
@@ -227,7 +239,8 @@ def main(argv=None) -> int:
         endpoints, key, kh, names = start_endpoints(max(args.steps), args.per_container, work)
         payload["endpoints_up_s"] = round(time.perf_counter() - t0, 1)
         for n in sorted(args.steps):
-            payload["steps"].append(run_step(n, endpoints, key, kh, work, args.forks, args.tools, args.venv, names))
+            payload["steps"].append(run_step(n, endpoints, key, kh, work, args.forks, args.tools, args.venv, names,
+                                             tuple(args.phases), args.connect_timeout))
     finally:
         stop_endpoints(names)
         subprocess.run(["rm", "-rf", str(work)])

@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hosts", type=int, default=10)
     ap.add_argument("--phase", choices=("first", "rerun"), default="first")
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    ap.add_argument("--no-profile", dest="profile", action="store_false")
     args = ap.parse_args(argv)
     n = args.hosts
     payload = {"machine": machine_info(), "hosts": n, "tools": {}}
@@ -77,6 +78,16 @@ def main(argv=None) -> int:
             payload["tools"][tool] = {"wall_s": round(total, 2), "rc": rc, "loadavg_before": la,
                                       "tasks": split_tasks(tool, lines, total)}
             print(tool, round(total, 2), rc, payload["tools"][tool]["tasks"], flush=True)
+        if args.profile:  # gpufleet's same phase again under py-spy (collapsed stacks), not timed
+            hs.run_everywhere(repo.RESET)
+            a, env = commands("gpufleet", "apply", hs, inv, n, args.venv)
+            if args.phase == "rerun":
+                subprocess.run(a, cwd=WORKLOAD, env=env, capture_output=True)
+            prof = WORKLOAD.parent / "results" / "profiles" / f"gpufleet-{args.phase}-apply-{n}hosts.txt"
+            prof.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([str(args.venv / "bin" / "py-spy"), "record", "--rate", "250", "--format", "raw",
+                            "-o", str(prof), "--", *a], cwd=WORKLOAD, env=env, capture_output=True)
+            payload["profile"] = str(prof.relative_to(WORKLOAD.parent.parent))
     finally:
         hs.teardown()
     rows = []
