@@ -119,6 +119,7 @@ def test_failed_up_removes_what_it_created(testbed_image, tmp_path):
         assert "already in use" in line
         assert labelled(name) == []
         assert not inv.exists()
+        assert not (tmp_path / ".testbed" / name).exists()
         assert docker.exists("container", blocker)
     finally:
         docker.run(["rm", "-f", blocker], check=False)

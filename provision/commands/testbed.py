@@ -77,12 +77,12 @@ def cmd_up(args) -> int:
     start = time.monotonic()
     try:
         tb.up(specs, inventory_path=args.inventory, timeout=args.timeout)
-    except TestbedError as err:
-        print(f"ERROR: testbed {name}: {err}", file=sys.stderr)
-        return EXIT_TESTBED
-    except Exception as err:   # docker/image failures: one line; up() already removed what it made
-        print(f"ERROR: testbed {name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-              file=sys.stderr)
+    except Exception as err:   # one line; up() already removed every Docker object it made
+        if tb.workdir.is_dir() and tb.workdir.parent.name == ".testbed":
+            shutil.rmtree(tb.workdir, ignore_errors=True)
+        text = str(err).splitlines()[0] if str(err) else ""
+        kind = "" if isinstance(err, TestbedError) else f"{type(err).__name__}: "
+        print(f"ERROR: testbed {name}: {kind}{text}", file=sys.stderr)
         return EXIT_TESTBED
     for h in tb.hosts.values():
         gpus = ",".join(sorted(set(h.spec.gpus))) if h.spec and h.spec.gpus else "no GPU"
