@@ -82,7 +82,7 @@ def stack(module_testbed_factory, tmp_path_factory):
         "gpu_agent_enabled": (ROOT / "agent/packaging/gpu-agent.service").exists(),
     })
     groups = inv["all"]["children"]
-    groups["hopper"]["vars"] = {"nvidia_driver_branch": 580}
+    groups["hopper"]["vars"] = {"nvidia_driver_branch": 580, "devcontainer_enabled": False}   # CI time: one is enough
     groups["blackwell"]["vars"] = {"nvidia_driver_branch": 570, "devcontainer_gpus": [0]}
     path = tmp / "inventory.yaml"
     path.write_text(yaml.safe_dump(inv, sort_keys=False))
@@ -251,12 +251,21 @@ def test_dev_container_jupyter_needs_the_token_and_ssh_refuses_passwords(stack):
 
 def test_maintenance_marker_stops_new_dev_containers(stack, tmp_path):
     tb = stack["tb"]
-    sh(tb, "hgx", "docker rm -f gpufleet-dev >/dev/null; mkdir -p /etc/gpufleet && "
-                  "echo 'driver upgrade by alice' > /etc/gpufleet/maintenance")
+    inv = yaml.safe_load(stack["inventory"].read_text())["all"]["vars"]
+    pb = tmp_path / "dev.yaml"
+    pb.write_text(yaml.safe_dump([{"hosts": "ws", "gather_facts": False, "tasks": [
+        {"name": "dev container", "gpu_devcontainer": {
+            "name": "gpufleet-dev2", "image": stack["dev"], "jupyter_port": 8899, "ssh_port": 2299,
+            "bind": "127.0.0.1", "shm_size": "64m", "authorized_keys": inv["devcontainer_authorized_keys"]}}]}]))
+    sh(tb, "ws", "mkdir -p /etc/gpufleet && echo 'driver upgrade by alice' > /etc/gpufleet/maintenance")
     try:
-        proc, doc = apply(stack["inventory"], ROOT / "playbooks/site.yaml", stack["tmp"], "--limit", "hgx")
-        r = task(doc, "Dev container")["hgx"]
+        proc, doc = apply(stack["inventory"], pb, stack["tmp"])
+        r = task(doc, "dev container")["ws"]
         assert r["skipped"] and "/etc/gpufleet/maintenance is present (driver upgrade by alice)" in r["msg"]
-        assert sh(tb, "hgx", "docker ps -a --filter name=gpufleet-dev -q") == ""
+        assert sh(tb, "ws", "docker ps -a --filter name=gpufleet-dev2 -q") == ""
     finally:
-        sh(tb, "hgx", "rm -f /etc/gpufleet/maintenance")
+        sh(tb, "ws", "rm -f /etc/gpufleet/maintenance")
+    proc, doc = apply(stack["inventory"], pb, stack["tmp"])        # marker gone: it starts
+    assert task(doc, "dev container")["ws"]["changed"]
+    assert sh(tb, "ws", "docker inspect --format '{{.State.Status}}' gpufleet-dev2") == "running"
+    sh(tb, "ws", "docker rm -f gpufleet-dev2 >/dev/null")

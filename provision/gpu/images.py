@@ -68,7 +68,7 @@ def save_on_controller(tag: str, cache: Path) -> Tarball:
     from provision.testbed import docker
     image_id = docker.out(["image", "inspect", "--format", "{{.Id}}", tag], timeout=60)
     cache.mkdir(parents=True, exist_ok=True)
-    base = cache / (image_id.replace("sha256:", "")[:24] + ".tar")
+    base = cache / (image_id.replace("sha256:", "")[:24] + ".tar.gz")   # gzip -1: a third of the bytes to send
     sumfile = base.with_suffix(".sha256")
     import fcntl
     with open(base.with_suffix(".lock"), "a+") as lock:      # hosts of one run save the same image once
@@ -76,8 +76,13 @@ def save_on_controller(tag: str, cache: Path) -> Tarball:
         if not (base.exists() and sumfile.exists()):
             tmp = base.with_suffix(f".partial-{os.getpid()}")
             with open(tmp, "wb") as fh:
-                proc = subprocess.run([docker.docker_bin(), "save", tag], stdout=fh, stderr=subprocess.PIPE,
-                                      timeout=1800)
+                save = subprocess.Popen([docker.docker_bin(), "save", tag], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+                gz = subprocess.run(["gzip", "-1", "-c"], stdin=save.stdout, stdout=fh, timeout=1800)
+                save.stdout.close()
+                err = save.stderr.read()
+                save.wait(timeout=60)
+            proc = subprocess.CompletedProcess(save.args, save.returncode or gz.returncode, b"", err)
             if proc.returncode != 0:
                 tmp.unlink(missing_ok=True)
                 raise RuntimeError(f"docker save {tag}: {proc.stderr.decode(errors='replace').strip()[-200:]}")
@@ -96,7 +101,7 @@ def tarball_from_file(path: str, sha256: str | None) -> Tarball:
 
 def tarball_image_id(path: Path) -> str | None:
     try:
-        with tarfile.open(path) as tf:
+        with tarfile.open(path, "r:*") as tf:
             manifest = json.load(tf.extractfile("manifest.json"))
         cfg = manifest[0]["Config"]
         return "sha256:" + cfg.split("/")[-1].removesuffix(".json")
@@ -155,7 +160,7 @@ def ensure_image(conn, tag: str, *, source: str = "auto", tarball: str | None = 
             tag, cache or Path.home() / ".cache" / "gpufleet" / "images")
     except Exception as err:  # noqa: BLE001 - one line for the user
         return HostResult(host=host, failed=True, msg=f"cannot stream {tag}: {err}")
-    remote = f"/var/tmp/gpufleet-image-{tb.sha256[:16]}.tar"
+    remote = f"/var/tmp/gpufleet-image-{tb.sha256[:16]}" + (".tar.gz" if tb.path.name.endswith(".gz") else ".tar")
     conn.put(remote, tb.path.read_bytes(), mode=0o600, become=become)
     r = conn.run(f"echo '{tb.sha256}  {remote}' | sha256sum -c --quiet - && docker load -i {remote}; "
                  f"rc=$?; rm -f {remote}; exit $rc", become=become, timeout=3600)

@@ -270,11 +270,13 @@ class GpuDevcontainer(Op):
                     msg=f"{spec.name}: " + ("started" if (need_run or need_start) else "running, unchanged"))
         if not any(c.counts for c in cmds):
             plan.noop = plan.msg
+        where = None
+        if token and not ctx.check:       # saved first: a failure after the host write must not lose it
+            where = dc.save_controller_token(ctx.host, spec.name, token)
         r = execute_plan(plan, ctx)
         r.extra["devcontainer"] = {"name": spec.name, "gpus": spec.gpus, "jupyter_port": spec.jupyter_port,
                                    "ssh_port": spec.ssh_port, "token_file": spec.token_path}
-        if token and not r.failed and not ctx.check:
-            where = dc.save_controller_token(ctx.host, spec.name, token)
+        if where is not None and not r.failed:
             shown = dc.show_once(ctx.host, spec.name, token, spec.jupyter_port)
             r.msg += (f"; Jupyter token saved to {where} (0600)" + ("" if shown else "; no terminal to show it on"))
         return r
@@ -316,10 +318,11 @@ class GpuValidate(Op):
         if step == "container":
             if sim:
                 res = ctx.run(f"docker run --rm {rt} --entrypoint /bin/true {img}", timeout=tmo)
-                detail = "the nvidia runtime starts the image" if res.rc == 0 else \
-                    f"the nvidia runtime failed to start the image: {res.stderr.strip()[-200:]}"
-                return HostResult(ctx.host, skipped=res.rc == 0, failed=res.rc != 0,
-                                  msg=f"{SIMULATED}: no GPU device nodes to see; {detail}")
+                if res.rc != 0:
+                    return HostResult(ctx.host, failed=True, rc=res.rc, msg="the nvidia runtime failed to start "
+                                                                            f"the image: {res.stderr.strip()[-200:]}")
+                return HostResult(ctx.host, skipped=True,
+                                  msg=f"{SIMULATED}: no GPU device nodes to see; the nvidia runtime starts the image")
             res = ctx.run(f"docker run --rm {rt} --entrypoint nvidia-smi {img} -L", timeout=tmo)
             seen = res.stdout.count("GPU ")
             if res.rc != 0 or seen != n:
