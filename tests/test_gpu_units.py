@@ -122,8 +122,8 @@ def test_site_playbook_and_lab_inventory_validate_without_connecting():
     pb = load_playbook(str(ROOT / "playbooks/site.yaml"))
     inv = load_inventory(str(ROOT / "inventories/lab.yaml"))
     validate(pb, inv, {})                                  # static checks only: no connection is opened
-    assert pb.plays[0].roles == ("gpu_facts", "nvidia_driver", "container_toolkit", "gpu_image", "devcontainer",
-                                 "gpu_agent", "gpu_validate")
+    assert pb.plays[0].roles == ("gpu_facts", "nvidia_driver", "container_toolkit", "gpu_agent", "gpu_image",
+                                 "devcontainer", "gpu_validate")
     names = {h.name for h in inv.select("all")}
     assert names and all(n.endswith(".lab.example.com") for n in names)
     groups = {g: {h.name for h in inv.select(g)} for g in ("hopper", "blackwell", "ampere")}
