@@ -223,3 +223,15 @@ def test_recorded_real_h100(name):
     else:
         assert plan.verdict.startswith("ready: driver 580.159.04 (open)")
         assert not plan.fabricmanager       # a single PCIe-attached H100 SXM: no NVSwitch on its bus
+
+
+def test_report_reads_facts_as_the_engine_gathers_them():
+    from provision.facts import parse, script  # noqa: F401 - the engine's fact parser, fed a recorded output
+    from provision.facts import parsers
+    pci = parsers.pci_devices("0000:18:00.0 0x10de 0x2b85 0x030000\n0000:00:00.0 0x8086 0x09a2 0x060000\n")
+    pk = parsers.dpkg_packages("nvidia-open-570\t570.195.03-1\thold ok installed\n")
+    facts = {"pci_devices": pci, "secure_boot": False, **pk}
+    text = gpu_report({"ws": facts}, {"ws": {"nvidia_driver_branch": 570}})
+    assert "1x GeForce RTX 5090 (Blackwell, CC 12.0)" in text
+    assert "driver:     570.195.03 (open)" in text and "secure boot: off" in text
+    assert "needs:      branch 570 open (nvidia-open-570)" in text
