@@ -42,7 +42,7 @@ def sh(tb, host, cmd, ok=True, input=None):
 def apply(inventory, playbook, tmp, *extra, timeout=1200):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GPUFLEET_SECRETS_DIR": str(tmp / "secrets")}
     proc = subprocess.run([sys.executable, "-m", "provision.cli", "apply", str(inventory), "-p", str(playbook),
-                           "--json", "--no-retry-file", *extra], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+                           "--json", "--no-retry-file", "--connect-timeout", "60", *extra], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     try:
         doc = json.loads(proc.stdout)
     except ValueError:
