@@ -8,10 +8,11 @@ import threading
 
 from provision.commands.apply import EXIT_HELP, add_connection_args, become_password, load_inventory_arg, run_options
 from provision.errors import InputError, OptionError
+from provision.output import SilentHooks
 from provision.results import HostResult
 
 
-class AdhocReporter:
+class AdhocReporter(SilentHooks):
     """`host | SUCCESS => {...}` lines, as Ansible's ad hoc commands print them."""
 
     def __init__(self, out=None, json_out: bool = False, diff: bool = False):
@@ -51,31 +52,6 @@ class AdhocReporter:
 
     def recap(self, stats):
         pass
-
-    def play_start(self, *a):
-        pass
-
-    def task_start(self, *a, **k):
-        pass
-
-    def warning(self, msg):
-        print(f"[WARNING]: {msg}", file=sys.stderr)
-
-    def info(self, msg):
-        pass
-
-    def retry(self, *a):
-        pass
-
-    def verbose(self, *a):
-        pass
-
-    def progress(self, *a):
-        pass
-
-    def progress_done(self):
-        if self.json_out and self.results:
-            pass
 
     def dump(self):
         if self.json_out:

@@ -8,12 +8,12 @@ import shlex
 from typing import Mapping
 
 from provision.connectors._become import env_prefix
+from provision.connectors._put import ShellPut
 from provision.connectors._proc import result, run_process
 from provision.connectors.base import CommandResult, ConnectorError, Unreachable
-from provision.connectors.local import put_command
 
 
-class DockerConnector:
+class DockerConnector(ShellPut):
     kind = "docker"
 
     def __init__(self, name: str, container: str, *, user: str | None = None,
@@ -45,12 +45,6 @@ class DockerConnector:
         if rc in (125, 126) and b"is not running" in err or b"No such container" in err:
             raise Unreachable(f"{self.host}: {err.decode(errors='replace').strip()}")
         return result(rc, out, err, dur)
-
-    def put(self, path: str, data: bytes, *, mode: int | None = None, become: bool = False,
-            become_user: str = "root") -> None:
-        res = self.run(put_command(path, mode), stdin=data, become=become, become_user=become_user)
-        if res.rc != 0:
-            raise ConnectorError(f"{self.host}: cannot write {path}: {res.stderr.strip()}")
 
     def get(self, path: str, *, become: bool = False, become_user: str = "root") -> bytes:
         rc, out, err, _ = run_process(self._argv(f"cat -- {shlex.quote(path)}", become, become_user), stdin=None,

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import getpass
-import os
 import shlex
 from typing import Mapping
 
 from provision.connectors._become import env_prefix, strip_prompt, sudo_wrap
+from provision.connectors._put import ShellPut
 from provision.connectors._proc import result, run_process
 from provision.connectors.base import CommandResult, ConnectorError
 
 
-class LocalConnector:
+class LocalConnector(ShellPut):
     kind = "local"
 
     def __init__(self, host: str = "localhost", *, become_password: str | None = None,
@@ -55,12 +55,6 @@ class LocalConnector:
         res = result(rc, out, err, dur)
         return CommandResult(res.rc, res.stdout, strip_prompt(res.stderr), res.duration)
 
-    def put(self, path: str, data: bytes, *, mode: int | None = None, become: bool = False,
-            become_user: str = "root") -> None:
-        res = self.run(put_command(path, mode), stdin=data, become=become, become_user=become_user)
-        if res.rc != 0:
-            raise ConnectorError(f"{self.host}: cannot write {path}: {res.stderr.strip()}")
-
     def get(self, path: str, *, become: bool = False, become_user: str = "root") -> bytes:
         if not self._needs_sudo(become, become_user):
             with open(path, "rb") as fh:
@@ -74,16 +68,3 @@ class LocalConnector:
 
     def close(self) -> None:
         pass
-
-
-def put_command(path: str, mode: int | None) -> str:
-    """Shell that writes stdin to ``path`` atomically (temp file in the same folder, then rename)."""
-    q = shlex.quote(path)
-    d = shlex.quote(os.path.dirname(path) or ".")
-    if mode is not None:
-        chmod = f' && chmod {mode:o} "$t"'
-    else:  # keep an existing file's mode and owner; a new file gets 0644
-        chmod = (f' && {{ if [ -e {q} ]; then chmod --reference={q} "$t" && {{ chown --reference={q} "$t" '
-                 f'2>/dev/null || true; }}; else chmod 644 "$t"; fi; }}')
-    return (f't=$(mktemp {d}/.provision.XXXXXX) && cat > "$t"{chmod} && mv -f "$t" {q} '
-            f'|| {{ rc=$?; rm -f "$t"; exit $rc; }}')

@@ -23,10 +23,10 @@ from typing import Callable, Mapping
 
 import paramiko
 
+from provision.connectors._put import ShellPut
 from provision.connectors._become import env_prefix, strip_prompt, sudo_wrap
 from provision.connectors.base import (CommandResult, CommandTimeout, ConnectorError, HostKeyMismatch,
                                        Unreachable)
-from provision.connectors.local import put_command
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
 
@@ -71,7 +71,7 @@ def _ssh_config(path: str | None) -> paramiko.SSHConfig | None:
         return None
 
 
-class SSHConnector:
+class SSHConnector(ShellPut):
     kind = "ssh"
 
     def __init__(self, name: str, *, address: str, port: int | None = None, user: str | None = None,
@@ -261,12 +261,6 @@ class SSHConnector:
         rc, out, err, dur = self._exec(cmd, data, timeout or self._default_timeout, pty)
         return CommandResult(rc, out.decode("utf-8", "replace"),
                              strip_prompt(err.decode("utf-8", "replace")), dur)
-
-    def put(self, path: str, data: bytes, *, mode: int | None = None, become: bool = False,
-            become_user: str = "root") -> None:
-        res = self.run(put_command(path, mode), stdin=data, become=become, become_user=become_user)
-        if res.rc != 0:
-            raise ConnectorError(f"{self.host}: cannot write {path}: {res.stderr.strip()}")
 
     def get(self, path: str, *, become: bool = False, become_user: str = "root") -> bytes:
         cmd, data, pty = self._wrap(f"cat -- {shlex.quote(path)}", None, become, None, become_user)

@@ -327,7 +327,7 @@ def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, 
         if make_parent:
             cmds.append(Cmd(f"mkdir -p {q(_dirname(path))}"))
         new_mode = mode if mode is not None else (st.mode if st.kind == "file" else None)
-        from provision.connectors.local import put_command
+        from provision.connectors._put import put_command
         cmds.append(Cmd(put_command(path, new_mode), stdin=data,
                         desc=f"write {path} ({len(data)} bytes{', mode %04o' % new_mode if new_mode else ''})"))
         diffs.append(file_diff(path, st.content, data, before_absent=st.kind == "absent"))

@@ -172,7 +172,38 @@ def _item(item) -> str:
     return str(item)
 
 
-class JsonReporter:
+class SilentHooks:
+    """The reporter hooks that only the live text reporter shows: no-ops, warnings to stderr.
+    Reporters that print one document at the end (``--json``, ad hoc) inherit these."""
+
+    err = None  # None: whatever sys.stderr is when the warning is printed
+
+    def play_start(self, *a):
+        pass
+
+    def task_start(self, *a, **k):
+        pass
+
+    def warning(self, msg):
+        print(f"[WARNING]: {msg}", file=self.err or sys.stderr)
+
+    def info(self, msg):
+        pass
+
+    def retry(self, *a):
+        pass
+
+    def verbose(self, *a):
+        pass
+
+    def progress(self, *a):
+        pass
+
+    def progress_done(self):
+        pass
+
+
+class JsonReporter(SilentHooks):
     """Collects everything and prints one JSON document at the end (stdout); warnings still go to stderr."""
 
     def __init__(self, out=None, err=None, **_):
@@ -196,22 +227,7 @@ class JsonReporter:
     def warning(self, msg):
         with self._lock:
             self.doc["warnings"].append(msg)
-        print(f"[WARNING]: {msg}", file=self.err)
-
-    def info(self, msg):
-        pass
-
-    def retry(self, *a):
-        pass
-
-    def verbose(self, *a):
-        pass
-
-    def progress(self, *a):
-        pass
-
-    def progress_done(self):
-        pass
+        super().warning(msg)
 
     def _entry(self, r: HostResult) -> dict:
         d = {"status": r.status, "changed": r.changed, "failed": r.failed, "skipped": r.skipped,
