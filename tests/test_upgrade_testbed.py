@@ -37,6 +37,7 @@ if [ -n "$WANT_DOCKER" ] && ! command -v docker >/dev/null; then
   systemctl start docker
 fi
 rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/apt.conf.d/99upgtest*
+if command -v docker >/dev/null; then docker rm -f upgjob upgside >/dev/null 2>&1 || true; fi
 if [ ! -f /usr/share/keyrings/upg-cuda.gpg ]; then
   curl -fsSL "$KEY" | gpg --dearmor > /usr/share/keyrings/upg-cuda.gpg
   echo "deb [signed-by=/usr/share/keyrings/upg-cuda.gpg] $URL /" > /etc/apt/sources.list.d/cuda.list
