@@ -143,15 +143,17 @@ def run_step(n: int, endpoints, key, kh, work: Path, forks: int, tools: list[str
     step: dict = {"hosts": n, "forks": f, "loadavg_before": loadavg(), "tools": {}}
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for tool in tools:
-        if tool == "gpufleet":
+        if tool in ("gpufleet", "gpufleet-khcache"):
             fk = ["--forks", str(f)] if "--forks" in _gpufleet_help("apply") else []
             if connect_timeout:
                 fk += ["--connect-timeout", str(connect_timeout)]
-            apply = _gpufleet_cmd() + ["apply", str(inv), "-p", str(WORKLOAD / "scale.yml"), *fk]
+            fk += ["--no-retry-file"]
+            cli = _gpufleet_cmd() if tool == "gpufleet" else [sys.executable, "-m", "bench.khcache"]
+            apply = cli + ["apply", str(inv), "-p", str(WORKLOAD / "scale.yml"), *fk]
             fkf = ["--forks", str(f)] if "--forks" in _gpufleet_help("facts") else []
             if connect_timeout:
                 fkf += ["--connect-timeout", str(connect_timeout)]
-            facts = _gpufleet_cmd() + ["facts", "-i", str(inv), *fkf]
+            facts = cli + ["facts", "-i", str(inv), *fkf]
         else:  # pyinfra, for reference
             pinv = work / f"inventory-{n}.py"
             pyinfra_inventory(pinv, endpoints[:n], key, kh)
@@ -222,7 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 250, 500])
     ap.add_argument("--per-container", type=int, default=100)
     ap.add_argument("--forks", type=int, default=0, help="0: as many as hosts")
-    ap.add_argument("--tools", nargs="+", default=["gpufleet"], choices=("gpufleet", "pyinfra"))
+    ap.add_argument("--tools", nargs="+", default=["gpufleet"], choices=("gpufleet", "gpufleet-khcache", "pyinfra"),
+                    help="gpufleet-khcache: gpufleet with proposed fix 1 applied from outside (bench/khcache.py)")
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     ap.add_argument("--stem", default="scale")
     ap.add_argument("--phases", default="abc", help="which of a (first apply), b (re-run), c (facts)")
