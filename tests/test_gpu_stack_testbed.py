@@ -111,7 +111,7 @@ def test_secure_boot_host_is_refused_before_any_change(stack):
 
 def test_each_host_gets_its_branch_and_flavour(stack):
     tb = stack["tb"]
-    pk = "dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n' 'nvidia-*' 'cuda-drivers*' | grep ' ii'"
+    pk = "dpkg-query -W -f='${Package} ${Version} ${db:Status-Status}\\n' 'nvidia-*' 'cuda-drivers*' 2>/dev/null | grep ' installed$'"
     hgx, ws = sh(tb, "hgx", pk), sh(tb, "ws", pk)
     assert "nvidia-open-580 580.95.05-1" in hgx and "nvidia-open-570 570.195.03-1" in ws
     assert "cuda-drivers" not in hgx + ws and "nvidia-open-570" not in hgx    # open flavour, one branch each
@@ -124,8 +124,8 @@ def test_each_host_gets_its_branch_and_flavour(stack):
 
 def test_no_driver_on_the_host_without_gpu(stack):
     tb = stack["tb"]
-    assert sh(tb, "cpu", "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' 'nvidia*' 2>/dev/null | grep ' ii' "
-                         "|| true") == ""
+    assert sh(tb, "cpu", "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' 'nvidia*' 2>/dev/null | "
+                         "grep ' installed$' || true") == ""
     assert "no NVIDIA GPU" in task(stack["first"], "Plan the GPU stack for this host")["cpu"]["msg"]
 
 

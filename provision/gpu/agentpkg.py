@@ -20,13 +20,17 @@ WHEELS = "/opt/gpufleet/wheels"
 
 
 def source_digest() -> str:
+    """What the agent runs: agent/, the provision modules it imports, pyproject and the dependency list. (The
+    wheel carries all of provision/, but a change elsewhere in it does not touch the agent: no reinstall.)"""
     h = hashlib.sha256()
-    for sub in ("agent", "provision"):
-        for p in sorted((REPO_ROOT / sub).rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".json", ".service"):
-                h.update(str(p.relative_to(REPO_ROOT)).encode())
-                h.update(p.read_bytes())
-    h.update((REPO_ROOT / "pyproject.toml").read_bytes())
+    files = [p for p in sorted((REPO_ROOT / "agent").rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".yml", ".service")]
+    files += [REPO_ROOT / "provision" / "__init__.py", REPO_ROOT / "provision" / "errors.py",
+              REPO_ROOT / "pyproject.toml"]
+    for p in files:
+        if p.exists():
+            h.update(str(p.relative_to(REPO_ROOT)).encode())
+            h.update(p.read_bytes())
     h.update(repr(AGENT_DEPS).encode())
     return h.hexdigest()[:16]
 
