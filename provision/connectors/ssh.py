@@ -31,6 +31,28 @@ from provision.connectors.base import (CommandResult, CommandTimeout, ConnectorE
 _KNOWN_HOSTS_LOCK = threading.Lock()
 
 
+_PARSED: dict[tuple, paramiko.HostKeys] = {}
+
+
+def _parsed_known_hosts(path: str) -> paramiko.HostKeys:
+    """known_hosts parsed once per run and file version (path, mtime, size): accept-new's appends re-parse."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    with _KNOWN_HOSTS_LOCK:
+        hk = _PARSED.get(key)
+        if hk is None:
+            for old in [k for k in _PARSED if k[0] == key[0]]:
+                del _PARSED[old]
+            hk = _PARSED[key] = paramiko.HostKeys(path)
+        return hk
+
+
+def _copy_entries(known: paramiko.HostKeys, entry: str, into: paramiko.HostKeys) -> None:
+    """Copy the keys ``known`` holds for ``entry`` (hashed entries included) into a client's own HostKeys."""
+    for keytype, key in (known.lookup(entry) or {}).items():
+        into.add(entry, keytype, key)
+
+
 def _warn_stderr(msg: str) -> None:
     print(f"[WARNING]: {msg}", file=sys.stderr)
 
@@ -103,14 +125,17 @@ class SSHConnector(ShellPut):
             raise ValueError(f"host_key_checking must be yes, accept-new or off, not {host_key_checking!r}")
 
         client = paramiko.SSHClient()
+        # Only this host's entries go into the client: the parsed file is shared by every connection of the run
+        # (parsing it per connection was quadratic in hosts; bench/README.md has the numbers).
+        entry = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
         if os.path.exists("/etc/ssh/ssh_known_hosts") and known_hosts_file is None:
             try:
-                client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
+                _copy_entries(_parsed_known_hosts("/etc/ssh/ssh_known_hosts"), entry, client.get_host_keys())
             except Exception:  # noqa: BLE001
                 pass
         if os.path.exists(self.known_hosts_file):
             try:
-                client.load_host_keys(self.known_hosts_file)
+                _copy_entries(_parsed_known_hosts(self.known_hosts_file), entry, client.get_host_keys())
             except Exception as err:  # noqa: BLE001
                 raise Unreachable(f"{name}: cannot read known_hosts {self.known_hosts_file}: {err}") from err
         client.set_missing_host_key_policy(_CheckingPolicy(host_key_checking, self.known_hosts_file, self._warn))
