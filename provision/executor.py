@@ -740,8 +740,7 @@ class Executor:
         ctx = OpContext(host=s.name, check=check, diff=self.options.diff, become=become, become_user=become_user,
                         env=dict(task.environment) if task.environment else None, vars=v, facts=s.facts,
                         search_paths=search, no_log=task.no_log, probe_cache=s.probe_cache,
-                        log=(lambda lvl, text, _s=s, _nl=task.no_log: self._log(_s.name, lvl,
-                                                                                  mask_text(text, _s.secrets), _nl)))
+                        log=self._op_logger(s, task.no_log))
         controller = spec.runs_on_controller or getattr(op, "controller", False)
         conn = None
         try:
@@ -798,6 +797,12 @@ class Executor:
                     rendered[k] = val
         return secret_values(rendered, {k: s for k, s in self.options.connect.__dict__.items()
                                         if k == "become_password" and s})
+
+    def _op_logger(self, s, no_log: bool):
+        """Command/output log for -vv/-vvv; below that, nothing to print, so nothing is masked either."""
+        if self.options.verbosity < 2:
+            return lambda lvl, text: None
+        return lambda lvl, text: self._log(s.name, lvl, mask_text(text, s.secrets), no_log)
 
     def _log(self, host: str, level: str, text: str, no_log: bool) -> None:
         if no_log:
