@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,17 @@ def build_wheelhouse(python_version: str, machine: str, cache: Path) -> tuple[Pa
     out = cache / f"agent-{bundle}"
     if (out / ".complete").exists():
         return out, bundle
+    import fcntl
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"agent-{bundle}.lock", "a+") as lock:   # the hosts of one run build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / ".complete").exists():
+            return out, bundle
+        _build(out, bundle, python_version, plat, machine, cache)
+    return out, bundle
+
+
+def _build(out: Path, bundle: str, python_version: str, plat: str, machine: str, cache: Path) -> None:
     tmp = cache / f"agent-{bundle}.partial"
     subprocess.run(["rm", "-rf", str(tmp)], check=False)
     tmp.mkdir(parents=True)
@@ -67,10 +79,12 @@ def build_wheelhouse(python_version: str, machine: str, cache: Path) -> tuple[Pa
     _pip("download", "--quiet", "--only-binary=:all:", "--python-version", python_version, "--platform", plat,
          "--platform", "manylinux_2_17_" + machine, "--platform", "manylinux_2_28_" + machine,
          "--implementation", "cp", "-d", str(tmp), "pip", *AGENT_DEPS)
+    with zipfile.ZipFile(next(tmp.glob("gpufleet-*.whl"))) as zf:
+        if not any(n.startswith("agent/server.py") for n in zf.namelist()):
+            raise RuntimeError("the built gpufleet wheel has no agent package")
     (tmp / ".complete").write_text(bundle + "\n")
     subprocess.run(["rm", "-rf", str(out)], check=False)
     tmp.rename(out)
-    return out, bundle
 
 
 def tar_bytes(directory: Path) -> bytes:
