@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import select
 import shlex
@@ -29,6 +30,11 @@ from provision.connectors.base import (CommandResult, CommandTimeout, ConnectorE
                                        Unreachable)
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
+
+# paramiko logs a traceback for every refused or cut connection (a rebooting host); the connector turns those
+# into Unreachable/CommandTimeout with one line, which is what the user sees.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 _PARSED: dict[tuple, paramiko.HostKeys] = {}

@@ -6,7 +6,6 @@ come from the play's ``serial`` and ``max_fail_percentage`` (playbooks/driver-up
 from __future__ import annotations
 
 import json
-import logging
 import socket
 
 from provision.connectors.base import ConnectorError
@@ -17,9 +16,6 @@ from provision.upgrade import remote as R
 from provision.upgrade import states as S
 from provision.upgrade.statefile import HostRecord
 from provision.upgrade.steps import HostUpgrade, StepFailed, StepOptions, gather
-
-# paramiko logs a traceback for every refused connection while a host reboots; the task result says what matters
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 COMMON = {
     "to": ArgSpec("str", required=True),

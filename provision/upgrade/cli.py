@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import re
 import sys
@@ -118,9 +117,6 @@ def _fill_options(args, saved: dict | None) -> None:
 
 
 def main(args) -> int:
-    # paramiko logs every refused connection while a host reboots (tracebacks); our events say what matters
-    logging.getLogger("paramiko").addHandler(logging.NullHandler())
-    logging.getLogger("paramiko").propagate = False
     # ---- every option checked before any host is contacted
     saved = None
     if args.resume:
