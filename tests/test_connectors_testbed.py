@@ -44,6 +44,24 @@ def test_big_stdout_and_stderr_together_and_deadline(conn):
     assert conn.run("echo still-usable").stdout == "still-usable\n"   # the connection survives a timeout
 
 
+def test_commands_run_when_the_controller_holds_more_than_1024_file_descriptors(conn):
+    """Hundreds of hosts means descriptors above 1024, where select() fails ("filedescriptor out of range")."""
+    import os
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(held) > 1024
+        res = conn.run("echo many-fds")     # the channel's own descriptor is now above 1024 too
+        assert res.rc == 0 and res.stdout == "many-fds\n"
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_put_get_binary_and_mode(conn):
     data = bytes(range(256)) * 64
     conn.put("/tmp/blob.bin", data, mode=0o600)

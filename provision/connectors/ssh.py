@@ -15,7 +15,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import select
+import selectors
 import shlex
 import sys
 import threading
@@ -233,6 +233,9 @@ class SSHConnector(ShellPut):
         else:
             chan.shutdown_write()
         out, err = [], []
+        # selectors (epoll), not select(): a run with hundreds of hosts has file descriptors above 1024
+        waiter = selectors.DefaultSelector()
+        waiter.register(chan, selectors.EVENT_READ)
         try:
             while True:
                 while chan.recv_ready():
@@ -251,11 +254,12 @@ class SSHConnector(ShellPut):
                         raise CommandTimeout(f"{self.host}: command ran past its {timeout:g}s deadline and was "
                                              "stopped")
                     wait = min(wait, left)
-                select.select([chan], [], [], wait)
+                waiter.select(wait)
                 if not transport.is_active():
                     raise Unreachable(f"{self.host}: connection lost while a command ran")
             rc = chan.recv_exit_status()
         finally:
+            waiter.close()
             chan.close()
         if rc == -1 and not transport.is_active():
             raise Unreachable(f"{self.host}: connection lost while a command ran")
