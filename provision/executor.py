@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from provision import facts as factmod
+from provision import templating
 from provision.connectors import ConnectOptions, connect
 from provision.connectors.base import CommandTimeout, ConnectorError, Unreachable
 from provision.errors import InputError, OptionError
@@ -105,6 +106,19 @@ def parse_extra_vars(values: list[str] | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- connections
+
+def render_args(args, raw_keys, variables) -> dict:
+    """A task's arguments templated for one host; an argument that renders to ``omit`` is left out, as if the
+    task had not given it (Ansible's ``default(omit)``). ``raw_keys`` stay as written (the op renders them)."""
+    out = {}
+    for key, val in args.items():
+        if key not in raw_keys:
+            val = templating.render(val, variables)
+            if isinstance(val, str) and val == templating.OMIT:
+                continue
+        out[key] = val
+    return out
+
 
 class ConnectionPool:
     """At most ``limit`` open connections; one per host, reused for the whole run while it fits."""
@@ -388,7 +402,6 @@ class Executor:
 
     # -- plays ----------------------------------------------------------------------------------------
     def _play_hosts(self, play) -> list:
-        from provision import templating
         pattern = play.hosts
         if "{{" in str(pattern):
             pattern = templating.render(pattern, {**play.vars, **self.options.extra_vars})
@@ -471,7 +484,6 @@ class Executor:
             self.reporter.task_start(task.name or "meta: end_play")
             return True
         elif action == "end_host":
-            from provision import templating
             for s in batch:
                 if s.active:
                     v = self._vars(s, play, task)
@@ -543,7 +555,6 @@ class Executor:
     def _prefetch(self, s: HostState, play) -> None:
         """Run the read-only probes of the play's tasks in ONE round trip per host (per become setting).
         A task later uses its probe's answer only if nothing ran on the host in between (OpContext.probe)."""
-        from provision import templating
         from provision.ops.spec import registry
         s.probe_cache = {}
         started = self._started
@@ -564,7 +575,7 @@ class Executor:
                     continue
                 v = self._vars(s, play, task)
                 raw = set(getattr(op, "raw_args", ()))
-                args = normalize(spec, {k: (x if k in raw else templating.render(x, v)) for k, x in task.args.items()})
+                args = normalize(spec, render_args(task.args, raw, v))
                 if not op.prefetchable(args):
                     continue
                 ctx = OpContext(host=s.name, check=self._check_for(task), diff=self.options.diff, vars=v,
@@ -623,7 +634,6 @@ class Executor:
         return v
 
     def _run_task(self, s: HostState, task, play) -> None:
-        from provision import templating
         try:
             v = self._vars(s, play, task)
             secrets = self._secrets(v)
@@ -687,16 +697,12 @@ class Executor:
 
     def _run_item(self, s: HostState, task, play, v) -> HostResult:
         """Run one task (or one loop item) on one host: until/retries, changed_when/failed_when, ignore_errors."""
-        from provision import templating
         from provision.ops.spec import registry
         spec = registry()[task.module]
         impl = spec.impl
         op = impl() if isinstance(impl, type) else None
         raw_keys = set(getattr(op, "raw_args", ()))
-        args = {k: (val if k in raw_keys else templating.render(val, v)) for k, val in task.args.items()}
-        if task.module == "set_fact":
-            args = {k: val for k, val in args.items()}
-        args = normalize(spec, args)
+        args = normalize(spec, render_args(task.args, raw_keys, v))
         attempts = max(1, int(task.retries) + 1) if task.until else 1
         r = None
         for attempt in range(1, attempts + 1):
@@ -785,7 +791,6 @@ class Executor:
 
     # -- output ---------------------------------------------------------------------------------------
     def _secrets(self, v) -> list[str]:
-        from provision import templating
         names = {k: v[k] for k in list(v.keys()) if isinstance(k, str) and k not in v.raw_keys}
         rendered = {}
         for k, val in names.items():

@@ -281,3 +281,27 @@ def test_unchanged_second_run_answers_probes_from_one_prefetch(tmp_path, inv, ca
     assert "changed: [a]" in out.out
     assert not any("(prefetched)" in line for line in execs[execs.index(
         next(x for x in execs if x.startswith("<a> EXEC write"))):])
+
+
+def test_default_omit_leaves_the_argument_out(tmp_path, inv, capsys):
+    """`mode: "{{ m | default(omit) }}"` must behave as if `mode` were not given (not the placeholder string)."""
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - name: file with an omitted mode
+              copy:
+                content: "hi\\n"
+                dest: "{{ out }}-omit.txt"
+                mode: "{{ wanted_mode | default(omit) }}"
+            - name: file with a given mode
+              copy:
+                content: "hi\\n"
+                dest: "{{ out }}-given.txt"
+                mode: "{{ given_mode | default(omit) }}"
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb, "-e", "given_mode=0600")
+    assert rc == 0, rep
+    assert host_status(rep, "file with an omitted mode", "a")["changed"]
+    assert oct((tmp_path / "out-omit.txt").stat().st_mode & 0o777) == "0o644"
+    assert oct((tmp_path / "out-given.txt").stat().st_mode & 0o777) == "0o600"
