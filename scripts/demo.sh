@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 .venv/bin/provision testbed up --name lab \
     --host h100=8xH100-SXM,docker --host ws=2xRTX-5090,docker --host cpu=none
 .venv/bin/python scripts/check_ssh.py inventories/testbed.yaml      # paramiko, RejectPolicy, testbed known_hosts
-.venv/bin/provision apply inventories/testbed.yaml -p playbooks/site.yaml
+# TEST EQUIPMENT: the stand-ins for the official PyTorch image and for the dev image built on it (no registry is
+# reachable here); the controller streams them to the hosts. Prints progress, then the two tags, dev last.
+dev_image=$(.venv/bin/python -m provision.gpu.standin | tail -n 1)
+.venv/bin/provision apply inventories/testbed.yaml -p playbooks/site.yaml -e "devcontainer_image=$dev_image" \
+    -e devcontainer_bind=127.0.0.1
 echo "demo: inventory inventories/testbed.yaml; run it again to see 0 changed;" \
      "remove the testbed with: .venv/bin/provision testbed down --name lab"

@@ -101,3 +101,9 @@ def test_short_model_names_are_ambiguous_not_a_wrong_guess():
     with pytest.raises(InputError, match="ambiguous: H100-SXM, H100-PCIE, H100-NVL") as err:
         gpus.parse_gpus("8xH100")
     assert err.value.hint == "H100-SXM"
+
+
+def test_testbed_hosts_get_images_only_from_the_controller():
+    """gpu_image's default `auto` would `docker pull` from a public registry first: never from the testbed."""
+    from provision.testbed import Testbed
+    assert Testbed(name="unit-vars").group_vars()["gpu_image_source"] == "stream"

@@ -162,6 +162,9 @@ class Testbed:
             "nvidia_cuda_repo_key_url": f"{base}/{repomod.cuda_path()}/{repomod.CUDA_KEY}",
             "nvidia_container_toolkit_repo_url": f"{base}/{repomod.toolkit_path()}/",
             "nvidia_container_toolkit_repo_key_url": f"{base}/{repomod.TOOLKIT_KEY}",
+            # Images reach testbed hosts only from the controller (docker save, streamed): a host must never try a
+            # public registry (the network rule), which gpu_image's default `auto` would do first.
+            "gpu_image_source": "stream",
         }
 
     # -- validation ----------------------------------------------------------------------------------------------
