@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 # TEST EQUIPMENT: the stand-ins for the official PyTorch image and for the dev image built on it (no registry is
 # reachable here); the controller streams them to the hosts. Prints progress, then the two tags, dev last.
 dev_image=$(.venv/bin/python -m provision.gpu.standin | tail -n 1)
-.venv/bin/provision apply inventories/testbed.yaml -p playbooks/site.yaml -e "devcontainer_image=$dev_image" \
-    -e devcontainer_bind=127.0.0.1
+# The dev containers' SSH takes keys only: give them the testbed's public key (use your own on a real lab).
+dev_key=$(cat .testbed/lab/id_ed25519.pub)
+.venv/bin/provision apply inventories/testbed.yaml -p playbooks/site.yaml \
+    -e "{\"devcontainer_image\": \"$dev_image\", \"devcontainer_bind\": \"127.0.0.1\", \"devcontainer_authorized_keys\": [\"$dev_key\"]}"
 echo "demo: inventory inventories/testbed.yaml; run it again to see 0 changed;" \
      "remove the testbed with: .venv/bin/provision testbed down --name lab"
