@@ -31,7 +31,7 @@ from provision.connectors.base import CommandTimeout, ConnectorError, Unreachabl
 from provision.errors import InputError, OptionError
 from provision.ops.core import (MASK, SECRET_NAME, OpContext, OpError, execute_plan, mask_text, normalize,
                                 secret_values, unified)
-from provision.results import HostResult, RunStats
+from provision.results import SKIPPED_BY_WHEN, HostResult, RunStats
 
 CENSORED = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
 
@@ -640,7 +640,7 @@ class Executor:
             s.secrets = secrets
             if task.loop is None:
                 if task.when and not templating.conditional(task.when, v):
-                    r = HostResult(s.name, skipped=True, msg="Conditional result was False")
+                    r = HostResult(s.name, skipped=True, msg=SKIPPED_BY_WHEN)
                 else:
                     r = self._run_item(s, task, play, v)
             else:
@@ -655,7 +655,7 @@ class Executor:
                         iv[task.index_var] = i
                     v = self._vars(s, play, task, iv)
                     if task.when and not templating.conditional(task.when, v):
-                        ir = HostResult(s.name, skipped=True, msg="Conditional result was False")
+                        ir = HostResult(s.name, skipped=True, msg=SKIPPED_BY_WHEN)
                     else:
                         ir = self._run_item(s, task, play, v)
                     ir.item = item

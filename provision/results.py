@@ -7,6 +7,10 @@ from typing import Any
 OK, CHANGED, FAILED, SKIPPED, UNREACHABLE = "ok", "changed", "failed", "skipped", "unreachable"
 
 
+# The message of a task skipped because its `when` was false (Ansible's wording).
+SKIPPED_BY_WHEN = "Conditional result was False"
+
+
 @dataclass
 class HostResult:
     host: str

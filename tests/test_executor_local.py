@@ -305,3 +305,17 @@ def test_default_omit_leaves_the_argument_out(tmp_path, inv, capsys):
     assert host_status(rep, "file with an omitted mode", "a")["changed"]
     assert oct((tmp_path / "out-omit.txt").stat().st_mode & 0o777) == "0o644"
     assert oct((tmp_path / "out-given.txt").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_modules_skip_reason_is_shown_but_a_false_when_is_not():
+    """Validation on simulated GPUs says why it skipped ("skipped (simulated GPU)"); a false `when` stays terse."""
+    import io
+
+    from provision.output import TextReporter
+    from provision.results import SKIPPED_BY_WHEN, HostResult
+    out = io.StringIO()
+    rep = TextReporter(out, io.StringIO(), color=False, progress=False)
+    rep.host_result(HostResult("gpu1", skipped=True, msg="skipped (simulated GPU): no CUDA device"))
+    rep.host_result(HostResult("gpu2", skipped=True, msg=SKIPPED_BY_WHEN))
+    lines = out.getvalue().splitlines()
+    assert lines == ['skipping: [gpu1] => {"msg": "skipped (simulated GPU): no CUDA device"}', "skipping: [gpu2]"]

@@ -12,7 +12,7 @@ import threading
 import time
 
 from provision.ops.core import unified
-from provision.results import HostResult, RunStats
+from provision.results import SKIPPED_BY_WHEN, HostResult, RunStats
 
 _COLORS = {"ok": "32", "changed": "33", "failed": "31", "unreachable": "1;31", "skipped": "36", "warn": "35",
            "recap": "1", "ignored": "36", "verbose": "34"}
@@ -134,7 +134,9 @@ class TextReporter:
                 if r.ignored:
                     self._line(self._c("ignored", "...ignoring"))
             elif r.skipped:
-                self._line(self._c("skipped", f"skipping: [{r.host}]{item_s}"))
+                # a module's own reason (e.g. "skipped (simulated GPU)") is worth a line; a false `when` is not
+                why = f' => {json.dumps({"msg": r.msg})}' if r.msg and r.msg != SKIPPED_BY_WHEN else ""
+                self._line(self._c("skipped", f"skipping: [{r.host}]{item_s}{why}"))
             else:
                 kind = "changed" if r.changed else "ok"
                 extra = ""
