@@ -37,37 +37,31 @@ def _short(text: str, n: int) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:n].strip("-") or "t"
 
 
+def _testbeds(tmp_path_factory):
+    """The factory both fixtures yield; every testbed it made is torn down when the fixture ends."""
+    made: list[Testbed] = []
+
+    def make(name: str, specs, **kw) -> Testbed:
+        unique = f"{_short(name, 18)}-{uuid.uuid4().hex[:6]}"
+        tb = Testbed(name=unique, workdir=tmp_path_factory.mktemp(f"testbed-{_short(name, 18)}"), labels=OWNER)
+        made.append(tb)
+        tb.up(list(specs), **kw)
+        return tb
+
+    yield make
+    for tb in reversed(made):
+        tb.down()
+
+
 @pytest.fixture
 def testbed_factory(request, testbed_image, tmp_path_factory):
     """``testbed_factory(name, specs, **kw) -> Testbed`` (already up). Each call gets a unique Docker prefix
     (``gpufleet-<name>-<random>``) and a tmp state folder; every testbed is torn down when the module or test that
     asked for the fixture finishes. ``kw`` goes to ``Testbed.up`` (e.g. ``inventory_path=``, ``timeout=``)."""
-    made: list[Testbed] = []
-
-    def make(name: str, specs, **kw) -> Testbed:
-        unique = f"{_short(name, 18)}-{uuid.uuid4().hex[:6]}"
-        tb = Testbed(name=unique, workdir=tmp_path_factory.mktemp(f"testbed-{_short(name, 18)}"), labels=OWNER)
-        made.append(tb)
-        tb.up(list(specs), **kw)
-        return tb
-
-    yield make
-    for tb in reversed(made):
-        tb.down()
+    yield from _testbeds(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def module_testbed_factory(request, testbed_image, tmp_path_factory):
     """Like ``testbed_factory`` but torn down at the end of the module (share one testbed across its tests)."""
-    made: list[Testbed] = []
-
-    def make(name: str, specs, **kw) -> Testbed:
-        unique = f"{_short(name, 18)}-{uuid.uuid4().hex[:6]}"
-        tb = Testbed(name=unique, workdir=tmp_path_factory.mktemp(f"testbed-{_short(name, 18)}"), labels=OWNER)
-        made.append(tb)
-        tb.up(list(specs), **kw)
-        return tb
-
-    yield make
-    for tb in reversed(made):
-        tb.down()
+    yield from _testbeds(tmp_path_factory)

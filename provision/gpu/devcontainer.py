@@ -21,6 +21,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provision.gpu.probe import section_lines
+
 MAINTENANCE_MARKER = "/etc/gpufleet/maintenance"
 LABEL = "gpufleet.devcontainer"
 HOST_ROOT = "/etc/gpufleet/devcontainers"
@@ -131,15 +133,7 @@ def probe_command(spec: DevSpec) -> str:
 
 
 def parse_probe(text: str) -> dict:
-    sec: dict[str, list[str]] = {}
-    cur = None
-    for line in text.splitlines():
-        m = re.fullmatch(r"## (\w+)", line.strip())
-        if m:
-            cur = m.group(1)
-            sec[cur] = []
-        elif cur:
-            sec[cur].append(line)
+    sec = section_lines(text, "##")
     maint = [l for l in sec.get("maintenance", []) if l.strip()]
     token = " ".join(sec.get("token", [])).split()
     image = " ".join(sec.get("image", [])).strip()

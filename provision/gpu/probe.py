@@ -194,17 +194,22 @@ def parse_gpu_containers(text: str) -> list[str]:
     return sorted(out)
 
 
-def split_sections(output: str) -> dict[str, str]:
+def section_lines(output: str, marker: str = "###") -> dict[str, list[str]]:
+    """Lines of a probe's output grouped under its ``<marker> name`` headings."""
     sections: dict[str, list[str]] = {}
     current = None
     for line in output.splitlines():
-        m = re.fullmatch(r"### (\w+)", line.strip())
+        m = re.fullmatch(re.escape(marker) + r" (\w+)", line.strip())
         if m:
             current = m.group(1)
             sections[current] = []
         elif current:
             sections[current].append(line)
-    return {k: "\n".join(v).strip("\n") for k, v in sections.items()}
+    return sections
+
+
+def split_sections(output: str) -> dict[str, str]:
+    return {k: "\n".join(v).strip("\n") for k, v in section_lines(output).items()}
 
 
 def parse_gpu_facts(output: str, table: GpuTable | None = None) -> dict:
