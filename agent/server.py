@@ -72,6 +72,14 @@ def _load_yaml(path: str) -> Any:
         raise InputError(f"cannot read: {e.strerror}", file=path, exit_code=EXIT_OPTIONS) from None
 
 
+
+def _load_mapping(path: str) -> dict | None:
+    """A YAML config file: None when empty, else its top-level mapping (anything else is bad input)."""
+    doc = _load_yaml(path)
+    if doc is not None and not isinstance(doc, dict):
+        raise InputError("expected a mapping at the top", file=path, line=1)
+    return doc
+
 # ------------------------------------------------------------------------------------------------ web config
 CLIENT_AUTH_TYPES = ("NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven",
                      "RequireAndVerifyClientCert")
@@ -96,12 +104,10 @@ class WebConfig:
 
 def load_web_config(path: str) -> WebConfig:
     """Parse an exporter-toolkit web-config.yml; bad input -> InputError naming file, line and key."""
-    doc = _load_yaml(path)
+    doc = _load_mapping(path)
     wc = WebConfig()
     if doc is None:
         return wc
-    if not isinstance(doc, dict):
-        raise InputError("expected a mapping at the top", file=path, line=1)
     top = ("tls_server_config", "basic_auth_users", "http_server_config")
     base = os.path.dirname(os.path.abspath(path))
 
@@ -233,12 +239,10 @@ class Config:
 
 
 def load_config(path: str) -> Config:
-    doc = _load_yaml(path)
+    doc = _load_mapping(path)
     cfg = Config()
     if doc is None:
         return cfg
-    if not isinstance(doc, dict):
-        raise InputError("expected a mapping at the top", file=path, line=1)
     types = {f.name: f.type for f in fields(Config)}
     for key, val in doc.items():
         line = doc.line(key) if isinstance(doc, _LinedDict) else None

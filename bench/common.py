@@ -222,6 +222,17 @@ def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     return jpath, mpath
 
 
+def finish(stem: str, payload: dict, key: str, render) -> None:
+    """End of a benchmark run (also after a failure): load average at the end, then, if anything was measured
+    under ``payload[key]``, the results written and printed."""
+    payload["machine"]["loadavg_end"] = loadavg()
+    if payload[key]:
+        md = render(payload)
+        jpath, mpath = write_results(stem, payload, md)
+        print(md)
+        print(f"wrote {jpath} and {mpath}")
+
+
 def md_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for r in rows:

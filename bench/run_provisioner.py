@@ -12,17 +12,15 @@ Writes bench/results/provisioner-<stamp>.json (raw) and .md (tables).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench.common import (BENCH, REPO, machine_info, loadavg, md_table, measure, raise_inotify_limits, tool_versions,
-                          write_results, fixed_rlimit_nofile)
+                          finish, fixed_rlimit_nofile)
 from bench.hosts import HostSet, bring_up
 from bench.workload import repo
 
@@ -263,12 +261,7 @@ def main(argv=None) -> int:
             payload["runs"].append(bench_n(n, args.tools, args.venv, args.hosts_source, args.repeat_b,
                                            not args.no_floor, args.profile))
     finally:
-        payload["machine"]["loadavg_end"] = loadavg()
-        if payload["runs"]:
-            md = render(payload)
-            j, mpath = write_results(args.stem, payload, md)
-            print(md)
-            print(f"wrote {j} and {mpath}")
+        finish(args.stem, payload, "runs", render)
     return 0
 
 

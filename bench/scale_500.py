@@ -15,7 +15,6 @@ Writes bench/results/scale-<stamp>.json and .md. Everything is removed at the en
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import (PREFIX, REPO, fixed_rlimit_nofile, loadavg, machine_info, md_table, measure,
-                          tool_versions, write_results)
+                          tool_versions, finish)
 from bench.run_provisioner import DEFAULT_VENV, WORKLOAD, _gpufleet_cmd, _gpufleet_help
 
 NET = f"{PREFIX}-scale-net"
@@ -247,12 +246,7 @@ def main(argv=None) -> int:
     finally:
         stop_endpoints(names)
         subprocess.run(["rm", "-rf", str(work)])
-        payload["machine"]["loadavg_end"] = loadavg()
-        if payload["steps"]:
-            md = render(payload)
-            j, mpath = write_results(args.stem, payload, md)
-            print(md)
-            print(f"wrote {j} and {mpath}")
+        finish(args.stem, payload, "steps", render)
     return 0
 
 
