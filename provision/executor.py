@@ -794,7 +794,6 @@ class Executor:
         names = {k: v[k] for k in list(v.keys()) if isinstance(k, str) and k not in v.raw_keys}
         rendered = {}
         for k, val in names.items():
-            from provision.ops.core import SECRET_NAME
             if SECRET_NAME.search(k):
                 try:
                     rendered[k] = templating.render(val, v)
