@@ -44,6 +44,14 @@ def test_big_stdout_and_stderr_together_and_deadline(conn):
     assert conn.run("echo still-usable").stdout == "still-usable\n"   # the connection survives a timeout
 
 
+def test_the_ssh_socket_sends_small_packets_at_once(conn):
+    """Nagle's algorithm off (TCP_NODELAY): with it on, each channel open waited ~40 ms for a delayed ACK."""
+    import socket
+    sock = conn._client.get_transport().sock
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    assert [conn.run(f"echo {i}").stdout for i in range(3)] == ["0\n", "1\n", "2\n"]
+
+
 def test_commands_run_when_the_controller_holds_more_than_1024_file_descriptors(conn):
     """Hundreds of hosts means descriptors above 1024, where select() fails ("filedescriptor out of range")."""
     import os
