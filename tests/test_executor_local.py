@@ -264,8 +264,8 @@ def test_unchanged_second_run_answers_probes_from_one_prefetch(tmp_path, inv, ca
           tasks:
             - file: {path: "{{ out }}.d", state: directory}
             - copy: {dest: "{{ out }}.d/one", content: "1\\n"}
-            - copy: {dest: "{{ out }}.d/two", content: "2\\n"}
-            - lineinfile: {path: "{{ out }}.d/two", line: "2"}
+            - lineinfile: {path: "{{ out }}.d/two", line: "2", create: true}
+            - lineinfile: {path: "{{ out }}.d/two", line: "3", create: true}
             - command: {cmd: "touch {{ out }}.d/three", creates: "{{ out }}.d/three"}
         """)
     assert run(capsys, "apply", inv, "-p", pb)[0] == 0

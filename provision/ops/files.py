@@ -28,8 +28,9 @@ def find_local(src: str, ctx, kind: str) -> str:
 
 
 class _Writer(Op):
+    # the old content is only read for --diff: without it the checksum alone decides (and nothing shows a diff)
     def probe(self, args, ctx):
-        return stat_probe(args["dest"])
+        return stat_probe(args["dest"], content=ctx.diff)
 
     def data(self, args, ctx) -> bytes:
         raise NotImplementedError
@@ -41,7 +42,7 @@ class _Writer(Op):
             dest = dest.rstrip("/") + "/" + os.path.basename(str(args["src"]))
             if dest.endswith(".j2"):
                 dest = dest[:-3]
-            st = parse_stat(ctx.probe(stat_probe(dest)).stdout)
+            st = parse_stat(ctx.probe(stat_probe(dest, content=ctx.diff)).stdout)
         if st.kind != "absent" and args.get("force") is False:
             return Plan(noop=f"{dest} exists and force is off")
         data = self.data(args, ctx)

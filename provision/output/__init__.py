@@ -208,9 +208,10 @@ class SilentHooks:
 class JsonReporter(SilentHooks):
     """Collects everything and prints one JSON document at the end (stdout); warnings still go to stderr."""
 
-    def __init__(self, out=None, err=None, **_):
+    def __init__(self, out=None, err=None, *, diff: bool = False, **_):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.diff = diff   # as Ansible's json callback: results carry their diff only with --diff
         self.doc: dict = {"plays": [], "stats": {}, "warnings": []}
         self._lock = threading.Lock()
         self._task = None
@@ -240,7 +241,7 @@ class JsonReporter(SilentHooks):
             d["rc"] = r.rc
         if r.stdout or r.stderr:
             d.update(stdout=r.stdout, stderr=r.stderr)
-        if r.diff:
+        if r.diff and self.diff:
             d["diff"] = r.diff
         if r.commands:
             d["commands"] = r.commands
@@ -274,5 +275,5 @@ class JsonReporter(SilentHooks):
 
 def make_reporter(args, *, diff: bool = False):
     if getattr(args, "json", False):
-        return JsonReporter()
+        return JsonReporter(diff=diff)
     return TextReporter(verbosity=getattr(args, "verbose", 0) or 0, diff=diff)
