@@ -295,6 +295,7 @@ class _PlayAbort(Exception):
 
 
 PROBE_MARK = "@@provision-probe@@"
+FACT_KEY = "@fact"   # probe-cache key (FACT_KEY, section): a fact section prefetched with the probes
 
 
 def split_probes(output: str, n: int) -> list[tuple[int | None, str]]:
@@ -553,12 +554,14 @@ class Executor:
         return bool(become), user
 
     def _prefetch(self, s: HostState, play) -> None:
-        """Run the read-only probes of the play's tasks in ONE round trip per host (per become setting).
-        A task later uses its probe's answer only if nothing ran on the host in between (OpContext.probe)."""
+        """Run the read-only probes of the play's tasks, and the fact sections those tasks read, in ONE round trip
+        per host (per become setting). A task later uses a probe's answer, or a prefetched fact, only if nothing
+        ran on the host in between (OpContext.probe; both live in the probe cache that any change clears)."""
         from provision.ops.spec import registry
         s.probe_cache = {}
         started = self._started
         groups: dict[tuple, list[str]] = {}
+        facts: list[str] = []
         reg = registry()
         for task in play.tasks:
             if not started:
@@ -566,13 +569,16 @@ class Executor:
                     continue
                 started = True
             spec = reg.get(task.module)
-            if (spec is None or task.loop is not None or spec.runs_on_controller or not isinstance(spec.impl, type)
+            if (spec is None or spec.runs_on_controller or not isinstance(spec.impl, type)
+                    or getattr(spec.impl, "controller", False)
                     or not tag_selected(task.tags, self.options.tags, self.options.skip_tags)):
+                continue
+            facts += [f for f in getattr(spec.impl, "facts", ()) if f in factmod.FACTS and f not in s.gathered
+                      and f not in facts]
+            if task.loop is not None:
                 continue
             try:
                 op = spec.impl()
-                if getattr(op, "controller", False):
-                    continue
                 v = self._vars(s, play, task)
                 raw = set(getattr(op, "raw_args", ()))
                 args = normalize(spec, render_args(task.args, raw, v))
@@ -585,24 +591,33 @@ class Executor:
                 continue
             if cmd:
                 b, u = self._become(s, task, play)
-                groups.setdefault((b, u if b else ""), [])
-                if cmd not in groups[(b, u if b else "")]:
-                    groups[(b, u if b else "")].append(cmd)
-        if not groups:
-            return
+                group = groups.setdefault((b, u if b else ""), [])
+                if cmd not in group:
+                    group.append(cmd)
+        # the facts travel with the probes run as the connecting user (as gathering runs them), else with the first
+        # become group's
+        fact_group = (False, "") if (False, "") in groups else next(iter(groups), None)
+        if fact_group is None or sum(len(c) for c in groups.values()) + (1 if facts else 0) < 2:
+            return   # nothing to save: one round trip either way
         try:
             conn = self.pool.acquire(s.host)
         except Unreachable:
             return   # the first task reports it
         try:
             for (b, u), cmds in groups.items():
-                if len(cmds) < 2:
+                with_facts = facts if (b, u) == fact_group else []
+                if len(cmds) + (1 if with_facts else 0) < 2:
                     continue
-                script = "".join(f"printf '%s\\n' '{PROBE_MARK}{i}'; ( {c} ) 2>/dev/null; "
-                                 f"printf '\\n{PROBE_MARK}rc %s\\n' $?\n" for i, c in enumerate(cmds))
+                script = factmod.script(with_facts) if with_facts else ""
+                script += "".join(f"printf '%s\\n' '{PROBE_MARK}{i}'; ( {c} ) 2>/dev/null; "
+                                  f"printf '\\n{PROBE_MARK}rc %s\\n' $?\n" for i, c in enumerate(cmds))
                 kw = {"become_user": u} if b and u != "root" else {}
-                self._log(s.name, "cmd", f"prefetch {len(cmds)} read-only probes in one round trip", False)
+                self._log(s.name, "cmd", f"prefetch {len(cmds)} read-only probes"
+                          + (f" and facts {', '.join(with_facts)}" if with_facts else "") + " in one round trip",
+                          False)
                 res = conn.run(script, become=b, **kw)
+                for name, parsed in factmod.parse_each(res.stdout, with_facts).items():
+                    s.probe_cache[(FACT_KEY, name)] = parsed
                 for (i, c), (rc, out) in zip(enumerate(cmds), split_probes(res.stdout, len(cmds))):
                     if rc is not None:
                         s.probe_cache[(b, u, c)] = (rc, out)
@@ -759,6 +774,11 @@ class Executor:
                 ctx.reconnect = lambda h=s.host: self.pool.reconnect(h)
                 ctx.refresh = lambda secs, _s=s, _c=ctx: self._refresh(_s, _c, secs)
                 need = [f for f in getattr(op, "facts", ()) if f not in s.gathered]
+                for f in [f for f in need if (FACT_KEY, f) in s.probe_cache]:
+                    s.facts.update(s.probe_cache[(FACT_KEY, f)])   # prefetched, and nothing ran since
+                    s.gathered.add(f)
+                    need.remove(f)
+                    self._log(s.name, "cmd", f"(prefetched) facts {f}", False)
                 if need:
                     s.facts.update(factmod.gather(conn, need))
                     s.gathered.update(need)

@@ -283,6 +283,37 @@ def test_unchanged_second_run_answers_probes_from_one_prefetch(tmp_path, inv, ca
         next(x for x in execs if x.startswith("<a> EXEC write"))):])
 
 
+def test_facts_the_tasks_read_come_with_the_prefetch_unless_something_ran_before(tmp_path, inv, capsys):
+    """apt reads the dpkg and apt-cache facts: they travel in the probes' round trip; a task that ran a command
+    before the apt task makes them stale, and then they are gathered when the apt task runs."""
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - file: {path: "{{ out }}.d", state: directory}
+            - apt: {name: bash, state: present}
+        """)
+    assert run(capsys, "apply", inv, "-p", pb)[0] == 0
+    rc, out = run(capsys, "apply", inv, "-p", pb, "-vv")
+    execs = [line for line in out.out.splitlines() if line.startswith("<a> EXEC")]
+    assert rc == 0 and execs[0] == ("<a> EXEC prefetch 1 read-only probes and facts packages, apt_cache in one "
+                                    "round trip")
+    assert "<a> EXEC (prefetched) facts packages" in execs and len(execs) == 4
+    assert "packages already as wanted" in out.out
+    pb2 = write(tmp_path, "pb2.yaml", """
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - file: {path: "{{ out }}.d", state: directory}
+            - shell: "true"
+            - apt: {name: bash, state: present}
+        """)
+    rc, out = run(capsys, "apply", inv, "-p", pb2, "-vv")
+    execs = [line for line in out.out.splitlines() if line.startswith("<a> EXEC")]
+    assert rc == 0 and not any("(prefetched) facts" in line for line in execs)
+    assert "packages already as wanted" in out.out
+
+
 def test_default_omit_leaves_the_argument_out(tmp_path, inv, capsys):
     """`mode: "{{ m | default(omit) }}"` must behave as if `mode` were not given (not the placeholder string)."""
     pb = write(tmp_path, "pb.yaml", """

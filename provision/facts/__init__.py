@@ -83,6 +83,19 @@ def parse(output: str, names: Iterable[str]) -> dict:
     return facts
 
 
+def parse_each(output: str, names: Iterable[str]) -> dict[str, dict]:
+    """Like :func:`parse`, one parsed dict per section present in ``output`` (a missing section is left out)."""
+    sections = split_sections(output)
+    out: dict[str, dict] = {}
+    for n in names:
+        if n in sections:
+            try:
+                out[n] = FACTS[n].parse(sections[n])
+            except Exception:  # noqa: BLE001 - as in parse: unparseable means absent
+                continue
+    return out
+
+
 def gather(conn, names: Iterable[str] = PLAY_FACTS, *, timeout: float = 120) -> dict:
     """One round trip: run the script for ``names`` and parse it."""
     names = [n for n in names if n in FACTS]
