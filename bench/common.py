@@ -11,6 +11,7 @@ import platform
 import resource
 import shlex
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -262,3 +263,12 @@ def fixed_rlimit_nofile(n: int = 65536) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, n), hard), hard))
     except (ValueError, OSError):
         pass
+
+
+def compile_gpufleet() -> str:
+    """Byte-compile gpufleet's modules, as pip does for pyinfra and ansible-core when it installs them: gpufleet
+    runs from this checkout (an editable install compiles nothing), and under PYTHONDONTWRITEBYTECODE every run
+    would compile ~50 modules again (~80 ms of start-up the other tools do not pay)."""
+    r = subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "provision"), str(REPO / "agent")],
+                       capture_output=True, text=True)
+    return "compiled" if r.returncode == 0 else f"compileall failed: {r.stderr[-200:]}"

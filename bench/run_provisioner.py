@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import (BENCH, REPO, machine_info, loadavg, md_table, measure, raise_inotify_limits, tool_versions,
-                          finish, fixed_rlimit_nofile)
+                          finish, fixed_rlimit_nofile, compile_gpufleet)
 from bench.hosts import HostSet, bring_up
 from bench.workload import repo
 
@@ -254,8 +254,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stem", default="provisioner")
     args = ap.parse_args(argv)
     fixed_rlimit_nofile()
+    bytecode = compile_gpufleet()
     payload = {"machine": machine_info(), "versions": tool_versions(args.venv), "repeat_b": args.repeat_b,
-               "inotify": raise_inotify_limits(), "runs": []}
+               "inotify": raise_inotify_limits(), "gpufleet_bytecode": bytecode, "runs": []}
     try:
         for n in args.hosts:
             payload["runs"].append(bench_n(n, args.tools, args.venv, args.hosts_source, args.repeat_b,

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import (PREFIX, REPO, fixed_rlimit_nofile, loadavg, machine_info, md_table, measure,
-                          tool_versions, finish)
+                          tool_versions, finish, compile_gpufleet)
 from bench.run_provisioner import DEFAULT_VENV, WORKLOAD, _gpufleet_cmd, _gpufleet_help
 
 NET = f"{PREFIX}-scale-net"
@@ -231,10 +231,11 @@ def main(argv=None) -> int:
     ap.add_argument("--connect-timeout", type=int, default=0, help="gpufleet --connect-timeout (0: its default)")
     args = ap.parse_args(argv)
     fixed_rlimit_nofile()
+    bytecode = compile_gpufleet()
     work = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-scale-"))
     payload = {"machine": machine_info(), "versions": tool_versions(args.venv), "per_container": args.per_container,
                "phases": args.phases, "connect_timeout": args.connect_timeout or "gpufleet default (10 s)",
-               "endpoints": max(args.steps), "steps": []}
+               "endpoints": max(args.steps), "gpufleet_bytecode": bytecode, "steps": []}
     names: list[str] = []
     try:
         t0 = time.perf_counter()

@@ -53,4 +53,6 @@ if ! .venv/bin/python -c "import provision, paramiko, pytest, yaml" 2>/dev/null 
     .venv/bin/pip install -q -e '.[test]'
     touch .venv/.gpufleet-installed
 fi
+# an editable install compiles nothing; without bytecode every command compiles ~50 modules again (~80 ms)
+.venv/bin/python -m compileall -q provision agent >/dev/null
 echo "install: ready ($(docker version --format 'docker {{.Server.Version}}'), $(.venv/bin/python --version))"
