@@ -29,8 +29,8 @@ from provision import templating
 from provision.connectors import ConnectOptions, connect
 from provision.connectors.base import CommandTimeout, ConnectorError, Unreachable
 from provision.errors import InputError, OptionError
-from provision.ops.core import (MASK, SECRET_NAME, OpContext, OpError, execute_plan, mask_text, normalize,
-                                secret_values, unified)
+from provision.ops.core import (MASK, SECRET_NAME, OpContext, OpError, StatProbe, execute_plan, mask_text,
+                                normalize, secret_values, stat_batch, unified)
 from provision.results import SKIPPED_BY_WHEN, HostResult, RunStats
 
 CENSORED = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
@@ -609,8 +609,14 @@ class Executor:
                 if len(cmds) + (1 if with_facts else 0) < 2:
                     continue
                 script = factmod.script(with_facts) if with_facts else ""
+                # the file probes are answered together: one stat and one sha256sum for all of them (a probe the
+                # batch leaves unanswered, a fifo say, runs alone when its task does)
+                files = [c for c in cmds if isinstance(c, StatProbe)]
+                batch = stat_batch(files)
+                alone = [c for c in cmds if c not in files] if batch else list(cmds)
+                sections = alone + ([batch[0]] if batch else [])
                 script += "".join(f"printf '%s\\n' '{PROBE_MARK}{i}'; ( {c} ) 2>/dev/null; "
-                                  f"printf '\\n{PROBE_MARK}rc %s\\n' $?\n" for i, c in enumerate(cmds))
+                                  f"printf '\\n{PROBE_MARK}rc %s\\n' $?\n" for i, c in enumerate(sections))
                 kw = {"become_user": u} if b and u != "root" else {}
                 self._log(s.name, "cmd", f"prefetch {len(cmds)} read-only probes"
                           + (f" and facts {', '.join(with_facts)}" if with_facts else "") + " in one round trip",
@@ -618,7 +624,11 @@ class Executor:
                 res = conn.run(script, become=b, **kw)
                 for name, parsed in factmod.parse_each(res.stdout, with_facts).items():
                     s.probe_cache[(FACT_KEY, name)] = parsed
-                for (i, c), (rc, out) in zip(enumerate(cmds), split_probes(res.stdout, len(cmds))):
+                answers = split_probes(res.stdout, len(sections))
+                if batch and answers[-1][0] is not None:
+                    for c, text in batch[1](answers[-1][1]).items():
+                        s.probe_cache[(b, u, c)] = (0, text)
+                for c, (rc, out) in zip(alone, answers):
                     if rc is not None:
                         s.probe_cache[(b, u, c)] = (rc, out)
         except ConnectorError:

@@ -143,3 +143,41 @@ def test_apt_cache_valid_time_decision():
                                  {"date_epoch": now, "apt_cache_mtime": now - 100})
     assert Apt().cache_stale({"update_cache": True, "cache_valid_time": 3600},
                              {"date_epoch": now, "apt_cache_mtime": now - 4000})
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_one_batch_answers_file_probes_as_each_probe_alone_would(tmp_path, shell):
+    """The prefetch answers a play's file probes with one stat and one sha256sum: every answer must parse to what
+    the probe run alone says, for files, empty and big files, folders, links (dangling too) and absent paths; a
+    fifo is left out (hashing it would block), and so is a path the batch cannot quote plainly."""
+    import os
+    import subprocess
+    from provision.ops.core import MAX_DIFF_BYTES, stat_batch, stat_probe
+    (tmp_path / "small").write_text("hello\n")
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "big").write_bytes(b"x" * (MAX_DIFF_BYTES + 10))
+    (tmp_path / "secret").write_text("s\n")
+    os.chmod(tmp_path / "secret", 0o600)
+    (tmp_path / "dir").mkdir()
+    os.symlink(tmp_path / "small", tmp_path / "link")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "with space").write_text("x\n")
+    names = ["small", "empty", "big", "secret", "dir", "link", "dangling", "absent", "fifo", "with space"]
+    probes = [stat_probe(str(tmp_path / n), content=c) for n in names for c in (False, True)]
+
+    def sh(cmd: str) -> str:
+        return subprocess.run([shell, "-c", cmd], capture_output=True, text=True, timeout=20).stdout
+
+    script, answers = stat_batch(probes)
+    got = answers(sh(script))
+    left_out = {p.path.rsplit("/", 1)[1] for p in probes if p not in got}
+    assert left_out == {"fifo", "with space"}
+    for p, text in got.items():
+        alone = parse_stat(sh(p))
+        assert parse_stat(text) == alone, p.path
+        if alone.kind == "file":
+            assert len(alone.sha256) == 64
+            if p.content:
+                assert (alone.content is not None) == (alone.size <= MAX_DIFF_BYTES)
+    assert answers("") == {}   # a script that did not finish answers nothing
