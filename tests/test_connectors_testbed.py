@@ -52,6 +52,16 @@ def test_the_ssh_socket_sends_small_packets_at_once(conn):
     assert [conn.run(f"echo {i}").stdout for i in range(3)] == ["0\n", "1\n", "2\n"]
 
 
+def test_waiting_for_the_exit_status_after_eof_does_not_spin(conn):
+    """The command closes its output, then runs on for a second: paramiko keeps the channel readable from EOF on,
+    and a wait on it would burn a core until the exit status arrives."""
+    import time
+    cpu = time.thread_time()
+    res = conn.run("exec >&- 2>&-; sleep 1; exit 4")
+    assert res.rc == 4 and res.stdout == ""
+    assert time.thread_time() - cpu < 0.25   # the spinning loop took ~1 s of CPU
+
+
 def test_commands_run_when_the_controller_holds_more_than_1024_file_descriptors(conn):
     """Hundreds of hosts means descriptors above 1024, where select() fails ("filedescriptor out of range")."""
     import os

@@ -271,7 +271,12 @@ class SSHConnector(ShellPut):
                         raise CommandTimeout(f"{self.host}: command ran past its {timeout:g}s deadline and was "
                                              "stopped")
                     wait = min(wait, left)
-                waiter.select(wait)
+                if chan.eof_received:
+                    # all output is in, and paramiko keeps the channel's pipe readable from EOF on: waiting on
+                    # it would spin until the exit status arrives, so wait for the exit status itself
+                    chan.status_event.wait(wait)
+                else:
+                    waiter.select(wait)
                 if not transport.is_active():
                     raise Unreachable(f"{self.host}: connection lost while a command ran")
             rc = chan.recv_exit_status()
