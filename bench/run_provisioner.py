@@ -119,7 +119,7 @@ def _summary_changed(tool: str, out: str) -> str:
 
 
 def bench_n(n: int, tools: list[str], venv: Path, source: str, repeat_b: int, with_floor: bool,
-            profile: bool = False) -> dict:
+            profile: bool = False, interleave: int = 0) -> dict:
     t0 = time.perf_counter()
     hs = bring_up(n, source)
     up_s = time.perf_counter() - t0
@@ -178,11 +178,40 @@ def bench_n(n: int, tools: list[str], venv: Path, source: str, repeat_b: int, wi
             print(f"[{n} hosts] {tool}: a={m.wall_s}s b={[b['wall_s'] for b in res['b_rerun']]}s "
                   f"c={mc.wall_s}s rc={m.rc}/{[b['rc'] for b in res['b_rerun']]}/{mc.rc} "
                   f"converged={res.get('converged_hosts')}", flush=True)
+        if interleave and len([t for t in tools if t in INTERLEAVED]) > 1:
+            out["interleaved"] = interleaved_reruns(n, [t for t in tools if t in INTERLEAVED], hs, inv, venv,
+                                                    interleave)
     finally:
         t1 = time.perf_counter()
         hs.teardown()
         out["teardown_s"] = round(time.perf_counter() - t1, 1)
     return out
+
+
+INTERLEAVED = ("gpufleet", "pyinfra")
+
+
+def interleaved_reruns(n: int, tools: list[str], hs: HostSet, inv: dict, venv: Path, rounds: int) -> dict:
+    """The idempotent re-run again, the tools taking turns (one untimed round first, then ``rounds`` timed ones):
+    a machine whose speed drifts (shared cores) then drifts for every tool alike, and each round gives a ratio."""
+    res: dict = {"rounds": rounds, "order": tools, "runs": {t: [] for t in tools}, "loadavg_before": loadavg()}
+    for r in range(rounds + 1):
+        for tool in tools:
+            argv, env = commands(tool, "apply", hs, inv, n, venv)
+            m = measure(argv, cwd=WORKLOAD, env=env)
+            if r:
+                res["runs"][tool].append(m.as_dict() | {"summary": _summary_changed(tool, m.stdout_tail + m.stderr_tail)})
+        print(f"[{n} hosts] interleaved round {r}: " + " ".join(
+            f"{t}={res['runs'][t][-1]['wall_s'] if r else '-'}" for t in tools), flush=True)
+    for run in res["runs"].values():
+        for m in run:
+            m["stdout_tail"] = m["stdout_tail"][-300:]
+    return res
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return (xs[len(xs) // 2] + xs[(len(xs) - 1) // 2]) / 2
 
 
 def _best(runs: list[dict], key: str = "wall_s") -> dict:
@@ -238,6 +267,23 @@ def render(payload: dict) -> str:
                 ratio_rows.append(["gpufleet / floor", "-", f"{gb / floor:.2f}x", "-", "-"])
             lines.append("\nRatios (same run; > 1 means gpufleet is faster):\n\n")
             lines.append(md_table(["ratio", "(a) wall", "(b) wall", "(c) wall", "(b) CPU"], ratio_rows))
+        il = run.get("interleaved")
+        if il:
+            walls = {t: [m["wall_s"] for m in il["runs"][t]] for t in il["order"]}
+            rows = [[t, f"{_median(w):.2f}", f"{min(w):.2f}", f"{max(w):.2f}",
+                     f"{_median([m['cpu_s'] for m in il['runs'][t]]):.2f}",
+                     ", ".join(sorted({str(m["rc"]) for m in il["runs"][t]}))]
+                    for t, w in walls.items()]
+            lines.append(f"\nRe-run (b) again, the tools taking turns ({il['rounds']} rounds after an untimed one; "
+                         f"load before {il['loadavg_before']}):\n\n")
+            lines.append(md_table(["tool", "median s", "min s", "max s", "median CPU s", "rc"], rows))
+            g = walls.get("gpufleet")
+            for t, w in walls.items():
+                if t != "gpufleet" and g:
+                    per = [a / b for a, b in zip(w, g)]
+                    lines.append(f"\n{t} / gpufleet: median of the rounds' ratios {_median(per):.2f}x "
+                                 f"(rounds {min(per):.2f}x to {max(per):.2f}x); ratio of medians "
+                                 f"{_median(w) / _median(g):.2f}x\n")
     return "".join(lines)
 
 
@@ -251,6 +297,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-floor", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile one gpufleet re-run with py-spy "
                     "(results/profiles/)")
+    ap.add_argument("--interleave", type=int, default=0, metavar="K",
+                    help="then K more re-runs per tool of gpufleet and pyinfra, taking turns (drift-fair ratios)")
     ap.add_argument("--stem", default="provisioner")
     args = ap.parse_args(argv)
     fixed_rlimit_nofile()
@@ -260,7 +308,7 @@ def main(argv=None) -> int:
     try:
         for n in args.hosts:
             payload["runs"].append(bench_n(n, args.tools, args.venv, args.hosts_source, args.repeat_b,
-                                           not args.no_floor, args.profile))
+                                           not args.no_floor, args.profile, args.interleave))
     finally:
         finish(args.stem, payload, "runs", render)
     return 0
