@@ -156,11 +156,13 @@ def free_port() -> int:
     return p
 
 
-def start_agent(replay: str | None, gpus: int | None, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "agent.server", "--web.listen-address", f"127.0.0.1:{port}",
-           "--no-collector.docker", "--log.level", "warning"]
+def start_agent(replay: str | None, gpus: int | None, port: int, variant: str = "") -> subprocess.Popen:
+    flags = ["--web.listen-address", f"127.0.0.1:{port}", "--no-collector.docker", "--log.level", "warning"]
     if replay:
-        cmd += ["--replay", replay, "--replay-latency"] + (["--replay-gpus", str(gpus)] if gpus else [])
+        flags += ["--replay", replay, "--replay-latency"] + (["--replay-gpus", str(gpus)] if gpus else [])
+    # a variant starts the same agent through bench/agent/variant.py, which applies process tweaks first
+    cmd = ([sys.executable, os.path.join(ROOT, "bench", "agent", "variant.py"), variant, "--"] if variant
+           else [sys.executable, "-m", "agent.server"]) + flags
     p = subprocess.Popen(cmd, cwd=ROOT)
     for _ in range(200):
         try:
@@ -186,6 +188,20 @@ def proc_stats(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def smaps_rollup(pid: int) -> dict[str, float]:
+    """MiB per line of /proc/PID/smaps_rollup (Rss, Anonymous, AnonHugePages, ...): where the RSS is."""
+    out: dict[str, float] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == "kB":
+                    out[parts[0].rstrip(":")] = round(int(parts[1]) / 1024, 2)
+    except OSError:
+        pass
+    return out
+
+
 def scrape(conn: http.client.HTTPConnection) -> tuple[float, bytes]:
     t0 = time.perf_counter()
     conn.request("GET", "/metrics")
@@ -196,9 +212,9 @@ def scrape(conn: http.client.HTTPConnection) -> tuple[float, bytes]:
 
 def cmd_scrape(args: argparse.Namespace) -> None:
     port = free_port()
-    p = start_agent(args.replay, args.gpus, port)
+    p = start_agent(args.replay, args.gpus, port, args.variant)
     res: dict = {"versions": versions(), "mode": "replay" if args.replay else "real NVML",
-                 "replay_gpus": args.gpus, "scrapes": args.n}
+                 "replay_gpus": args.gpus, "scrapes": args.n, "variant": args.variant or "none"}
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         for _ in range(20):  # warm-up (first scrape initialises NVML)
@@ -208,12 +224,17 @@ def cmd_scrape(args: argparse.Namespace) -> None:
         time.sleep(args.idle)
         cpu1, _ = proc_stats(p.pid)
         idle_cpu_per_s = (cpu1 - cpu0) / args.idle
-        lat, server_dur = [], []
+        lat, server_dur, starts, slow_ages, nvml_ms = [], [], [], [], []
         c0, _ = proc_stats(p.pid)
         t0 = time.perf_counter()
         for _ in range(args.n):
+            ts = time.perf_counter()
             dt, body = scrape(conn)
             lat.append(dt)
+            if args.timeline:
+                starts.append(ts - t0)
+                slow_ages.append(slow_age(body))
+                nvml_ms.append(body_value(body, b'gpufleet_agent_collection_duration_seconds{source="nvml"}', 1e3))
         wall = time.perf_counter() - t0
         c1, rss1 = proc_stats(p.pid)
         text = body.decode()
@@ -234,7 +255,13 @@ def cmd_scrape(args: argparse.Namespace) -> None:
             "idle_cpu_percent": round(idle_cpu_per_s * 100, 4),
             "cpu_percent_at_15s_interval": round((cpu_per_scrape / 15 + idle_cpu_per_s) * 100, 4),
             "rss_mib_after_warmup": round(rss0 / 2**20, 1), "rss_mib_after_scrapes": round(rss1 / 2**20, 1),
+            "smaps_rollup_mib": smaps_rollup(p.pid),
         }
+        if args.timeline:
+            res["agent"]["near_slow_refresh"] = near_refresh(starts, lat, slow_ages)
+            res["timeline_columns"] = ["start_s", "latency_ms", "slow_reading_age_s", "nvml_collection_ms"]
+            res["timeline"] = [[round(a, 5), round(b * 1e3, 3), c, d]
+                               for a, b, c, d in zip(starts, lat, slow_ages, nvml_ms)]
         if args.smi and shutil.which("nvidia-smi"):
             lat_s = []
             r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -256,6 +283,36 @@ def cmd_scrape(args: argparse.Namespace) -> None:
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))
+
+
+def body_value(body: bytes, series: bytes, scale: float = 1.0) -> float | None:
+    """One series' value from a scrape's body (None when absent)."""
+    i = body.find(series + b" ")
+    if i < 0:
+        return None
+    return round(float(body[i:body.index(b"\n", i)].split()[-1]) * scale, 4)
+
+
+def slow_age(body: bytes) -> float | None:
+    """The agent's age of its background (slow) reading of GPU 0, from a scrape's body."""
+    return body_value(body, b'gpufleet_gpu_slow_reading_age_seconds{gpu="0"}')
+
+
+def near_refresh(starts: list[float], lat: list[float], ages: list[float | None], window: float = 0.1) -> dict:
+    """Latency of the scrapes that began within ``window`` s after a background refresh finished (the slow
+    reading's age dropped) against all others: does the refresh, or what runs with it, make the tail?"""
+    refreshes = [s - a for s, a, prev in zip(starts[1:], ages[1:], ages[:-1])
+                 if a is not None and prev is not None and a < prev]
+    near, far = [], []
+    for s, dt in zip(starts, lat):
+        (near if any(-window <= s - r <= window for r in refreshes) else far).append(dt)
+    return {"refreshes": len(refreshes), "window_s": window, "near_n": len(near),
+            "near_ms_p50": round(pct(near, 50) * 1e3, 3) if near else None,
+            "near_ms_max": round(max(near) * 1e3, 3) if near else None,
+            "far_ms_p50": round(pct(far, 50) * 1e3, 3), "far_ms_p99": round(pct(far, 99) * 1e3, 3),
+            "far_ms_max": round(max(far) * 1e3, 3) if far else None,
+            "slowest_10": sorted(((round(dt * 1e3, 3), round(s, 4)) for s, dt in zip(starts, lat)), reverse=True)[:10],
+            "refresh_at_s": [round(r, 4) for r in refreshes]}
 
 
 def cmd_soak(args: argparse.Namespace) -> None:
@@ -303,6 +360,8 @@ def main() -> None:
     s.add_argument("--idle", type=float, default=10)
     s.add_argument("--smi", action="store_true")
     s.add_argument("--smi-n", type=int, default=100)
+    s.add_argument("--variant", default="", help="process tweaks for bench/agent/variant.py (diagnostics)")
+    s.add_argument("--timeline", action="store_true", help="per-scrape start, latency and slow-reading age")
     k = sub.add_parser("soak")
     k.add_argument("out")
     k.add_argument("--replay")
