@@ -48,6 +48,24 @@ def test_fixture_is_a_real_h100_recording():
     assert meta["driver"].count(".") == 2 and meta["date"]
 
 
+H200 = FIXTURE.replace("h100-2026-11-23", "h200-2026-12-01")
+
+
+def test_h200_recording_replays_through_the_same_reading_code():
+    """Recorded on the device's H200 (2026-12-01, driver 580.159.04, bench/agent/device_run4.sh)."""
+    meta = json.load(open(H200))["meta"]
+    assert meta["gpu"] == "NVIDIA H200" and meta["date"] == "2026-12-01"
+    src = NvmlSource(ReplayNvml.from_file(H200), xid_events=False)
+    try:
+        snap = src.collect()
+        g = snap.gpus[0]
+        assert snap.up and snap.driver_version == meta["driver"] and g.info.compute_capability == "9.0"
+        assert g.memory_total_bytes > 140e9 and 0 < g.power_watts <= g.power_limit_watts
+        assert g.fan_speed_ratio is None   # the H200 has no fan: NOT_SUPPORTED, the field is absent
+    finally:
+        src.close()
+
+
 def test_replay_reads_the_recorded_h100():
     src = NvmlSource(replay(), xid_events=False)
     try:
