@@ -66,6 +66,27 @@ def test_h200_recording_replays_through_the_same_reading_code():
         src.close()
 
 
+def test_render_gives_what_prometheus_client_gives():
+    """render() (the fast writer of /metrics) against prometheus_client's own generate_latest, sample by sample,
+    with 8 GPUs: series of one GPU share their labels dict, and render() formats each dict once."""
+    from prometheus_client import generate_latest
+    agent = Agent(NvmlSource(replay(gpus=8), xid_events=False), None, maintenance_file="/nonexistent",
+                  upgrade_state_file="/nonexistent")
+    try:
+        reg = registry_for(agent)
+        render(reg)
+        time.sleep(0.2)   # the background reading (energy, PCIe, processes) is in
+        ours, theirs = metrics(reg), metrics(generate_latest(reg).decode())
+        for key in ("gpufleet_agent_collection_duration_seconds", "gpufleet_agent_reading_age_seconds",
+                    "gpufleet_gpu_slow_reading_age_seconds"):   # times: differ between two collections
+            ours = {k: v for k, v in ours.items() if k[0] != key}
+            theirs = {k: v for k, v in theirs.items() if k[0] != key}
+        assert len(values(ours, "gpufleet_gpu_up")) == 8 and len(ours) > 300
+        assert ours == theirs
+    finally:
+        agent.close()
+
+
 def test_replay_reads_the_recorded_h100():
     src = NvmlSource(replay(), xid_events=False)
     try:
