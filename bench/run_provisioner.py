@@ -200,7 +200,8 @@ def interleaved_reruns(n: int, tools: list[str], hs: HostSet, inv: dict, venv: P
             argv, env = commands(tool, "apply", hs, inv, n, venv)
             m = measure(argv, cwd=WORKLOAD, env=env)
             if r:
-                res["runs"][tool].append(m.as_dict() | {"summary": _summary_changed(tool, m.stdout_tail + m.stderr_tail)})
+                summary = _summary_changed(tool, m.stdout_tail + m.stderr_tail)
+                res["runs"][tool].append(m.as_dict() | {"summary": summary})
         print(f"[{n} hosts] interleaved round {r}: " + " ".join(
             f"{t}={res['runs'][t][-1]['wall_s'] if r else '-'}" for t in tools), flush=True)
     for run in res["runs"].values():

@@ -350,3 +350,23 @@ def test_a_modules_skip_reason_is_shown_but_a_false_when_is_not():
     rep.host_result(HostResult("gpu2", skipped=True, msg=SKIPPED_BY_WHEN))
     lines = out.getvalue().splitlines()
     assert lines == ['skipping: [gpu1] => {"msg": "skipped (simulated GPU): no CUDA device"}', "skipping: [gpu2]"]
+
+
+def test_json_has_diffs_only_with_diff_and_the_old_content_is_read_for_it(tmp_path, inv, capsys):
+    """As Ansible's json callback: no --diff, no diff (and the old content is not read: the checksum decides);
+    with --diff the diff shows the old content."""
+    (tmp_path / "out-cfg").write_text("old\n")
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - name: cfg
+              copy: {dest: "{{ out }}-cfg", content: "{{ text }}\\n"}
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb, "-e", "text=new")
+    r = host_status(rep, "cfg", "a")
+    assert rc == 0 and r["changed"] and "diff" not in r
+    assert (tmp_path / "out-cfg").read_text() == "new\n"
+    rc, rep = report(capsys, "apply", inv, "-p", pb, "-e", "text=newer", "--diff")
+    d = host_status(rep, "cfg", "a")["diff"][0]
+    assert rc == 0 and d["before"] == "new\n" and d["after"] == "newer\n"

@@ -246,7 +246,8 @@ def stat_probe(path: str, content: bool = True) -> StatProbe:
     return cmd
 
 
-_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._@+,=/-]*")   # no space, quote, '|', backslash: stat and sha256sum print it as is
+# no space, quote, '|' or backslash: stat and sha256sum print such a path as it is, and it is safe unquoted
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._@+,=/-]*")
 _BATCH_MARK = "@@provision-stat@@"
 
 
