@@ -370,3 +370,22 @@ def test_json_has_diffs_only_with_diff_and_the_old_content_is_read_for_it(tmp_pa
     rc, rep = report(capsys, "apply", inv, "-p", pb, "-e", "text=newer", "--diff")
     d = host_status(rep, "cfg", "a")["diff"][0]
     assert rc == 0 and d["before"] == "new\n" and d["after"] == "newer\n"
+
+
+def test_lineinfile_refuses_a_file_over_the_editing_limit_and_leaves_it_whole(tmp_path, inv, capsys):
+    """A file over 256 KiB is not fetched: its content is unknown, not empty (read as empty, the edit would have
+    replaced the whole file by the one line)."""
+    big = tmp_path / "out-big.conf"
+    data = ("x=1\n" * 70000).encode()   # 280 KB
+    big.write_bytes(data)
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - name: edit big
+              lineinfile: {path: "{{ out }}-big.conf", line: "y=2"}
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    r = host_status(rep, "edit big", "a")
+    assert rc == 2 and r["failed"] and "larger than the editing limit" in r["msg"]
+    assert big.read_bytes() == data
