@@ -74,8 +74,8 @@ def test_render_gives_what_prometheus_client_gives():
                   upgrade_state_file="/nonexistent")
     try:
         reg = registry_for(agent)
-        render(reg)
-        time.sleep(0.2)   # the background reading (energy, PCIe, processes) is in
+        # the first background reading (energy, PCIe, processes) is in; the next one is 10 s away
+        assert wait_until(lambda: len(values(metrics(reg), "gpufleet_gpu_energy_joules_total")) == 8)
         ours, theirs = metrics(reg), metrics(generate_latest(reg).decode())
         for key in ("gpufleet_agent_collection_duration_seconds", "gpufleet_agent_reading_age_seconds",
                     "gpufleet_gpu_slow_reading_age_seconds"):   # times: differ between two collections
