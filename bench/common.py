@@ -135,6 +135,7 @@ class Measured:
     stdout_tail: str = ""
     stderr_tail: str = ""
     extra: dict = field(default_factory=dict)
+    hosts_cpu_s: float | None = None   # CPU the Docker containers (the hosts) used meanwhile: their sshd, shells
 
     @property
     def cpu_s(self) -> float:
@@ -146,13 +147,30 @@ class Measured:
         return d
 
 
+def containers_cpu_seconds() -> float | None:
+    """CPU seconds used so far by all Docker containers (cgroup v1 cpuacct or v2 cpu.stat); None if unreadable."""
+    import glob
+    v1 = glob.glob("/sys/fs/cgroup/cpuacct/docker/*/cpuacct.usage")
+    if v1:
+        return sum(int(Path(f).read_text()) for f in v1) / 1e9
+    v2 = glob.glob("/sys/fs/cgroup/system.slice/docker-*.scope/cpu.stat")
+    total = 0
+    for f in v2:
+        for line in Path(f).read_text().splitlines():
+            if line.startswith("usage_usec "):
+                total += int(line.split()[1])
+    return total / 1e6 if v2 else None
+
+
 def measure(argv: list[str], *, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 1800,
             interval: float = 0.25, sample_tree: bool = True, keep: int = 3000) -> Measured:
-    """Run ``argv``; wall time, user+sys CPU of the child and every descendant it reaped (os.wait4), peak RSS.
+    """Run ``argv``; wall time, user+sys CPU of the child and every descendant it reaped (os.wait4), peak RSS,
+    and the CPU the hosts (Docker containers) used meanwhile.
 
     Descendants that detach (ssh ControlPersist masters) are not reaped by the child, so their CPU is not counted;
     the sampled tree memory still sees them while they are attached.
     """
+    hosts0 = containers_cpu_seconds()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -193,6 +211,7 @@ def measure(argv: list[str], *, cwd: str | Path | None = None, env: dict | None 
             break
         time.sleep(0.01)
     wall = time.perf_counter() - t0
+    hosts1 = containers_cpu_seconds()
     proc.returncode = os.waitstatus_to_exitcode(status)
     stop.set()
     for t in threads:
@@ -203,7 +222,8 @@ def measure(argv: list[str], *, cwd: str | Path | None = None, env: dict | None 
                     user_s=round(ru.ru_utime, 3), sys_s=round(ru.ru_stime, 3),
                     maxrss_mib=round(ru.ru_maxrss / 1024, 1), tree_rss_peak_mib=round(peaks["rss"] / 1024, 1),
                     tree_pss_peak_mib=round(peaks["pss"] / 1024, 1), procs_peak=peaks["n"],
-                    stdout_tail=out[-keep:], stderr_tail=err[-keep:])
+                    stdout_tail=out[-keep:], stderr_tail=err[-keep:],
+                    hosts_cpu_s=None if hosts0 is None or hosts1 is None else round(hosts1 - hosts0, 3))
 
 
 def sh(cmd: str | list[str], *, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:

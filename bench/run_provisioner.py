@@ -271,13 +271,17 @@ def render(payload: dict) -> str:
         il = run.get("interleaved")
         if il:
             walls = {t: [m["wall_s"] for m in il["runs"][t]] for t in il["order"]}
+            def hosts_cpu(t: str) -> str:
+                vals = [m.get("hosts_cpu_s") for m in il["runs"][t]]
+                return f"{_median(vals):.2f}" if all(v is not None for v in vals) else "-"
             rows = [[t, f"{_median(w):.2f}", f"{min(w):.2f}", f"{max(w):.2f}",
-                     f"{_median([m['cpu_s'] for m in il['runs'][t]]):.2f}",
+                     f"{_median([m['cpu_s'] for m in il['runs'][t]]):.2f}", hosts_cpu(t),
                      ", ".join(sorted({str(m["rc"]) for m in il["runs"][t]}))]
                     for t, w in walls.items()]
             lines.append(f"\nRe-run (b) again, the tools taking turns ({il['rounds']} rounds after an untimed one; "
                          f"load before {il['loadavg_before']}):\n\n")
-            lines.append(md_table(["tool", "median s", "min s", "max s", "median CPU s", "rc"], rows))
+            lines.append(md_table(["tool", "median s", "min s", "max s", "median CPU s", "median hosts' CPU s",
+                                   "rc"], rows))
             g = walls.get("gpufleet")
             for t, w in walls.items():
                 if t != "gpufleet" and g:
