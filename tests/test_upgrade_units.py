@@ -312,3 +312,26 @@ def test_progress_redraws_a_status_line_on_a_tty_and_prints_lines_otherwise():
     p.event("a", "draining -> upgrading")
     p.end()
     assert "\r" not in plain.getvalue() and plain.getvalue().endswith("a: draining -> upgrading\n")
+
+
+def test_a_reboot_already_asked_in_this_boot_is_found_in_the_event_log(tmp_path, monkeypatch):
+    """A resumed rollout must not ask for a second reboot when the killed controller's one is on its way: the
+    host's event log says which rollout asked during which boot (the event and the reboot go in one command)."""
+    import subprocess
+    from types import SimpleNamespace
+    from provision.upgrade import remote as R
+    from provision.upgrade.steps import HostUpgrade
+    monkeypatch.setattr(R, "EVENT_LOG", str(tmp_path / "events.log"))
+
+    def sh(cmd, timeout=30, **_):
+        return SimpleNamespace(stdout=subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True,
+                                                     timeout=timeout).stdout)
+    me = SimpleNamespace(o=SimpleNamespace(rollout="r-2026-12-01-ab12"), sh=sh)
+    assert not HostUpgrade.reboot_asked(me, "boot-1")                      # no log yet
+    for ev in ({"event": "drain-start", "rollout": "r-2026-12-01-ab12"},
+               {"event": "reboot", "boot_id": "boot-1", "rollout": "an-older-rollout"}):
+        sh(f"printf '%s\\n' {R.q(json.dumps(ev, sort_keys=True))} >> {R.EVENT_LOG}")
+    assert not HostUpgrade.reboot_asked(me, "boot-1")                      # another rollout's
+    mine = {"event": "reboot", "boot_id": "boot-1", "rollout": me.o.rollout}
+    sh(f"printf '%s\\n' {R.q(json.dumps(mine, sort_keys=True))} >> {R.EVENT_LOG}")
+    assert HostUpgrade.reboot_asked(me, "boot-1") and not HostUpgrade.reboot_asked(me, "boot-2")

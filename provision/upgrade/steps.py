@@ -161,9 +161,11 @@ class HostUpgrade:
             return self.rec.from_version or ""
         return self.rec.target or self.o.target
 
-    def event(self, what: str, **extra) -> None:
+    def event(self, what: str, *, then: str = "", **extra) -> None:
+        """Append an event to the host's log. ``then``: a command run in the same round trip, so that a controller
+        killed between the two cannot leave the one done without the other."""
         ev = {"ts": round(time.time(), 3), "rollout": self.o.rollout, "host": self.name, "event": what, **extra}
-        self.sh(R.append_event_script(ev), timeout=30)
+        self.sh(R.append_event_script(ev) + (f"; {then}" if then else ""), timeout=30)
 
     def save_record(self, state: str | None = None) -> None:
         """The step record on the host itself (playbook mode keeps its state there; also a recovery aid)."""
@@ -400,6 +402,14 @@ class HostUpgrade:
         return self.sh("cat /proc/sys/kernel/random/boot_id", timeout=30, check=True, what="read boot_id") \
             .stdout.strip()
 
+    def reboot_asked(self, boot: str) -> bool:
+        """This rollout already asked the host for a reboot during its current boot (the event log says so)."""
+        patterns = [f'"boot_id": {json.dumps(boot)}', '"event": "reboot"', f'"rollout": {json.dumps(self.o.rollout)}']
+        cmd = f"grep -F {R.q(patterns[0])} {R.EVENT_LOG} 2>/dev/null | grep -F {R.q(patterns[1])} | " \
+              f"grep -cF {R.q(patterns[2])} || true"
+        out = self.sh(cmd, timeout=30).stdout.strip()
+        return out.isdigit() and int(out) > 0
+
     def step_reboot(self) -> str:
         try:
             boot = self.read_boot_id()
@@ -411,14 +421,19 @@ class HostUpgrade:
                 return S.BOOTED                  # resumed after the reboot happened
             if not self.rec.boot_id_before:
                 self.rec.boot_id_before = boot
-            self.rec.reboot_started = time.time()
-            self.commit()                        # remember the old boot id BEFORE rebooting
-            self.mark_state(S.REBOOTING)
-            self.event("reboot", boot_id=boot)
-            try:
-                self.sh("setsid -f sh -c 'sleep 2; systemctl reboot' </dev/null >/dev/null 2>&1", timeout=30)
-            except ConnectorError:
-                pass                             # the connection may go before the answer: expected
+            if self.reboot_asked(boot):
+                # resumed after a killed controller had asked for this reboot (it starts 2 s after the asking):
+                # wait for it rather than ask again
+                self._emit(self.name, "the reboot asked before the resume is on its way: waiting for it")
+            else:
+                self.rec.reboot_started = time.time()
+                self.commit()                    # remember the old boot id BEFORE rebooting
+                self.mark_state(S.REBOOTING)
+                try:                             # the event and the reboot together, or neither
+                    self.event("reboot", boot_id=boot,
+                               then="setsid -f sh -c 'sleep 2; systemctl reboot' </dev/null >/dev/null 2>&1")
+                except ConnectorError:
+                    pass                         # the connection may go before the answer: expected
             self.drop()
         elif not self.rec.boot_id_before:
             raise StepFailed("unreachable before the reboot")
