@@ -5,6 +5,7 @@ Nothing here is part of the test suite; benchmarks are run by hand (see bench/RE
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import os
 import platform
@@ -149,7 +150,6 @@ class Measured:
 
 def containers_cpu_seconds() -> float | None:
     """CPU seconds used so far by all Docker containers (cgroup v1 cpuacct or v2 cpu.stat); None if unreadable."""
-    import glob
     v1 = glob.glob("/sys/fs/cgroup/cpuacct/docker/*/cpuacct.usage")
     if v1:
         return sum(int(Path(f).read_text()) for f in v1) / 1e9

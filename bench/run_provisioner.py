@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 from bench.common import (BENCH, REPO, machine_info, loadavg, md_table, measure, raise_inotify_limits, tool_versions,
                           finish, fixed_rlimit_nofile, compile_gpufleet)
@@ -210,11 +211,6 @@ def interleaved_reruns(n: int, tools: list[str], hs: HostSet, inv: dict, venv: P
     return res
 
 
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return (xs[len(xs) // 2] + xs[(len(xs) - 1) // 2]) / 2
-
-
 def _best(runs: list[dict], key: str = "wall_s") -> dict:
     return min(runs, key=lambda r: r[key])
 
@@ -273,9 +269,9 @@ def render(payload: dict) -> str:
             walls = {t: [m["wall_s"] for m in il["runs"][t]] for t in il["order"]}
             def hosts_cpu(t: str) -> str:
                 vals = [m.get("hosts_cpu_s") for m in il["runs"][t]]
-                return f"{_median(vals):.2f}" if all(v is not None for v in vals) else "-"
-            rows = [[t, f"{_median(w):.2f}", f"{min(w):.2f}", f"{max(w):.2f}",
-                     f"{_median([m['cpu_s'] for m in il['runs'][t]]):.2f}", hosts_cpu(t),
+                return f"{median(vals):.2f}" if all(v is not None for v in vals) else "-"
+            rows = [[t, f"{median(w):.2f}", f"{min(w):.2f}", f"{max(w):.2f}",
+                     f"{median([m['cpu_s'] for m in il['runs'][t]]):.2f}", hosts_cpu(t),
                      ", ".join(sorted({str(m["rc"]) for m in il["runs"][t]}))]
                     for t, w in walls.items()]
             lines.append(f"\nRe-run (b) again, the tools taking turns ({il['rounds']} rounds after an untimed one; "
@@ -286,9 +282,9 @@ def render(payload: dict) -> str:
             for t, w in walls.items():
                 if t != "gpufleet" and g:
                     per = [a / b for a, b in zip(w, g)]
-                    lines.append(f"\n{t} / gpufleet: median of the rounds' ratios {_median(per):.2f}x "
+                    lines.append(f"\n{t} / gpufleet: median of the rounds' ratios {median(per):.2f}x "
                                  f"(rounds {min(per):.2f}x to {max(per):.2f}x); ratio of medians "
-                                 f"{_median(w) / _median(g):.2f}x\n")
+                                 f"{median(w) / median(g):.2f}x\n")
     return "".join(lines)
 
 
