@@ -72,28 +72,26 @@ def split_sections(output: str) -> dict[str, str]:
     return {k: "\n".join(v) + ("\n" if v else "") for k, v in sections.items()}
 
 
-def parse(output: str, names: Iterable[str]) -> dict:
-    sections = split_sections(output)
-    facts: dict = {}
-    for n in names:
-        try:
-            facts.update(FACTS[n].parse(sections.get(n, "")))
-        except Exception:  # noqa: BLE001 - a fact that cannot be parsed is absent, never fatal
-            continue
-    return facts
-
-
-def parse_each(output: str, names: Iterable[str]) -> dict[str, dict]:
-    """Like :func:`parse`, one parsed dict per section present in ``output`` (a missing section is left out)."""
+def parse_each(output: str, names: Iterable[str], *, missing: bool = False) -> dict[str, dict]:
+    """One parsed dict per section of ``output``. A section the output lacks is left out, or with ``missing``
+    parsed as empty; one that cannot be parsed is left out (a fact is absent, never fatal)."""
     sections = split_sections(output)
     out: dict[str, dict] = {}
     for n in names:
-        if n in sections:
+        if n in sections or missing:
             try:
-                out[n] = FACTS[n].parse(sections[n])
-            except Exception:  # noqa: BLE001 - as in parse: unparseable means absent
+                out[n] = FACTS[n].parse(sections.get(n, ""))
+            except Exception:  # noqa: BLE001 - unparseable means absent
                 continue
     return out
+
+
+def parse(output: str, names: Iterable[str]) -> dict:
+    """All sections of ``output`` merged into one facts dict (a missing section parsed as empty)."""
+    facts: dict = {}
+    for parsed in parse_each(output, names, missing=True).values():
+        facts.update(parsed)
+    return facts
 
 
 def gather(conn, names: Iterable[str] = PLAY_FACTS, *, timeout: float = 120) -> dict:
