@@ -16,6 +16,7 @@ event thread), ``processes`` (running GPU processes to report per GPU).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import threading
@@ -62,12 +63,22 @@ def handle_id(handle: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------------- recording
 class Recorder:
-    """Wraps a real nvml module: every ``nvml*`` call passes through and its result or error is written down."""
+    """Wraps a real nvml module: every ``nvml*`` call passes through and its result or error is written down.
+
+    Calls are timed one at a time (a lock around each, event waits left out): a fast read timed while the background
+    thread's 3-16 ms energy read runs can count a wait inside NVML as its own cost. Between the H200 recordings of
+    run 4 (overlapping) and run 5 (one at a time) the fast reads' medians fell by ~25% (memory 78 -> 71 us). They are
+    still the cost of calls made once a second, several times that of the same call repeated in a
+    tight loop (memory 5-9 us, ``bench.py calls``), so a replay with ``latency`` errs on the slow side.
+    """
+
+    _UNTIMED = ("nvmlEventSetWait", "nvmlEventSetWait_v2")  # block for up to their timeout: never serialised
 
     def __init__(self, module: Any, *, max_per_key: int = 8):
         self._m = module
         self._max = max_per_key
         self._lock = threading.Lock()
+        self._call_lock = threading.Lock()
         self.calls: dict[str, list[dict]] = {}
         self._tokens: dict[Any, str] = {}
 
@@ -129,15 +140,18 @@ class Recorder:
         if not (name.startswith("nvml") and callable(attr)):
             return attr
 
+        one_at_a_time = contextlib.nullcontext() if name in self._UNTIMED else self._call_lock
+
         def call(*args: Any) -> Any:
             key = f"{name}({','.join(self._arg(a) for a in args)})"
-            t0 = time.perf_counter()
-            try:
-                res = attr(*args)
-            except self._m.NVMLError as e:
-                self._add(key, {"error": int(e.value), "us": round((time.perf_counter() - t0) * 1e6, 1)})
-                raise
-            us = round((time.perf_counter() - t0) * 1e6, 1)
+            with one_at_a_time:
+                t0 = time.perf_counter()
+                try:
+                    res = attr(*args)
+                except self._m.NVMLError as e:
+                    self._add(key, {"error": int(e.value), "us": round((time.perf_counter() - t0) * 1e6, 1)})
+                    raise
+                us = round((time.perf_counter() - t0) * 1e6, 1)
             if name in ("nvmlDeviceGetHandleByIndex", "nvmlDeviceGetHandleByIndex_v2"):
                 self._tokens[handle_id(res)] = f"gpu{args[0]}"
             elif name == "nvmlDeviceGetMigDeviceHandleByIndex":

@@ -52,7 +52,8 @@ H200 = FIXTURE.replace("h100-2026-11-23", "h200-2026-12-01")
 
 
 def test_h200_recording_replays_through_the_same_reading_code():
-    """Recorded on the device's H200 (2026-12-01, driver 580.159.04, bench/agent/device_run4.sh)."""
+    """Recorded on the device's H200 (2026-12-01, driver 580.159.04, bench/agent/device_run5.sh: calls timed one at a
+    time, under a bf16 matmul load)."""
     meta = json.load(open(H200))["meta"]
     assert meta["gpu"] == "NVIDIA H200" and meta["date"] == "2026-12-01"
     src = NvmlSource(ReplayNvml.from_file(H200), xid_events=False)
@@ -295,3 +296,31 @@ def test_host_maintenance_and_upgrade_state(tmp_path):
     assert st[(("state", "rebooting"), ("target", "580.95.05"))] == 1
     assert sum(st.values()) == 1 and len(st) == 7
     assert got[("gpufleet_driver_upgrade_state_since_timestamp_seconds", ())] == 1700000100
+
+
+def test_recorder_times_each_call_alone():
+    """NVML makes a call wait while another thread's call on the GPU runs; the recording must not count that wait
+    as the call's cost (a replay with latency spins the recorded durations)."""
+    import threading
+    import time as _time
+
+    class Nvml:  # a stand-in module with NVML's behaviour: one call at a time inside
+        NVMLError = Exception
+        inner = threading.Lock()
+
+        def nvmlSlow(self):
+            with self.inner:
+                _time.sleep(0.2)
+
+        def nvmlFast(self):
+            with self.inner:
+                return 1
+
+    rec = Recorder(Nvml())
+    t = threading.Thread(target=rec.nvmlSlow)
+    t.start()
+    _time.sleep(0.05)  # the slow call is under way
+    assert rec.nvmlFast() == 1
+    t.join()
+    assert rec.calls["nvmlSlow()"][0]["us"] >= 150_000
+    assert rec.calls["nvmlFast()"][0]["us"] < 20_000

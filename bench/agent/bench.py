@@ -5,6 +5,7 @@ the replay parts also run anywhere.
   python3 bench/agent/bench.py compare OUT.json                  agent values vs nvidia-smi --query-gpu
   python3 bench/agent/bench.py scrape  OUT.json [--replay FIX --gpus 8] [--n N] [--smi]
   python3 bench/agent/bench.py soak    OUT.csv  [--replay FIX --gpus 8] --seconds S --rate R
+  python3 bench/agent/bench.py calls   OUT.json [--n N]              the cost of each NVML call on GPU 0
 """
 from __future__ import annotations
 
@@ -202,6 +203,26 @@ def smaps_rollup(pid: int) -> dict[str, float]:
     return out
 
 
+def smaps_top(pid: int, min_kb: int = 512) -> list[str]:
+    """The mappings of a process holding at least ``min_kb`` of RSS, one line each: which mapping a few MiB of
+    RSS more or less sit in."""
+    rows, cur = [], None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                parts = line.split()
+                if "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
+                    cur = {"map": parts[0], "perms": parts[1], "path": parts[5] if len(parts) > 5 else ""}
+                    rows.append(cur)
+                elif cur is not None and len(parts) == 3 and parts[2] == "kB":
+                    cur[parts[0].rstrip(":")] = int(parts[1])
+    except OSError:
+        return []
+    return [f"{r['map']} {r['perms']} {r['path'] or '[anon]'} size={r.get('Size')} rss={r.get('Rss')} "
+            f"anon={r.get('Anonymous')} thp={r.get('AnonHugePages')}"
+            for r in rows if r.get("Rss", 0) >= min_kb]
+
+
 def scrape(conn: http.client.HTTPConnection) -> tuple[float, bytes]:
     t0 = time.perf_counter()
     conn.request("GET", "/metrics")
@@ -256,6 +277,8 @@ def cmd_scrape(args: argparse.Namespace) -> None:
             "cpu_percent_at_15s_interval": round((cpu_per_scrape / 15 + idle_cpu_per_s) * 100, 4),
             "rss_mib_after_warmup": round(rss0 / 2**20, 1), "rss_mib_after_scrapes": round(rss1 / 2**20, 1),
             "smaps_rollup_mib": smaps_rollup(p.pid),
+            "smaps_top": smaps_top(p.pid),
+            "threads": len(os.listdir(f"/proc/{p.pid}/task")),
         }
         if args.timeline:
             res["agent"]["near_slow_refresh"] = near_refresh(starts, lat, slow_ages)
@@ -343,6 +366,81 @@ def cmd_soak(args: argparse.Namespace) -> None:
     print("\n".join(rows[:3] + rows[-3:]))
 
 
+# ------------------------------------------------------------------------------------------------------ calls
+def cmd_calls(args: argparse.Namespace) -> None:
+    """Each NVML call the agent makes (and a few it could make instead), timed alone on GPU 0: which reads are
+    worth moving, batching or replacing. Values of the alternatives are kept, to compare with the calls they would
+    replace."""
+    import pynvml as nv
+    nv.nvmlInit()
+    h = nv.nvmlDeviceGetHandleByIndex(0)
+    fi_batch = [nv.NVML_FI_DEV_MEMORY_TEMP, nv.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, nv.NVML_FI_DEV_ECC_DBE_VOL_TOTAL,
+                nv.NVML_FI_DEV_ECC_SBE_AGG_TOTAL, nv.NVML_FI_DEV_ECC_DBE_AGG_TOTAL, nv.NVML_FI_DEV_REMAPPED_COR,
+                nv.NVML_FI_DEV_REMAPPED_UNC, nv.NVML_FI_DEV_REMAPPED_PENDING, nv.NVML_FI_DEV_REMAPPED_FAILURE,
+                nv.NVML_FI_DEV_POWER_INSTANT, nv.NVML_FI_DEV_POWER_AVERAGE, nv.NVML_FI_DEV_POWER_CURRENT_LIMIT,
+                nv.NVML_FI_DEV_PCIE_REPLAY_COUNTER, nv.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION]
+    calls = {
+        "memory_v1": (lambda: nv.nvmlDeviceGetMemoryInfo(h), args.n),
+        "memory_v2": (lambda: nv.nvmlDeviceGetMemoryInfo(h, nv.nvmlMemory_v2), args.n),
+        "utilization": (lambda: nv.nvmlDeviceGetUtilizationRates(h), args.n),
+        "temperature": (lambda: nv.nvmlDeviceGetTemperature(h, 0), args.n),
+        "fields_memtemp": (lambda: nv.nvmlDeviceGetFieldValues(h, fi_batch[:1]), args.n),
+        "fields_batch14": (lambda: nv.nvmlDeviceGetFieldValues(h, fi_batch), args.n),
+        "fields_batch12_no_energy_replay": (lambda: nv.nvmlDeviceGetFieldValues(h, fi_batch[:12]), args.n),
+        "power": (lambda: nv.nvmlDeviceGetPowerUsage(h), args.n),
+        "power_limit": (lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h), args.n),
+        "sm_clock": (lambda: nv.nvmlDeviceGetClockInfo(h, 1), args.n),
+        "mem_clock": (lambda: nv.nvmlDeviceGetClockInfo(h, 2), args.n),
+        "clock_events": (lambda: nv.nvmlDeviceGetCurrentClocksEventReasons(h), args.n),
+        "ecc_corrected_volatile": (lambda: nv.nvmlDeviceGetTotalEccErrors(h, 0, 0), args.n),
+        "ecc_uncorrected_aggregate": (lambda: nv.nvmlDeviceGetTotalEccErrors(h, 1, 1), args.n),
+        "remapped_rows": (lambda: nv.nvmlDeviceGetRemappedRows(h), args.n),
+        "pstate": (lambda: nv.nvmlDeviceGetPerformanceState(h), args.n),
+        "pcie_replay": (lambda: nv.nvmlDeviceGetPcieReplayCounter(h), args.n // 10),
+        "pcie_link_gen": (lambda: nv.nvmlDeviceGetCurrPcieLinkGeneration(h), args.n // 10),
+        "pcie_link_width": (lambda: nv.nvmlDeviceGetCurrPcieLinkWidth(h), args.n // 10),
+        "compute_processes": (lambda: nv.nvmlDeviceGetComputeRunningProcesses(h), args.n // 10),
+        "total_energy": (lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h), 50),
+    }
+    out: dict = {"versions": versions(), "gpu": _s(nv.nvmlDeviceGetName(h)), "n": args.n, "us": {}, "values": {}}
+    for name, (fn, n) in calls.items():
+        try:
+            v = fn()
+        except nv.NVMLError as e:
+            out["us"][name] = {"error": str(e)}
+            continue
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        out["us"][name] = {"n": n, "p50": round(pct(ts, 50) * 1e6, 1), "p99": round(pct(ts, 99) * 1e6, 1),
+                           "mean": round(statistics.mean(ts) * 1e6, 1)}
+        out["values"][name] = _plain(v)
+    nv.nvmlShutdown()
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(json.dumps(out["us"], indent=1))
+
+
+def _s(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _plain(v: object) -> object:
+    """A ctypes result as plain JSON (structures as dicts, arrays as lists)."""
+    import ctypes
+    if isinstance(v, (ctypes.Structure, ctypes.Union)):
+        return {f[0]: _plain(getattr(v, f[0])) for f in v._fields_}
+    if isinstance(v, (list, tuple, ctypes.Array)):
+        return [_plain(x) for x in v]
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, (int, float, str)) or v is None:
+        return v
+    return repr(v) if not hasattr(v, "__dict__") else {k: _plain(x) for k, x in vars(v).items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -369,8 +467,11 @@ def main() -> None:
     k.add_argument("--seconds", type=float, default=180)
     k.add_argument("--rate", type=float, default=10)
     k.add_argument("--sample", type=float, default=10)
+    n = sub.add_parser("calls")
+    n.add_argument("out")
+    n.add_argument("--n", type=int, default=2000)
     a = ap.parse_args()
-    {"record": cmd_record, "compare": cmd_compare, "scrape": cmd_scrape, "soak": cmd_soak}[a.cmd](a)
+    {"record": cmd_record, "compare": cmd_compare, "scrape": cmd_scrape, "soak": cmd_soak, "calls": cmd_calls}[a.cmd](a)
 
 
 if __name__ == "__main__":

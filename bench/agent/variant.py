@@ -8,7 +8,10 @@
   thp-off     prctl(PR_SET_THP_DISABLE): no transparent huge pages for this process
   switch=S    sys.setswitchinterval(S) (the GIL hand-over interval, default 0.005 s)
   no-metadata skip the importlib.metadata lookup of nvidia-ml-py's version (build_info says "diagnostic")
-  mallocstats=FILE  after 4 s, write sys._debugmallocstats() (Python's arenas) and /proc/self/smaps to FILE
+  mallocstats=FILE  after 4 s, write sys._debugmallocstats() (Python's arenas), glibc's malloc_stats() (its
+              arenas: system bytes against in-use bytes) and /proc/self/smaps to FILE
+  mallopt     fix glibc's mmap and trim thresholds at 128 KiB (glibc otherwise raises both after a large free)
+  trim=S      glibc malloc_trim(0) once, S seconds after start
 """
 from __future__ import annotations
 
@@ -22,6 +25,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 PR_SET_THP_DISABLE = 41
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def _trim_later(seconds: float) -> None:
+    time.sleep(seconds)
+    ctypes.CDLL(None).malloc_trim(0)
 
 
 def _dump_memory(path: str) -> None:
@@ -31,6 +40,8 @@ def _dump_memory(path: str) -> None:
     os.dup2(fd, 2)  # _debugmallocstats writes to the C stderr
     try:
         sys._debugmallocstats()
+        os.write(2, b"\n==== glibc malloc_stats()\n")
+        ctypes.CDLL(None).malloc_stats()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -55,6 +66,13 @@ def main() -> int:
             collectors._BINDING.append("diagnostic")
         elif t.startswith("mallocstats="):
             threading.Thread(target=_dump_memory, args=(t.split("=", 1)[1],), daemon=True).start()
+        elif t == "mallopt":
+            libc = ctypes.CDLL(None)
+            for opt in (M_TRIM_THRESHOLD, M_MMAP_THRESHOLD):
+                if libc.mallopt(opt, 128 * 1024) != 1:
+                    print(f"variant: mallopt({opt}) failed", file=sys.stderr)
+        elif t.startswith("trim="):
+            threading.Thread(target=_trim_later, args=(float(t.split("=", 1)[1]),), daemon=True).start()
         elif t.startswith("switch="):
             sys.setswitchinterval(float(t.split("=", 1)[1]))
         elif t == "gc-freeze":
