@@ -338,6 +338,10 @@ class _Handler(BaseHTTPRequestHandler):
 class AgentHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: a burst of new connections (50 scrapers at once on the H200, run 6)
+    # overflowed it, and the dropped SYNs were retried after 1 s and 3 s (a 4.4 s scrape). The kernel caps this at
+    # net.core.somaxconn.
+    request_queue_size = 128
 
     def __init__(self, addr: tuple[str, int], registry: Any, web: WebConfig):
         self.registry = registry

@@ -262,3 +262,30 @@ def test_first_scrape_releases_start_up_memory_once(monkeypatch):
 def test_release_free_heap_runs_on_this_c_library():
     from agent.server import release_free_heap
     assert release_free_heap() is True  # CI runs Debian (glibc)
+
+
+def test_a_burst_of_connections_is_not_dropped():
+    """50 connections at once, before the server accepts any: all complete their handshake (socketserver's own
+    backlog of 5 completed 6 and left the rest to SYN retries, 1 s and 3 s later)."""
+    import select
+    from agent.server import Config, WebConfig, make_server
+    port = free_port()
+    srv, agent = make_server(Config(listen_address=f"127.0.0.1:{port}", **NONE), WebConfig(), replay())
+    socks = []
+    try:  # bound and listening, not accepting: every connection waits in the backlog
+        for _ in range(50):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            socks.append(s)
+        deadline = time.monotonic() + 0.5
+        done = set()
+        while len(done) < len(socks) and time.monotonic() < deadline:
+            _, w, _ = select.select([], [s for s in socks if s not in done], [], 0.05)
+            done.update(s for s in w if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+        assert len(done) == 50
+    finally:
+        for s in socks:
+            s.close()
+        srv.server_close()
+        agent.close()

@@ -347,10 +347,12 @@ def cmd_soak(args: argparse.Namespace) -> None:
         t0 = time.time()
         n = 0
         window: list[float] = []
+        every: list[float] = []
         next_sample = t0
         while time.time() - t0 < args.seconds:
             dt, _ = scrape(conn)
             window.append(dt)
+            every.append(dt)
             n += 1
             if time.time() >= next_sample:
                 cpu, rss = proc_stats(p.pid)
@@ -364,6 +366,8 @@ def cmd_soak(args: argparse.Namespace) -> None:
     with open(args.out, "w") as f:
         f.write("\n".join(rows) + "\n")
     print("\n".join(rows[:3] + rows[-3:]))
+    print(f"all {len(every)} scrapes: p50 {pct(every, 50) * 1e3:.3f} ms, p99 {pct(every, 99) * 1e3:.3f} ms, "
+          f"max {max(every) * 1e3:.3f} ms")
 
 
 # ------------------------------------------------------------------------------------------------------ calls
