@@ -68,8 +68,8 @@ class Recorder:
     Calls are timed one at a time (a lock around each, event waits left out): a fast read timed while the background
     thread's 3-16 ms energy read runs can count a wait inside NVML as its own cost. Between the H200 recordings of
     run 4 (overlapping) and run 5 (one at a time) the fast reads' medians fell by ~25% (memory 78 -> 71 us). They are
-    still the cost of calls made once a second, several times that of the same call repeated in a
-    tight loop (memory 5-9 us, ``bench.py calls``), so a replay with ``latency`` errs on the slow side.
+    still the cost of calls made once a second, several times that of the same call repeated in a tight loop
+    (memory 5-9 us, ``bench.py calls``), so a replay with ``latency`` errs on the slow side.
     """
 
     _UNTIMED = ("nvmlEventSetWait", "nvmlEventSetWait_v2")  # block for up to their timeout: never serialised

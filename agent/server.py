@@ -349,7 +349,7 @@ class AgentHTTPServer(ThreadingHTTPServer):
         self.auth = BasicAuth(web.basic_auth_users)
         self._conns: set = set()
         self._conns_lock = threading.Lock()
-        self._heap_released = False
+        self._heap_release = threading.Lock()  # taken by the first scrape, never given back: the trim runs once
         self.ssl_ctx = ssl_context(web) if web.tls else None
         host = addr[0]
         if host and ":" in host:
@@ -366,13 +366,8 @@ class AgentHTTPServer(ThreadingHTTPServer):
     def scrape_served(self) -> None:
         """Called after each /metrics answer: the first one releases start-up's freed memory (release_free_heap),
         after the answer went out, so no scrape waits for it."""
-        if self._heap_released:
-            return
-        with self._conns_lock:
-            if self._heap_released:
-                return
-            self._heap_released = True
-        release_free_heap()
+        if self._heap_release.acquire(blocking=False):
+            release_free_heap()
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:

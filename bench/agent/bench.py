@@ -376,6 +376,9 @@ def cmd_calls(args: argparse.Namespace) -> None:
     worth moving, batching or replacing. Values of the alternatives are kept, to compare with the calls they would
     replace."""
     import pynvml as nv
+    from agent.nvml import _s
+    from agent.replay import Recorder
+    plain = Recorder(nv)._ser  # values in a recording's JSON form
     nv.nvmlInit()
     h = nv.nvmlDeviceGetHandleByIndex(0)
     fi_batch = [nv.NVML_FI_DEV_MEMORY_TEMP, nv.NVML_FI_DEV_ECC_SBE_VOL_TOTAL, nv.NVML_FI_DEV_ECC_DBE_VOL_TOTAL,
@@ -420,29 +423,11 @@ def cmd_calls(args: argparse.Namespace) -> None:
             ts.append(time.perf_counter() - t)
         out["us"][name] = {"n": n, "p50": round(pct(ts, 50) * 1e6, 1), "p99": round(pct(ts, 99) * 1e6, 1),
                            "mean": round(statistics.mean(ts) * 1e6, 1)}
-        out["values"][name] = _plain(v)
+        out["values"][name] = plain(v)
     nv.nvmlShutdown()
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
     print(json.dumps(out["us"], indent=1))
-
-
-def _s(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _plain(v: object) -> object:
-    """A ctypes result as plain JSON (structures as dicts, arrays as lists)."""
-    import ctypes
-    if isinstance(v, (ctypes.Structure, ctypes.Union)):
-        return {f[0]: _plain(getattr(v, f[0])) for f in v._fields_}
-    if isinstance(v, (list, tuple, ctypes.Array)):
-        return [_plain(x) for x in v]
-    if isinstance(v, bytes):
-        return v.decode(errors="replace")
-    if isinstance(v, (int, float, str)) or v is None:
-        return v
-    return repr(v) if not hasattr(v, "__dict__") else {k: _plain(x) for k, x in vars(v).items()}
 
 
 def main() -> None:
