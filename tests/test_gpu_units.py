@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from provision.gpu import devcontainer as dc
-from provision.gpu.images import check_image_fits
+from provision.gpu.images import check_image_fits, save_on_controller
 from provision.gpu.jsonmerge import JsonMergeError, merge, plan_merge
 from provision.gpu.probe import parse_gpu_containers
 
@@ -113,6 +113,47 @@ def test_gpu_containers_are_nvidia_runtime_or_gpu_requests():
 def test_check_image_fits(tag, driver, gpus, refusal):
     got = check_image_fits(tag, driver, gpus)
     assert (got is None) if refusal is None else (refusal in got)
+
+
+# ---- the controller's docker save (its own docker CLI call, not the testbed's) ----------------------------------
+FAKE_DOCKER = """#!/bin/sh
+echo "$*" >> "$(dirname "$0")/calls"
+case "$1 $2" in
+  "image inspect") [ "$5" = "present:1" ] && echo sha256:0123456789abcdef0123456789abcdef && exit 0
+                   echo "Error: No such image: $5" >&2; exit 1;;
+  "save present:1") printf 'image-bytes';;
+esac
+"""
+
+
+@pytest.fixture
+def fake_docker(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return bin_dir / "calls"
+
+
+def test_save_on_controller_saves_once_per_image_id_with_its_checksum(tmp_path, fake_docker):
+    import gzip
+    import hashlib
+    first = save_on_controller("present:1", tmp_path / "cache")
+    again = save_on_controller("present:1", tmp_path / "cache")
+    assert first == again and first.image_id == "sha256:0123456789abcdef0123456789abcdef"
+    assert first.path.name == "0123456789abcdef01234567.tar.gz"
+    assert gzip.decompress(first.path.read_bytes()) == b"image-bytes"
+    assert first.sha256 == hashlib.sha256(first.path.read_bytes()).hexdigest()
+    assert fake_docker.read_text().splitlines().count("save present:1") == 1
+
+
+def test_save_on_controller_names_a_missing_image_or_docker_in_one_line(tmp_path, fake_docker, monkeypatch):
+    with pytest.raises(RuntimeError, match=r"^docker image inspect absent:1: Error: No such image: absent:1$"):
+        save_on_controller("absent:1", tmp_path / "cache")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="'docker' command is not installed on the controller"):
+        save_on_controller("present:1", tmp_path / "cache")
 
 
 # ---- the site playbook and the example lab ----------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """Put a container image on a host: check first that it can run there, then pull it, pull it through a lab
-registry mirror, or stream it from the controller (a `docker save` tarball, checksum-verified on the host).
+registry mirror, or stream it from the controller (a `docker save` tarball, checksum-verified on the host; the
+controller's own `docker` command line, called here directly).
 
 The check comes before any transfer: the host's driver (nvidia-smi) against the image's CUDA, and every GPU's
 compute capability against the architectures the image was built for (provision/gpu/gpus.yaml).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -63,20 +66,36 @@ def host_gpus(conn) -> tuple[str | None, list[tuple[str, str]], str]:
     return driver, gpus, ""
 
 
+def controller_docker() -> str:
+    """The path of the controller's `docker` command."""
+    path = shutil.which("docker")
+    if not path:
+        raise RuntimeError("the 'docker' command is not installed on the controller")
+    return path
+
+
+def controller_image_id(tag: str) -> str:
+    """The id of the controller's copy of ``tag`` (`docker image inspect`); a RuntimeError of one line if none."""
+    proc = subprocess.run([controller_docker(), "image", "inspect", "--format", "{{.Id}}", tag],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"docker image inspect {tag}: {lines[-1] if lines else f'exit {proc.returncode}'}")
+    return proc.stdout.decode(errors="replace").strip()
+
+
 def save_on_controller(tag: str, cache: Path) -> Tarball:
     """`docker save` of the controller's copy, cached by image id; sha256 computed once."""
-    from provision.testbed import docker
-    image_id = docker.out(["image", "inspect", "--format", "{{.Id}}", tag], timeout=60)
+    image_id = controller_image_id(tag)
     cache.mkdir(parents=True, exist_ok=True)
     base = cache / (image_id.replace("sha256:", "")[:24] + ".tar.gz")   # gzip -1: a third of the bytes to send
     sumfile = base.with_suffix(".sha256")
-    import fcntl
     with open(base.with_suffix(".lock"), "a+") as lock:      # hosts of one run save the same image once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (base.exists() and sumfile.exists()):
             tmp = base.with_suffix(f".partial-{os.getpid()}")
             with open(tmp, "wb") as fh:
-                save = subprocess.Popen([docker.docker_bin(), "save", tag], stdout=subprocess.PIPE,
+                save = subprocess.Popen([controller_docker(), "save", tag], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE)
                 gz = subprocess.run(["gzip", "-1", "-c"], stdin=save.stdout, stdout=fh, timeout=1800)
                 save.stdout.close()
