@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/python scripts/check_ssh.py inventories/testbed.yaml      # paramiko, RejectPolicy, testbed known_hosts
 # TEST EQUIPMENT: the stand-ins for the official PyTorch image and for the dev image built on it (no registry is
 # reachable here); the controller streams them to the hosts. Prints progress, then the two tags, dev last.
-dev_image=$(.venv/bin/python -m provision.gpu.standin | tail -n 1)
+dev_image=$(.venv/bin/python -m provision.testbed.standin_images | tail -n 1)
 # The dev containers' SSH takes keys only: give them the testbed's public key (use your own on a real lab).
 dev_key=$(cat .testbed/lab/id_ed25519.pub)
 .venv/bin/provision apply inventories/testbed.yaml -p playbooks/site.yaml \

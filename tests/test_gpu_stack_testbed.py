@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provision.gpu import standin
+from provision.testbed import standin_images as standin
 from provision.testbed import HostSpec
 from provision.testbed import docker as tbdocker
 

@@ -8,6 +8,8 @@
 
 Both are cached by a hash of their recipe (files, arguments, base image id). Every stand-in carries the label
 ``gpufleet.standin=1``; a same-named image without it (a real one) is never overwritten.
+
+    python3 -m provision.testbed.standin_images     # builds both, prints their tags (scripts/demo.sh)
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from pathlib import Path
 
 from provision.testbed import docker
 from provision.testbed.cache import cache_dir, locked, recipe_hash
+from provision.testbed.image import debian_mirror
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STANDIN_DIR = REPO_ROOT / "images" / "standin"
-DEV_DIR = REPO_ROOT / "images" / "dev"
+IMAGES_DIR = Path(__file__).resolve().parents[2] / "images"
+STANDIN_DIR = IMAGES_DIR / "standin"
+DEV_DIR = IMAGES_DIR / "dev"
 BASE_TAG = "pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime"
 DEV_REPO = "gpufleet-dev-standin"
 LABEL = "gpufleet.standin"
@@ -74,7 +77,6 @@ def ensure_base(log=print) -> str:
     with locked("gpu-standin-base"):
         if _label(BASE_TAG, "gpufleet.recipe") == want:
             return BASE_TAG
-        from provision.testbed.image import debian_mirror
         start = time.monotonic()
         log(f"gpu stand-in: building {BASE_TAG} (TEST EQUIPMENT; debootstrap, once)")
         work = Path(tempfile.mkdtemp(prefix="gpu-standin-", dir=cache_dir()))
