@@ -1,0 +1,42 @@
+"""The agent stands alone: it imports nothing from the provisioner, and ships as its own ``gpufleet-agent`` wheel
+holding agent/ only and depending on its four libraries only."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _provision_imports(source: str, where: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(source, filename=where)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in
+              ("__import__", "import_module") and node.args and isinstance(node.args[0], ast.Constant)):
+            names = [str(node.args[0].value)]
+        else:
+            continue
+        found += [f"{where}:{node.lineno}: {n}" for n in names
+                  if n == "provision" or n.startswith("provision.")]
+    return found
+
+
+def test_agent_imports_nothing_from_provision():
+    files = sorted(p for p in (ROOT / "agent").rglob("*.py") if "__pycache__" not in p.parts)
+    assert files, "no agent sources found"
+    assert [hit for p in files for hit in _provision_imports(p.read_text(encoding="utf-8"),
+                                                             str(p.relative_to(ROOT)))] == []
+
+
+def test_the_import_scan_sees_every_form_of_import():
+    """The scan itself: each way of reaching provision is caught (else the test above proves nothing)."""
+    src = ("import provision\nfrom provision.errors import InputError\nimport provision.cli as c\n"
+           "__import__('provision.gpu')\nimport importlib\nimportlib.import_module('provision')\n"
+           "from agent import errors\nimport provisioning_other\n")
+    hits = _provision_imports(src, "probe.py")
+    assert [h.split(": ")[1] for h in hits] == ["provision", "provision.errors", "provision.cli", "provision.gpu",
+                                               "provision"]
