@@ -20,12 +20,11 @@ from prometheus_client.registry import Collector
 
 from agent import __version__ as AGENT_VERSION
 from agent.containers import ContainerSnapshot, ContainerSource
+from agent.hostpaths import MAINTENANCE_MARKER, UPGRADE_STATE_FILE
 from agent.nvml import CLOCK_EVENT_REASONS, NvmlSnapshot, NvmlSource
 
 log = logging.getLogger("gpu-agent.collect")
 
-DEFAULT_MAINTENANCE_FILE = "/etc/gpufleet/maintenance"
-DEFAULT_UPGRADE_STATE_FILE = "/var/lib/gpufleet/upgrade-state.json"
 UPGRADE_STATES = ("draining", "upgrading", "rebooting", "validating", "restoring", "done", "failed")
 
 
@@ -142,8 +141,8 @@ class Bounded:
 
 class Agent:
     def __init__(self, nvml_source: NvmlSource | None, container_source: ContainerSource | None = None, *,
-                 maintenance_file: str = DEFAULT_MAINTENANCE_FILE,
-                 upgrade_state_file: str = DEFAULT_UPGRADE_STATE_FILE, collect_timeout: float = 1.0):
+                 maintenance_file: str = MAINTENANCE_MARKER,
+                 upgrade_state_file: str = UPGRADE_STATE_FILE, collect_timeout: float = 1.0):
         self.nvml = nvml_source
         self.containers = container_source
         self.maintenance_file = maintenance_file

@@ -26,6 +26,7 @@ import yaml
 from agent import __version__
 from agent.collectors import render
 from agent.errors import EXIT_BAD_CONFIG, EXIT_BAD_FLAG, AgentInputError, nearest_choice
+from agent.hostpaths import MAINTENANCE_MARKER, UPGRADE_STATE_FILE
 
 log = logging.getLogger("gpu-agent")
 
@@ -234,8 +235,8 @@ class Config:
     docker_socket: str = "/var/run/docker.sock"
     docker_timeout_seconds: float = 2.0
     proc_root: str = "/proc"
-    maintenance_file: str = "/etc/gpufleet/maintenance"
-    upgrade_state_file: str = "/var/lib/gpufleet/upgrade-state.json"
+    maintenance_file: str = MAINTENANCE_MARKER
+    upgrade_state_file: str = UPGRADE_STATE_FILE
     log_level: str = "info"
 
 

@@ -40,3 +40,27 @@ def test_the_import_scan_sees_every_form_of_import():
     hits = _provision_imports(src, "probe.py")
     assert [h.split(": ")[1] for h in hits] == ["provision", "provision.errors", "provision.cli", "provision.gpu",
                                                "provision"]
+
+
+def test_packaged_config_and_unit_name_the_shared_host_files():
+    """agent/packaging/ cannot import agent.hostpaths: its config must name the same files (they are the
+    defaults), and its unit must let the agent read their folders."""
+    import yaml
+
+    from agent import hostpaths
+    from agent.server import Config
+    packaged = yaml.safe_load((ROOT / "agent" / "packaging" / "gpu-agent.yaml").read_text())
+    assert (packaged["maintenance_file"], packaged["upgrade_state_file"]) == \
+        (hostpaths.MAINTENANCE_MARKER, hostpaths.UPGRADE_STATE_FILE) == \
+        (Config().maintenance_file, Config().upgrade_state_file)
+    unit = (ROOT / "agent" / "packaging" / "gpu-agent.service").read_text()
+    readable = next(line for line in unit.splitlines() if line.startswith("ReadOnlyPaths=")).split("=", 1)[1]
+    folders = {p.lstrip("-") for p in readable.split()}
+    assert {str(Path(hostpaths.MAINTENANCE_MARKER).parent), str(Path(hostpaths.UPGRADE_STATE_FILE).parent)} <= folders
+
+
+def test_provisioner_reads_the_maintenance_marker_where_the_agent_does():
+    from agent.hostpaths import MAINTENANCE_MARKER
+    from provision.gpu import devcontainer, probe
+    assert f"[ -e {MAINTENANCE_MARKER} ]" in probe.GPU_FACTS_COMMAND
+    assert devcontainer.MAINTENANCE_MARKER is MAINTENANCE_MARKER

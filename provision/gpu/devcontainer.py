@@ -21,9 +21,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.hostpaths import MAINTENANCE_MARKER
 from provision.gpu.probe import section_lines
 
-MAINTENANCE_MARKER = "/etc/gpufleet/maintenance"
 LABEL = "gpufleet.devcontainer"
 HOST_ROOT = "/etc/gpufleet/devcontainers"
 DATA_ROOT = "/srv/gpufleet/devcontainers"

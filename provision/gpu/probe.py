@@ -10,6 +10,7 @@ import io
 import re
 from dataclasses import asdict, dataclass
 
+from agent.hostpaths import MAINTENANCE_MARKER
 from provision.gpu.table import GpuTable, load_table, norm_id
 
 NVIDIA_VENDOR = "10de"
@@ -41,12 +42,13 @@ dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${Version}\n' 2>/dev/null | awk
 echo '### holds'
 apt-mark showhold 2>/dev/null
 echo '### maintenance'
-[ -e /etc/gpufleet/maintenance ] && { echo present; head -c 300 /etc/gpufleet/maintenance; }
+[ -e MAINT ] && { echo present; head -c 300 MAINT; }
 echo '### gpu_containers'
 if command -v docker >/dev/null 2>&1; then docker ps -q 2>/dev/null | xargs -r docker inspect --format \
   '{{.Name}} {{.HostConfig.Runtime}} {{json .HostConfig.DeviceRequests}} {{range .Config.Env}}{{.}} {{end}}' 2>/dev/null; fi
 echo '### end'
-""".replace("NVQUERY", NVIDIA_SMI_QUERY).replace("SBVAR", SECURE_BOOT_VAR)
+""".replace("NVQUERY", NVIDIA_SMI_QUERY).replace("SBVAR", SECURE_BOOT_VAR).replace(
+    "MAINT", MAINTENANCE_MARKER)
 
 
 @dataclass(frozen=True)
