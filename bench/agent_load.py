@@ -16,7 +16,7 @@ Accept-Encoding: gzip headers). Two load shapes, each for --seconds:
 
 Latency is measured by the client (send to last byte); an error is any non-200, a body without GPU metrics,
 a timeout (--timeout, 5 s) or a broken connection. RSS (VmRSS, and VmHWM) of the agent before and after.
-Writes bench/results/agent-load-<stamp>.json and .md.
+Writes bench/results/agent-load-<stamp>.json (summary) and .md; the full record under bench/raw/ (not committed).
 """
 from __future__ import annotations
 
@@ -261,9 +261,8 @@ def main(argv=None) -> int:
             agent.kill()
     payload["machine"]["loadavg_end"] = loadavg()
     md = render(payload)
-    j, m = write_results(args.stem, payload, md)
     print(md)
-    print(f"wrote {j} and {m}")
+    print("wrote " + ", ".join(map(str, write_results(args.stem, payload, md))))
     return 0
 
 

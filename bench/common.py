@@ -20,7 +20,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-RESULTS = BENCH / "results"
+RESULTS = BENCH / "results"   # committed: a markdown table and a summary JSON per run
+RAW = BENCH / "raw"           # ignored by git (.gitignore): full records with output tails, profiles, timelines
+RAW_KEYS = ("argv", "stdout_tail", "stderr_tail")   # what a summary leaves out of each measured process
 PREFIX = "gpufleet-bench"
 
 
@@ -233,14 +235,24 @@ def sh(cmd: str | list[str], *, check: bool = True, timeout: float = 600, **kw) 
 
 # ---------------------------------------------------------------------------------------------------- results
 
-def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def summary_of(record):
+    """The record without each measured process's argv and output tails (``RAW_KEYS``): the numbers."""
+    if isinstance(record, dict):
+        return {k: summary_of(v) for k, v in record.items() if k not in RAW_KEYS}
+    if isinstance(record, list):
+        return [summary_of(v) for v in record]
+    return record
+
+
+def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path, Path]:
+    """The full record under bench/raw/ (not committed); its summary JSON and the markdown under bench/results/."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    jpath = RESULTS / f"{stem}-{stamp}.json"
-    mpath = RESULTS / f"{stem}-{stamp}.md"
-    jpath.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    mpath.write_text(markdown)
-    return jpath, mpath
+    paths = (RAW / f"{stem}-{stamp}.json", RESULTS / f"{stem}-{stamp}.json", RESULTS / f"{stem}-{stamp}.md")
+    for path, text in zip(paths, (json.dumps(payload, indent=2) + "\n",
+                                  json.dumps(summary_of(payload), indent=2) + "\n", markdown)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return paths
 
 
 def finish(stem: str, payload: dict, key: str, render) -> None:
@@ -249,9 +261,8 @@ def finish(stem: str, payload: dict, key: str, render) -> None:
     payload["machine"]["loadavg_end"] = loadavg()
     if payload[key]:
         md = render(payload)
-        jpath, mpath = write_results(stem, payload, md)
         print(md)
-        print(f"wrote {jpath} and {mpath}")
+        print("wrote " + ", ".join(map(str, write_results(stem, payload, md))))
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:

@@ -1,6 +1,6 @@
 """Summarise py-spy collapsed stacks (``--format raw``): the functions holding the most samples.
 
-    python3 -m bench.profile_summary bench/results/profiles/gpufleet-rerun-10hosts.txt [--filter provision/] [--top 25]
+    python3 -m bench.profile_summary bench/raw/profiles/gpufleet-rerun-10hosts.txt [--filter provision/] [--top 25]
 """
 from __future__ import annotations
 

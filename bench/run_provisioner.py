@@ -7,7 +7,8 @@ repository, python3-apt), then for each tool: reset the hosts to "never provisio
 (b) idempotent re-run (--repeat-b times), (c) facts only; and the floor: one OpenSSH command per host carrying
 every check of the play, all hosts in parallel (it also verifies that the tool converged every host).
 Parallelism is matched: forks = parallel = N for every tool. Everything is torn down at the end.
-Writes bench/results/provisioner-<stamp>.json (raw) and .md (tables).
+Writes bench/results/provisioner-<stamp>.json (summary) and .md (tables); the full record (each tool's output
+tails) and the --profile py-spy files under bench/raw/ (not committed).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-from bench.common import (BENCH, REPO, machine_info, loadavg, md_table, measure, raise_inotify_limits, tool_versions,
+from bench.common import (BENCH, RAW, REPO, machine_info, loadavg, md_table, measure, raise_inotify_limits, tool_versions,
                           finish, fixed_rlimit_nofile, compile_gpufleet)
 from bench.hosts import HostSet, bring_up
 from bench.workload import repo
@@ -156,7 +157,7 @@ def bench_n(n: int, tools: list[str], venv: Path, source: str, repeat_b: int, wi
                 res["b_rerun"].append(mb.as_dict() | {"summary": _summary_changed(tool, mb.stdout_tail + mb.stderr_tail)})
             if profile and tool == "gpufleet":
                 # one more re-run under py-spy (not timed): collapsed stacks for reading, and a flame graph
-                prof_dir = BENCH / "results" / "profiles"
+                prof_dir = RAW / "profiles"
                 prof_dir.mkdir(parents=True, exist_ok=True)
                 for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
                     pargv = [str(venv / "bin" / "py-spy"), "record", "--rate", "250", "--subprocesses",
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat-b", type=int, default=2)
     ap.add_argument("--no-floor", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile one gpufleet re-run with py-spy "
-                    "(results/profiles/)")
+                    "(bench/raw/profiles/, not committed)")
     ap.add_argument("--interleave", type=int, default=0, metavar="K",
                     help="then K more re-runs per tool of gpufleet and pyinfra, taking turns (drift-fair ratios)")
     ap.add_argument("--stem", default="provisioner")

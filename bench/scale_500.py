@@ -10,7 +10,8 @@ play writes only under /tmp/gpufleet-bench/<inventory_hostname>. What this measu
 time, CPU and peak memory as the fleet grows, with the endpoints as cheap as one 2-core machine allows
 (an idle sshd listener costs ~1 MiB PSS; a per-host systemd container ~20 MB and cannot reach 500 here).
 For each step: (a) first apply of bench/workload/scale.yml, (b) idempotent re-run, (c) facts.
-Writes bench/results/scale-<stamp>.json and .md. Everything is removed at the end.
+Writes bench/results/scale-<stamp>.json (summary) and .md; the full record (each run's output tails, which name
+any endpoint that failed) under bench/raw/ (not committed). Everything is removed at the end.
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
 Runs each tool's first apply (after the same reset as run_provisioner) and timestamps every line the tool prints
 as it arrives: a task's time is from its header line to the next header (gpufleet: 'TASK [...]', a barrier per
 task as in Ansible's linear strategy; pyinfra: '--> Starting operation: ...'). Writes
-bench/results/task-timing-<stamp>.json and .md.
+bench/results/task-timing-<stamp>.json (summary) and .md; the full record and the py-spy profile under bench/raw/
+(not committed).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import loadavg, machine_info, md_table, write_results
+from bench.common import RAW, loadavg, machine_info, md_table, write_results
 from bench.hosts import bring_up
 from bench.run_provisioner import DEFAULT_VENV, WORKLOAD, commands
 from bench.workload import repo
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
             a, env = commands("gpufleet", "apply", hs, inv, n, args.venv)
             if args.phase == "rerun":
                 subprocess.run(a, cwd=WORKLOAD, env=env, capture_output=True)
-            prof = WORKLOAD.parent / "results" / "profiles" / f"gpufleet-{args.phase}-apply-{n}hosts.txt"
+            prof = RAW / "profiles" / f"gpufleet-{args.phase}-apply-{n}hosts.txt"
             prof.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run([str(args.venv / "bin" / "py-spy"), "record", "--rate", "250", "--format", "raw",
                             "-o", str(prof), "--", *a], cwd=WORKLOAD, env=env, capture_output=True)
@@ -98,9 +99,8 @@ def main(argv=None) -> int:
     md = (f"# {args.phase} apply, task by task — {payload['machine']['date']}, {n} hosts\n\n"
           f"Load average at start {payload['machine']['loadavg_start']} (shared 2-core machine).\n\n"
           + md_table(["tool", "task (from its header to the next)", "s"], rows))
-    j, m = write_results(f"task-timing-{args.phase}", payload, md)
     print(md)
-    print(f"wrote {j} and {m}")
+    print("wrote " + ", ".join(map(str, write_results(f"task-timing-{args.phase}", payload, md))))
     return 0
 
 

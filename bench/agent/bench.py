@@ -1,9 +1,9 @@
-"""gpu-agent benchmark and H100 recording (not a test). Run by bench/agent/device_run.sh on the GPU machine;
-the replay parts also run anywhere.
+"""gpu-agent benchmark and NVML recording (not a test). Run by bench/agent/device.sh on the GPU machine; the
+replay parts also run anywhere.
 
   python3 bench/agent/bench.py record  OUT.json [--seconds N]   record every NVML call the agent makes
   python3 bench/agent/bench.py compare OUT.json                  agent values vs nvidia-smi --query-gpu
-  python3 bench/agent/bench.py scrape  OUT.json [--replay FIX --gpus 8] [--n N] [--smi]
+  python3 bench/agent/bench.py scrape  OUT.json [--replay FIX --gpus 8] [--n N] [--smi] [--timeline RAW.json]
   python3 bench/agent/bench.py soak    OUT.csv  [--replay FIX --gpus 8] --seconds S --rate R
   python3 bench/agent/bench.py calls   OUT.json [--n N]              the cost of each NVML call on GPU 0
 """
@@ -282,9 +282,11 @@ def cmd_scrape(args: argparse.Namespace) -> None:
         }
         if args.timeline:
             res["agent"]["near_slow_refresh"] = near_refresh(starts, lat, slow_ages)
-            res["timeline_columns"] = ["start_s", "latency_ms", "slow_reading_age_s", "nvml_collection_ms"]
-            res["timeline"] = [[round(a, 5), round(b * 1e3, 3), c, d]
-                               for a, b, c, d in zip(starts, lat, slow_ages, nvml_ms)]
+            res["timeline_file"] = os.path.basename(args.timeline)
+            with open(args.timeline, "w") as f:      # raw, one row per scrape: never beside the summary
+                json.dump({"columns": ["start_s", "latency_ms", "slow_reading_age_s", "nvml_collection_ms"],
+                           "rows": [[round(a, 5), round(b * 1e3, 3), c, d]
+                                    for a, b, c, d in zip(starts, lat, slow_ages, nvml_ms)]}, f)
         if args.smi and shutil.which("nvidia-smi"):
             lat_s = []
             r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -448,7 +450,9 @@ def main() -> None:
     s.add_argument("--smi", action="store_true")
     s.add_argument("--smi-n", type=int, default=100)
     s.add_argument("--variant", default="", help="process tweaks for bench/agent/variant.py (diagnostics)")
-    s.add_argument("--timeline", action="store_true", help="per-scrape start, latency and slow-reading age")
+    s.add_argument("--timeline", metavar="RAW.json",
+                   help="write each scrape's start, latency and slow-reading age to this file (raw: keep it under "
+                        "bench/raw/, which git ignores); OUT.json keeps the summary")
     k = sub.add_parser("soak")
     k.add_argument("out")
     k.add_argument("--replay")
