@@ -43,7 +43,7 @@ def test_stat_probe_parsing_and_write_plan():
     p = write_file_plan("/x", data, st, mode=0o600)                   # mode only
     assert [c.cmd for c in p.commands] == ["chmod 600 /x"]
     p = write_file_plan("/x", b"other\n", st, mode=None)
-    assert p.commands[0].stdin == b"other\n" and p.diff[0]["before"] == "hello\n"
+    assert p.commands[0].content == b"other\n" and p.diff[0]["before"] == "hello\n"
     assert parse_stat("absent\n").kind == "absent"
     assert parse_stat("directory 755 root root 0 0\n").kind == "directory"
     assert parse_stat("link 777 root root 0 0 /etc/target\n").link_target == "/etc/target"

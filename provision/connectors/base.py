@@ -5,36 +5,10 @@ itself (paramiko's timeouts are per read, so ``run`` keeps its own wall-clock de
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Protocol
 
-
-@dataclass(frozen=True)
-class CommandResult:
-    rc: int
-    stdout: str
-    stderr: str
-    duration: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
-
-
-class ConnectorError(Exception):
-    """Base for connection problems."""
-
-
-class Unreachable(ConnectorError):
-    """The host cannot be reached (connect refused/timed out, auth failed, host key rejected, connection lost)."""
-
-
-class HostKeyMismatch(Unreachable):
-    """The host's key is not the one known_hosts holds: never connect."""
-
-
-class CommandTimeout(ConnectorError):
-    """A command ran past its deadline; the connector killed it."""
+from provision.hostio import (CommandResult, CommandTimeout, ConnectorError, HostKeyMismatch,  # noqa: F401
+                             Unreachable)
 
 
 class Connector(Protocol):

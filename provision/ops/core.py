@@ -25,8 +25,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from provision.connectors.base import CommandResult
-from provision.ops.spec import ArgSpec, ModuleSpec
+from provision.hostio import CommandResult
+from provision.ops.plan import Cmd, FilePut, Plan  # noqa: F401 - the command objects ops build
+from provision.ops.spec import ArgSpec, ModuleSpec, check_args
 from provision.results import HostResult
 
 q = shlex.quote
@@ -42,37 +43,10 @@ class OpError(Exception):
 
 
 @dataclass
-class Cmd:
-    cmd: str
-    stdin: bytes | None = None
-    desc: str | None = None          # shown instead of cmd (e.g. "write /etc/x (1.2 kB)")
-    timeout: float | None = None
-    counts: bool = True              # False: housekeeping that is not a change (apt-get update, daemon-reload)
-
-
-@dataclass
-class Plan:
-    commands: list[Cmd] = field(default_factory=list)
-    changed: bool | None = None      # default: any counted command
-    diff: list[dict] = field(default_factory=list)
-    msg: str = ""
-    noop: str | None = None          # reason nothing needs doing
-    failed: bool = False
-    extra: dict = field(default_factory=dict)
-    refresh_facts: tuple = ()        # fact sections stale once the commands ran
-    skip_in_check: str | None = None  # command/shell: cannot predict, reported as skipped in check mode
-
-    @property
-    def is_change(self) -> bool:
-        if self.changed is not None:
-            return self.changed
-        return any(c.counts for c in self.commands)
-
-
-@dataclass
 class OpContext:
+    """What an op may know of the task it plans for. It holds no connection: ``runner`` is the executor's, used
+    only by :meth:`probe` (a read-only look, often answered from the prefetch) and by the executor itself."""
     host: str
-    conn: Any = None                     # the host's connector (None for controller-only modules)
     check: bool = False
     diff: bool = False
     become: bool = False
@@ -84,8 +58,7 @@ class OpContext:
     no_log: bool = False
     timeout: float | None = None
     log: Callable[[str, str], None] | None = None   # (level, text) for -v output
-    reconnect: Callable[[], Any] | None = None     # reboot: drop and reopen the connection
-    refresh: Callable[[tuple], None] | None = None   # re-gather fact sections
+    runner: Any = None                   # the executor's HostRunner (None for controller-only modules)
     ran: list[str] = field(default_factory=list)
     probe_cache: dict | None = None      # (become, user, cmd) -> (rc, stdout): probes prefetched in one round trip
 
@@ -99,23 +72,13 @@ class OpContext:
             if self.log:
                 self.log("cmd", f"(prefetched) {desc or cmd}")
             return CommandResult(rc, out, "", 0.0)
-        return self.run(cmd, become=b, desc=desc, readonly=True)
+        return self.runner.shell(self, cmd, become=b, desc=desc, readonly=True)
 
     def run(self, cmd: str, *, stdin: bytes | None = None, timeout: float | None = None,
             become: bool | None = None, desc: str | None = None, readonly: bool = False) -> CommandResult:
-        """``readonly=True``: the command changes nothing unless the op then reports a change (the executor drops
-        prefetched probes after any changed result); otherwise prefetched probes are dropped now."""
-        if not readonly and self.probe_cache:
-            self.probe_cache.clear()    # something may change on the host: prefetched state is stale
-        b = self.become if become is None else become
-        kw = {"become_user": self.become_user} if b and self.become_user != "root" else {}
-        self.ran.append(desc or cmd)
-        if self.log:
-            self.log("cmd", desc or cmd)
-        res = self.conn.run(cmd, stdin=stdin, timeout=timeout or self.timeout, become=b, env=self.env, **kw)
-        if self.log:
-            self.log("out", f"rc={res.rc} stdout={res.stdout[-2000:]!r} stderr={res.stderr[-2000:]!r}")
-        return res
+        """Transitional: a command run at planning time. New ops return commands in their plan instead."""
+        return self.runner.shell(self, cmd, stdin=stdin, timeout=timeout, become=become, desc=desc,
+                                 readonly=readonly)
 
 
 class Op:
@@ -141,69 +104,19 @@ class Op:
 
 
 def execute_plan(plan: Plan, ctx: OpContext) -> HostResult:
-    r = HostResult(ctx.host, msg=plan.msg, diff=list(plan.diff) if ctx.diff else [], extra=dict(plan.extra))
-    if plan.failed:
-        r.failed = True
-        return r
-    if plan.noop is not None:
-        r.msg = r.msg or plan.noop
-        return r
-    if ctx.check:
-        if plan.skip_in_check:
-            r.skipped, r.msg = True, plan.skip_in_check
-            return r
-        r.changed = plan.is_change
-        r.commands = [c.desc or c.cmd for c in plan.commands if c.counts]
-        return r
-    last = None
-    for c in plan.commands:
-        last = ctx.run(c.cmd, stdin=c.stdin, timeout=c.timeout, desc=c.desc)
-        r.commands.append(c.desc or c.cmd)
-        if last.rc != 0:
-            r.failed, r.rc = True, last.rc
-            r.stdout, r.stderr = last.stdout, last.stderr
-            r.msg = (last.stderr.strip() or last.stdout.strip() or f"command failed with rc {last.rc}")[-2000:]
-            r.changed = plan.is_change and c is not plan.commands[0]
-            break
-    else:
-        r.changed = plan.is_change
-    if plan.refresh_facts and ctx.refresh and (r.changed or any(c.counts is False for c in plan.commands)):
-        ctx.refresh(plan.refresh_facts)
-    return r
+    """Transitional, for ops that still override run(): the executor's runner carries the plan out."""
+    return ctx.runner.execute(plan, ctx)
 
 
 # ------------------------------------------------------------------------------------------- arguments
 
 def normalize(spec: ModuleSpec, raw: Mapping[str, Any]) -> dict:
-    """Canonical names (aliases resolved), defaults filled, light type coercion. The loader already validated."""
-    out: dict[str, Any] = {}
-    alias = {a: n for n, s in spec.args.items() for a in s.aliases}
-    for k, v in (raw or {}).items():
-        out[alias.get(k, k)] = v
-    for n, s in spec.args.items():
-        if out.get(n) is None and s.default is not None:
-            out[n] = s.default
-        v = out.get(n)
-        if v is None:
-            continue
-        if s.type == "bool":
-            out[n] = to_bool(v)
-        elif s.type == "int" and isinstance(v, str) and v.strip().lstrip("-").isdigit():
-            out[n] = int(v)
-        elif s.type == "float" and isinstance(v, (str, int)):
-            try:
-                out[n] = float(v)
-            except ValueError:
-                pass
-        elif s.type == "list" and not isinstance(v, (list, tuple)):
-            out[n] = [x.strip() for x in str(v).split(",") if x.strip()] if isinstance(v, str) else [v]
-    return out
-
-
-def to_bool(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("yes", "true", "1", "on", "y")
-    return bool(v)
+    """A task's rendered arguments checked and coerced by :func:`provision.ops.spec.check_args` (canonical names,
+    defaults, types), the validator the loader uses too; OpError naming the argument for the first problem."""
+    args, errors = check_args(spec, raw)
+    if errors:
+        raise OpError(str(errors[0]))
+    return args
 
 
 def parse_mode(mode: Any) -> int | None:
@@ -406,9 +319,7 @@ def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, 
         if make_parent:
             cmds.append(Cmd(f"mkdir -p {q(_dirname(path))}"))
         new_mode = mode if mode is not None else (st.mode if st.kind == "file" else None)
-        from provision.connectors._put import put_command
-        cmds.append(Cmd(put_command(path, new_mode), stdin=data,
-                        desc=f"write {path} ({len(data)} bytes{', mode %04o' % new_mode if new_mode else ''})"))
+        cmds.append(FilePut(path, data, mode=new_mode))
         diffs.append(file_diff(path, st.content, data, before_absent=st.kind == "absent"))
         after_state = None
     else:

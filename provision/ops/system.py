@@ -1,14 +1,9 @@
-"""reboot (boot_id must change, then reconnect), wait_for (port/path), ping."""
+"""reboot (boot_id must change, then reconnect), wait_for (port/path), ping: plans the runner carries out."""
 from __future__ import annotations
 
-import time
-
-from provision.connectors.base import ConnectorError
-from provision.ops.core import Op, Plan, execute_plan, q
+from provision.ops.core import Op, q
+from provision.ops.plan import Cmd, Plan, RebootAndWait
 from provision.ops.spec import ArgSpec, module
-from provision.results import HostResult
-
-BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
 
 @module("reboot", args={
@@ -18,41 +13,15 @@ BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
     "reboot_command": ArgSpec("str"),
 })
 class Reboot(Op):
-    def run(self, args, ctx) -> HostResult:
-        if ctx.check:
-            return HostResult(ctx.host, changed=True, msg="would reboot", commands=["reboot"])
-        start = time.monotonic()
-        before = ctx.run(BOOT_ID, become=False).stdout.strip()
-        if not before:
-            return HostResult(ctx.host, failed=True, msg="cannot read boot_id before the reboot")
-        delay = max(int(args.get("pre_reboot_delay") or 0), 0)
-        cmd = args.get("reboot_command") or "systemctl reboot || reboot"
-        # detached, so our command returns before the connection dies
-        ctx.run(f"nohup sh -c {q(f'sleep {delay + 1}; {cmd}')} >/dev/null 2>&1 &", timeout=30)
-        deadline = start + int(args.get("reboot_timeout") or 600)
-        time.sleep(delay + 2)
-        last_err = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                conn = ctx.reconnect()
-                ctx.conn = conn
-                now = conn.run(BOOT_ID, timeout=20).stdout.strip()
-                if now and now != before:
-                    test = ctx.run(args.get("test_command") or "whoami", timeout=60)
-                    if test.rc == 0:
-                        time.sleep(max(int(args.get("post_reboot_delay") or 0), 0))
-                        if ctx.refresh:
-                            ctx.refresh(("boot_id", "kernel"))
-                        return HostResult(ctx.host, changed=True, msg="rebooted",
-                                          extra={"rebooted": True, "elapsed": int(time.monotonic() - start)})
-                    last_err = f"test command failed: {test.stderr.strip()[-200:]}"
-                else:
-                    last_err = "boot_id unchanged (not rebooted yet)"
-            except (ConnectorError, OSError) as err:
-                last_err = str(err)
-            time.sleep(2)
-        return HostResult(ctx.host, failed=True, msg=f"reboot did not finish within {args.get('reboot_timeout')}s: "
-                                                     f"{last_err}", extra={"rebooted": False})
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        timeout = int(args.get("reboot_timeout") or 600)
+        reboot = RebootAndWait(command=args.get("reboot_command") or "systemctl reboot || reboot", timeout=timeout,
+                               pre_delay=max(int(args.get("pre_reboot_delay") or 0), 0),
+                               post_delay=max(int(args.get("post_reboot_delay") or 0), 0),
+                               test_command=args.get("test_command") or "whoami")
+        return Plan([reboot], msg="would reboot" if ctx.check else "rebooted", extra={"rebooted": not ctx.check},
+                    refresh_facts=("boot_id", "kernel"),
+                    result=lambda rs: {"extra": {"rebooted": True, "elapsed": int(rs[0].duration)}})
 
 
 @module("wait_for", args={
@@ -64,11 +33,12 @@ class Reboot(Op):
 class WaitFor(Op):
     """Runs as one shell loop on the host (read-only, so it also runs in check mode)."""
 
-    def run(self, args, ctx) -> HostResult:
+    def plan(self, args, facts, probe, ctx) -> Plan:
         timeout = int(args.get("timeout") or 300)
         state = args.get("state") or "started"
         if args.get("port"):
-            test = f"timeout 3 bash -c {q(': </dev/tcp/' + str(args.get('host') or '127.0.0.1') + '/' + str(args['port']))} 2>/dev/null"
+            target = f"/dev/tcp/{args.get('host') or '127.0.0.1'}/{int(args['port'])}"
+            test = f"timeout 3 bash -c {q(': <' + q(target))} 2>/dev/null"
             ok = test if state in ("started", "present") else f"! {test}"
             what = f"port {args['port']}"
         elif args.get("path"):
@@ -79,25 +49,26 @@ class WaitFor(Op):
                 ok = f"[ -e {p} ]" if state in ("started", "present") else f"[ ! -e {p} ]"
             what = f"path {args['path']}"
         else:
-            time.sleep(timeout if not ctx.check else 0)
-            return HostResult(ctx.host, msg=f"slept {timeout}s")
+            secs = 0 if ctx.check else timeout
+            return Plan([Cmd(f"sleep {secs}", readonly=True, counts=False, timeout=secs + 30)], msg=f"slept {timeout}s")
         script = (f"sleep {int(args.get('delay') or 0)}; end=$(( $(date +%s) + {timeout} )); "
                   f"while ! {ok}; do [ $(date +%s) -ge $end ] && exit 7; sleep {int(args.get('sleep') or 1)}; done")
-        res = ctx.run(script, timeout=timeout + int(args.get("delay") or 0) + 30, become=False, readonly=True)
-        if res.rc == 0:
-            return HostResult(ctx.host, msg=f"{what} is {state}", extra={"elapsed": int(res.duration)})
-        return HostResult(ctx.host, failed=True, rc=res.rc,
-                          msg=args.get("msg") or f"Timeout when waiting for {what} to be {state}")
+        failed = args.get("msg") or f"Timeout when waiting for {what} to be {state}"
+        return Plan([Cmd(script, timeout=timeout + int(args.get("delay") or 0) + 30, become=False, readonly=True,
+                         counts=False, ok_rc=None)],
+                    msg=f"{what} is {state}",
+                    result=lambda rs: {"extra": {"elapsed": int(rs[0].duration)}} if rs[0].rc == 0 else
+                    {"failed": True, "rc": rs[0].rc, "msg": failed})
 
 
 @module("ping", args={"data": ArgSpec("str", default="pong")})
 class Ping(Op):
-    def run(self, args, ctx) -> HostResult:
-        res = ctx.run("echo pong", become=False, readonly=True)
-        if res.rc != 0 or "pong" not in res.stdout:
-            return HostResult(ctx.host, failed=True, rc=res.rc, msg=f"ping failed: {res.stderr.strip()}")
-        return HostResult(ctx.host, extra={"ping": args.get("data") or "pong"},
-                          show={"ping": args.get("data") or "pong"})
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        data = args.get("data") or "pong"
 
-
-_ = Plan, execute_plan
+        def result(rs):
+            res = rs[0]
+            if res.rc != 0 or "pong" not in res.stdout:
+                return {"failed": True, "rc": res.rc, "msg": f"ping failed: {res.stderr.strip()}"}
+            return {"extra": {"ping": data}, "show": {"ping": data}}
+        return Plan([Cmd("echo pong", become=False, readonly=True, counts=False, ok_rc=None)], result=result)

@@ -1,0 +1,117 @@
+"""The connection pool: at most ``forks`` connections open, one per host, reused for the whole run while it fits."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
+
+from provision.connectors import ConnectOptions, connect
+
+
+class ConnectionPool:
+    """At most ``limit`` open connections; one per host, reused for the whole run while it fits."""
+
+    def __init__(self, limit: int, options: ConnectOptions, factory: Callable = connect):
+        self.limit = max(1, int(limit))
+        self.options = options
+        self.factory = factory
+        self._conns: OrderedDict[str, Any] = OrderedDict()
+        self._busy: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self.peak = 0
+        self.opened = 0
+
+    def acquire(self, host) -> Any:
+        name = host.name
+        with self._cond:
+            while True:
+                if name in self._conns and self._conns[name] is not None:
+                    self._conns.move_to_end(name)
+                    self._busy[name] = self._busy.get(name, 0) + 1
+                    return self._conns[name]
+                if name in self._conns:          # another thread is connecting to it
+                    self._cond.wait(0.1)
+                    continue
+                if len(self._conns) < self.limit:
+                    break
+                victim = next((n for n, c in self._conns.items() if c is not None and not self._busy.get(n)), None)
+                if victim is not None:
+                    old = self._conns.pop(victim)
+                    self._close(old)
+                    continue
+                self._cond.wait(0.1)
+            self._conns[name] = None   # reserve the slot
+            self._busy[name] = 1
+            self.peak = max(self.peak, len(self._conns))
+        try:
+            conn = self.factory(host, self.options)
+        except BaseException:
+            with self._cond:
+                self._conns.pop(name, None)
+                self._busy.pop(name, None)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._conns[name] = conn
+            self.opened += 1
+            self._cond.notify_all()
+        return conn
+
+    def release(self, host) -> None:
+        with self._cond:
+            n = self._busy.get(host.name, 0) - 1
+            if n <= 0:
+                self._busy.pop(host.name, None)
+            else:
+                self._busy[host.name] = n
+            self._cond.notify_all()
+
+    def reconnect(self, host) -> Any:
+        """Drop the host's connection and open a new one in the same slot (reboot)."""
+        with self._cond:
+            old = self._conns.get(host.name)
+            self._conns[host.name] = None
+        if old is not None:
+            self._close(old)
+        try:
+            conn = self.factory(host, self.options)
+        except BaseException:
+            with self._cond:
+                self._conns.pop(host.name, None)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._conns[host.name] = conn
+            self.opened += 1
+            self._cond.notify_all()
+        return conn
+
+    def drop(self, host) -> None:
+        with self._cond:
+            old = self._conns.pop(host.name, None)
+            self._busy.pop(host.name, None)
+            self._cond.notify_all()
+        if old is not None:
+            self._close(old)
+
+    def open_count(self) -> int:
+        with self._cond:
+            return len(self._conns)
+
+    @staticmethod
+    def _close(conn) -> None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def close_all(self) -> None:
+        with self._cond:
+            conns = list(self._conns.values())
+            self._conns.clear()
+            self._busy.clear()
+        for c in conns:
+            if c is not None:
+                self._close(c)
+
+

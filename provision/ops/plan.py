@@ -1,0 +1,133 @@
+"""A plan: what an operation asks of a host, as data. Operations build plans; only the executor's runner
+(:mod:`provision.executor.runner`) carries them out, so no operation holds a connection and check mode is the
+runner not running what would change.
+
+The command objects (after pyinfra's StringCommand / FileUploadCommand / FunctionCommand and its reboot):
+
+* :class:`Cmd` a shell command (stdin, timeout, become override, read-only or not, dpkg-lock retry);
+* :class:`FilePut` content written to a path atomically, with mode and owner: the one way to write a file on a host;
+* :class:`RebootAndWait` reboot, then wait for a new boot id and a working test command;
+* :class:`WaitUntil` poll a read-only command until it says done, or a deadline passes.
+
+A plan may go on after its commands ran: ``then(facts, results)`` is a pure function of the facts (re-read where
+``refresh_facts`` says) and the results of this plan's commands, returning the next plan (apt: update the cache,
+then decide from the fresh cache; check mode: simulate, then show the simulation as the diff).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from provision.hostio import CommandResult
+
+
+@dataclass
+class Cmd:
+    cmd: str
+    stdin: bytes | None = None
+    desc: str | None = None          # shown instead of cmd (e.g. "write /etc/x (1.2 kB)")
+    timeout: float | None = None
+    counts: bool = True              # False: housekeeping that is not a change (apt-get update, daemon-reload)
+    become: bool | None = None       # None: as the task says
+    readonly: bool = False           # changes nothing: runs in check mode too, keeps prefetched probes
+    ok_rc: tuple | None = (0,)       # any other rc fails the task; None: the plan's ``result`` decides
+    dpkg_lock: bool = False          # retry while another dpkg/apt holds its lock (apt-mark has no lock timeout)
+
+    @property
+    def shown(self) -> str:
+        return self.desc or self.cmd
+
+
+@dataclass
+class FilePut:
+    """Write ``content`` to ``path`` (temp file in the same folder, then rename). ``mode`` None keeps an existing
+    file's mode and owner (0644 for a new file); owner/group are set after the write when given."""
+    path: str
+    content: bytes
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+    make_parent: bool = False
+    desc: str | None = None
+    counts: bool = True
+    become: bool | None = None
+    readonly = False
+    timeout = None
+
+    @property
+    def shown(self) -> str:
+        return self.desc or (f"write {self.path} ({len(self.content)} bytes"
+                             + (f", mode {self.mode:04o}" if self.mode is not None else "") + ")")
+
+
+@dataclass
+class RebootAndWait:
+    """Reboot the host and wait until it is back: the boot id differs from ``boot_id_before`` (read first when
+    None) and ``test_command`` succeeds. ``announce`` runs in the same round trip as the (detached) reboot, so
+    that the two happen together or not at all; ``ask=False`` only waits (a reboot asked for earlier)."""
+    command: str = "systemctl reboot || reboot"
+    timeout: float = 600.0
+    pre_delay: float = 0.0
+    post_delay: float = 0.0
+    test_command: str = "whoami"
+    boot_id_before: str | None = None
+    ask: bool = True
+    announce: str = ""
+    wait_system: bool = False        # also wait (bounded) for `systemctl is-system-running --wait`
+    poll: float = 2.0
+    desc: str | None = None
+    counts: bool = True
+    become: bool | None = None
+    readonly = False
+    timeout_cmd = 30.0
+
+    @property
+    def shown(self) -> str:
+        return self.desc or "reboot"
+
+
+@dataclass
+class WaitUntil:
+    """Run the read-only ``probe`` every ``interval`` seconds until ``done(result)`` (default: rc 0) or the
+    deadline; the last result is the command's result (rc 124 when the deadline passed). ``on_wait(result)`` is
+    told of each unfinished look (progress)."""
+    probe: str
+    timeout: float = 300.0
+    interval: float = 2.0
+    done: Callable[[CommandResult], bool] | None = None
+    on_wait: Callable[[CommandResult], None] | None = None
+    desc: str | None = None
+    become: bool | None = None
+    counts = False
+    readonly = True
+
+    @property
+    def shown(self) -> str:
+        return self.desc or f"wait until: {self.probe}"
+
+
+Command = Cmd | FilePut | RebootAndWait | WaitUntil
+
+
+@dataclass
+class Plan:
+    commands: list = field(default_factory=list)     # Command objects, run in order, stopping at a failure
+    changed: bool | None = None      # default: any counted command
+    diff: list[dict] = field(default_factory=list)
+    msg: str = ""
+    noop: str | None = None          # reason nothing needs doing
+    failed: bool = False
+    extra: dict = field(default_factory=dict)
+    refresh_facts: tuple = ()        # fact sections stale once the commands ran (re-read before ``then``)
+    skip_in_check: str | None = None  # command/shell: cannot predict, reported as skipped in check mode
+    # the task's result from the commands' results (a pure function): keys of HostResult (rc, stdout, stderr,
+    # msg, failed, changed, extra...) to set
+    result: Callable[[Sequence[CommandResult | None]], dict] | None = None
+    # the next plan, from the facts and this plan's results (None entries: not run, check mode)
+    then: Callable[[Mapping, Sequence[CommandResult | None]], "Plan"] | None = None
+
+    @property
+    def is_change(self) -> bool:
+        if self.changed is not None:
+            return self.changed
+        return any(c.counts for c in self.commands)
