@@ -3,7 +3,15 @@ holding agent/ only and depending on its four libraries only."""
 from __future__ import annotations
 
 import ast
+import email.parser
+import re
+import shutil
+import zipfile
 from pathlib import Path
+
+import pytest
+
+from provision.gpu import agentpkg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,3 +72,52 @@ def test_provisioner_reads_the_maintenance_marker_where_the_agent_does():
     from provision.gpu import devcontainer, probe
     assert f"[ -e {MAINTENANCE_MARKER} ]" in probe.GPU_FACTS_COMMAND
     assert devcontainer.MAINTENANCE_MARKER is MAINTENANCE_MARKER
+
+
+@pytest.fixture(scope="module")
+def agent_wheel(tmp_path_factory) -> Path:
+    try:
+        import setuptools.command.bdist_wheel  # noqa: F401  (setuptools >= 70.1)
+    except ImportError:
+        try:
+            import wheel.bdist_wheel  # noqa: F401
+        except ImportError:
+            pytest.skip("this Python's setuptools cannot build a wheel offline (needs setuptools>=70.1 or the "
+                        "wheel package; pip install -e '.[test]' brings it)")
+    return agentpkg.build_agent_wheel(tmp_path_factory.mktemp("wheel"), isolated=False)
+
+
+def test_agent_wheel_holds_agent_only_and_its_four_dependencies(agent_wheel):
+    from agent import __version__
+    assert agent_wheel.name.startswith(f"gpufleet_agent-{__version__}-")
+    with zipfile.ZipFile(agent_wheel) as zf:
+        names = zf.namelist()
+        info = f"gpufleet_agent-{__version__}.dist-info/"
+        meta = email.parser.Parser().parsestr(zf.read(info + "METADATA").decode())
+        entry_points = zf.read(info + "entry_points.txt").decode()
+    built_from = {"agent/" + str(p.relative_to(agentpkg.AGENT_DIR)) for p in agentpkg.agent_sources()}
+    assert {n for n in names if not n.startswith(info)} == built_from - {"agent/pyproject.toml"}
+    assert "agent/server.py" in names and "agent/packaging/gpu-agent.service" in names
+    assert meta["Name"] == "gpufleet-agent"
+    required = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower().replace("_", "-")
+                for r in meta.get_all("Requires-Dist")}
+    assert required == {"prometheus-client", "nvidia-ml-py", "pyyaml", "bcrypt"}
+    assert agentpkg.wheel_requirements(agent_wheel) == meta.get_all("Requires-Dist")
+    assert re.search(r"^gpu-agent = agent\.server:main$", entry_points, re.M)
+
+
+def test_agent_bundle_digest_follows_every_file_the_wheel_is_built_from(tmp_path, monkeypatch):
+    copy = tmp_path / "agent"
+    shutil.copytree(agentpkg.AGENT_DIR, copy, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    monkeypatch.setattr(agentpkg, "AGENT_DIR", copy)
+    digest = agentpkg.source_digest()
+    for leftover in ("build/lib/agent/server.py", "__pycache__/server.cpython-311.pyc",
+                     "gpufleet_agent.egg-info/PKG-INFO"):
+        (copy / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (copy / leftover).write_text("left by a build or a run\n")
+    assert agentpkg.source_digest() == digest            # what never reaches the wheel changes nothing
+    for rel in ("dashboards/gpufleet.json", "pyproject.toml", "packaging/gpu-agent.yaml", "hostpaths.py"):
+        (copy / rel).write_bytes((copy / rel).read_bytes() + b"\n")
+        changed = agentpkg.source_digest()
+        assert changed != digest, rel
+        digest = changed

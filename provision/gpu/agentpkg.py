@@ -1,38 +1,45 @@
-"""The agent for hosts without internet: a wheelhouse built on the controller with pip (this repo's wheel + the
-agent's dependencies for the host's Python and platform + pip's own wheel), cached by content, copied to the host
-and installed into a venv there with ``--no-index`` (pip runs from its wheel, so the host needs no python3-venv or
-python3-pip package).
+"""The agent for hosts without internet: a wheelhouse built on the controller with pip (the ``gpufleet-agent``
+wheel, built from agent/ and its own pyproject, + its dependencies for the host's Python and platform + pip's own
+wheel), cached by content, copied to the host and installed into a venv there with ``--no-index`` (pip runs from
+its wheel, so the host needs no python3-venv or python3-pip package). The agent imports nothing from provision/,
+so the hosts get none of the provisioner's libraries (paramiko, jinja2, ...).
 """
 from __future__ import annotations
 
+import email.parser
 import hashlib
 import io
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AGENT_DEPS = ("prometheus_client>=0.20", "pyyaml>=6.0", "nvidia-ml-py>=12.535", "bcrypt>=4.0")
+AGENT_DIR = Path(__file__).resolve().parents[2] / "agent"   # the package, and the gpufleet-agent project
+DIST = "gpufleet-agent"
 VENV = "/opt/gpufleet/agent"
 WHEELS = "/opt/gpufleet/wheels"
+_NOT_SOURCES = ("__pycache__", "build")   # what a run or an in-place build leaves in agent/
+
+
+def agent_sources() -> list[Path]:
+    """Every file the gpufleet-agent wheel is built from: agent/ (its pyproject included), less caches and build
+    leftovers."""
+    return [p for p in sorted(AGENT_DIR.rglob("*"))
+            if p.is_file() and not any(part in _NOT_SOURCES or part.endswith(".egg-info")
+                                       for part in p.relative_to(AGENT_DIR).parts[:-1])
+            and p.suffix not in (".pyc", ".pyo")]
 
 
 def source_digest() -> str:
-    """What the agent runs: agent/, the provision modules it imports, pyproject and the dependency list. (The
-    wheel carries all of provision/, but a change elsewhere in it does not touch the agent: no reinstall.)"""
+    """What the agent wheel holds and declares: every file it is built from (a change elsewhere in the repo does
+    not touch the hosts: no reinstall)."""
     h = hashlib.sha256()
-    files = [p for p in sorted((REPO_ROOT / "agent").rglob("*"))
-             if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".yml", ".service")]
-    files += [REPO_ROOT / "provision" / "__init__.py", REPO_ROOT / "provision" / "errors.py",
-              REPO_ROOT / "pyproject.toml"]
-    for p in files:
-        if p.exists():
-            h.update(str(p.relative_to(REPO_ROOT)).encode())
-            h.update(p.read_bytes())
-    h.update(repr(AGENT_DEPS).encode())
+    for p in agent_sources():
+        h.update(str(p.relative_to(AGENT_DIR)).encode() + b"\0")
+        h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -63,25 +70,46 @@ def build_wheelhouse(python_version: str, machine: str, cache: Path) -> tuple[Pa
     return out, bundle
 
 
+def build_agent_wheel(dest: Path, *, isolated: bool = True) -> Path:
+    """The gpufleet-agent wheel, built into ``dest`` from a copy of :func:`agent_sources` (never writes build/
+    into the working tree). ``isolated=False`` builds with this Python's setuptools and no index: offline."""
+    with tempfile.TemporaryDirectory(prefix="gpufleet-agent-src-") as tmp:
+        src, built = Path(tmp) / "agent", Path(tmp) / "wheel"
+        for p in agent_sources():
+            target = src / p.relative_to(AGENT_DIR)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, target)
+        _pip("wheel", "--quiet", "--no-deps", *(() if isolated else ("--no-build-isolation", "--no-index")),
+             "-w", str(built), str(src))
+        wheels = list(built.glob("*.whl"))
+        if len(wheels) != 1:
+            raise RuntimeError(f"pip wheel made {len(wheels)} wheels from agent/, not one")
+        dest.mkdir(parents=True, exist_ok=True)
+        wheel = Path(shutil.move(str(wheels[0]), str(dest / wheels[0].name)))
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    stray = [n for n in names if not n.startswith(("agent/", DIST.replace("-", "_") + "-"))]
+    if stray or "agent/server.py" not in names:
+        raise RuntimeError(f"the built {wheel.name} holds {stray[:3] or 'no agent/server.py'}")
+    return wheel
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The wheel's Requires-Dist (unconditional ones: the agent declares no extras)."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        msg = email.parser.Parser().parsestr(zf.read(meta).decode())
+    return [r for r in msg.get_all("Requires-Dist") or [] if ";" not in r]
+
+
 def _build(out: Path, bundle: str, python_version: str, plat: str, machine: str, cache: Path) -> None:
     tmp = cache / f"agent-{bundle}.partial"
     subprocess.run(["rm", "-rf", str(tmp)], check=False)
     tmp.mkdir(parents=True)
-    src = cache / f"agent-{bundle}.src"       # build from a copy: never write build/ into the working tree
-    subprocess.run(["rm", "-rf", str(src)], check=False)
-    src.mkdir(parents=True)
-    for sub in ("agent", "provision"):
-        shutil.copytree(REPO_ROOT / sub, src / sub, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy(REPO_ROOT / "pyproject.toml", src / "pyproject.toml")
-    (src / "README.md").write_text("gpufleet\n")
-    _pip("wheel", "--quiet", "--no-deps", "-w", str(tmp), str(src))
-    subprocess.run(["rm", "-rf", str(src)], check=False)
+    wheel = build_agent_wheel(tmp)
     _pip("download", "--quiet", "--only-binary=:all:", "--python-version", python_version, "--platform", plat,
          "--platform", "manylinux_2_17_" + machine, "--platform", "manylinux_2_28_" + machine,
-         "--implementation", "cp", "-d", str(tmp), "pip", *AGENT_DEPS)
-    with zipfile.ZipFile(next(tmp.glob("gpufleet-*.whl"))) as zf:
-        if not any(n.startswith("agent/server.py") for n in zf.namelist()):
-            raise RuntimeError("the built gpufleet wheel has no agent package")
+         "--implementation", "cp", "-d", str(tmp), "pip", *wheel_requirements(wheel))
     (tmp / ".complete").write_text(bundle + "\n")
     subprocess.run(["rm", "-rf", str(out)], check=False)
     tmp.rename(out)
@@ -96,11 +124,12 @@ def tar_bytes(directory: Path) -> bytes:
 
 
 def install_command(bundle: str) -> str:
-    """Shell run on the host after the wheels are unpacked into WHEELS/<bundle>."""
+    """Shell run on the host after the wheels are unpacked into WHEELS/<bundle>: pip resolves gpufleet-agent's
+    dependencies from the wheelhouse alone."""
     w = f"{WHEELS}/{bundle}"
     return (f"set -e; rm -rf {VENV}; python3 -m venv --without-pip {VENV}; "
             f"pipwhl=$(ls {w}/pip-*.whl | head -n 1); "
             f"{VENV}/bin/python \"$pipwhl/pip\" install --quiet --no-index --find-links {w} "
-            f"--disable-pip-version-check --no-deps gpufleet {' '.join(repr(d) for d in AGENT_DEPS)}; "
+            f"--disable-pip-version-check {DIST}; "
             f"{VENV}/bin/python -c 'import agent.server, prometheus_client'; "
             f"echo {bundle} > {VENV}/.gpufleet-bundle")
