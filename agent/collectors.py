@@ -30,7 +30,8 @@ UPGRADE_STATES = ("draining", "upgrading", "rebooting", "validating", "restoring
 
 # ---------------------------------------------------------------------------------------------- host state
 @dataclass
-class HostState:
+class HostSnapshot:
+    """The maintenance marker and upgrade state (agent.hostpaths) as the agent last read them."""
     maintenance: bool = False
     maintenance_reason: str = ""
     maintenance_by: str = ""
@@ -41,10 +42,10 @@ class HostState:
     errors: int = 0
 
 
-def read_host_state(maintenance_file: str, upgrade_state_file: str) -> HostState:
+def read_host_state(maintenance_file: str, upgrade_state_file: str) -> HostSnapshot:
     """Contract shared with the rolling upgrade: maintenance file present = in maintenance (JSON
     ``{"reason", "since", "by"}``, content optional); upgrade-state JSON ``{"state", "target", "since"}``."""
-    hs = HostState()
+    hs = HostSnapshot()
     try:
         with open(maintenance_file, encoding="utf-8") as f:
             text = f.read()
@@ -411,7 +412,7 @@ class AgentCollector(Collector):
         yield from (info, state, cpu, mem, lim, rst, req, gm, gp)
 
     # -- host ------------------------------------------------------------------------------------------------------
-    def _host_families(self, hs: HostState) -> Iterator[Any]:
+    def _host_families(self, hs: HostSnapshot) -> Iterator[Any]:
         m = _g("gpufleet_host_maintenance", f"1 when the maintenance file exists ({self.agent.maintenance_file})")
         m.add_metric([], 1 if hs.maintenance else 0)
         yield m
@@ -466,7 +467,7 @@ def _num(v: float) -> str:
     return repr(float(v))
 
 
-def render(registry: Any) -> bytes:
+def render_metrics(registry: Any) -> bytes:
     """The Prometheus text format (0.0.4) of a registry. Same output as prometheus_client's generate_latest for
     the gauge/counter families gpu-agent makes, ~4x faster (its per-sample name validation dominates a scrape)."""
     out: list[str] = []
@@ -494,4 +495,4 @@ def registry_for(agent: Agent) -> Any:
     return reg
 
 
-__all__ = ["Agent", "AgentCollector", "Bounded", "HostState", "read_host_state", "registry_for", "UPGRADE_STATES"]
+__all__ = ["Agent", "AgentCollector", "Bounded", "HostSnapshot", "read_host_state", "registry_for", "UPGRADE_STATES"]

@@ -17,7 +17,7 @@ from urllib.parse import quote
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
-class DockerError(Exception):
+class DockerApiError(Exception):
     pass
 
 
@@ -49,11 +49,11 @@ class DockerClient:
             resp = conn.getresponse()
             body = resp.read()
         except (OSError, http.client.HTTPException) as e:
-            raise DockerError(f"{self.socket_path}: {e}") from e
+            raise DockerApiError(f"{self.socket_path}: {e}") from e
         finally:
             conn.close()
         if resp.status != 200:
-            raise DockerError(f"GET {path}: HTTP {resp.status}: {body[:200]!r}")
+            raise DockerApiError(f"GET {path}: HTTP {resp.status}: {body[:200]!r}")
         return json.loads(body)
 
 
@@ -243,7 +243,7 @@ class ContainerSource:
     def collect(self, gpus: Iterable[Any] = ()) -> ContainerSnapshot:
         try:
             listing = self.client.get("/containers/json")
-        except (DockerError, ValueError) as e:
+        except (DockerApiError, ValueError) as e:
             return ContainerSnapshot(up=False, error=str(e))
         snap = ContainerSnapshot(up=True)
         usage = attribute_gpu_processes(gpus, self.proc_root)
@@ -267,7 +267,7 @@ class ContainerSource:
                     mem = st.get("memory_stats") or {}
                     rd.memory_usage_bytes = mem.get("usage")
                     rd.memory_limit_bytes = mem.get("limit")
-            except (DockerError, ValueError):
+            except (DockerApiError, ValueError):
                 snap.errors += 1  # the container may have gone between the listing and now
             rd.gpu_usage = usage.get(cid, {})
             snap.containers.append(rd)

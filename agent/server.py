@@ -24,14 +24,14 @@ from typing import Any
 import yaml
 
 from agent import __version__
-from agent.collectors import render
+from agent.collectors import render_metrics
 from agent.errors import EXIT_BAD_CONFIG, EXIT_BAD_FLAG, AgentInputError, nearest_choice
 from agent.hostpaths import MAINTENANCE_MARKER, UPGRADE_STATE_FILE
 
 log = logging.getLogger("gpu-agent")
 
 DEFAULT_PORT = 10240
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what agent.collectors.render writes
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what agent.collectors.render_metrics writes
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
 
 # ------------------------------------------------------------------------------------------------ YAML with lines
@@ -319,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             try:
-                body = render(self.server.registry)
+                body = render_metrics(self.server.registry)
             except Exception:
                 log.exception("scrape failed")
                 self._send(500, b"collection failed\n")

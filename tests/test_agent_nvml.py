@@ -8,7 +8,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.collectors import Agent, registry_for, render
+from agent.collectors import Agent, registry_for, render_metrics
 from agent.nvml import NvmlSource
 from agent.replay import Recorder, ReplayNvml
 from test_agent_support import FIXTURE, RunningAgent, replay
@@ -19,7 +19,7 @@ NVML_ERROR_UNKNOWN = 999
 
 
 def metrics(registry_or_text) -> dict:
-    text = registry_or_text if isinstance(registry_or_text, str) else render(registry_or_text).decode()
+    text = registry_or_text if isinstance(registry_or_text, str) else render_metrics(registry_or_text).decode()
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -68,8 +68,8 @@ def test_h200_recording_replays_through_the_same_reading_code():
 
 
 def test_render_gives_what_prometheus_client_gives():
-    """render() (the fast writer of /metrics) against prometheus_client's own generate_latest, sample by sample,
-    with 8 GPUs: series of one GPU share their labels dict, and render() formats each dict once."""
+    """render_metrics() (the fast writer of /metrics) against prometheus_client's own generate_latest, sample by sample,
+    with 8 GPUs: series of one GPU share their labels dict, and render_metrics() formats each dict once."""
     from prometheus_client import generate_latest
     agent = Agent(NvmlSource(replay(gpus=8), xid_events=False), None, maintenance_file="/nonexistent",
                   upgrade_state_file="/nonexistent")
