@@ -379,3 +379,38 @@ def test_playbook_runs_the_same_steps(fleet, tmp_path):
     assert [e["event"] for e in events(tb, "g4")] == ["drain-start", "install", "reboot", "validated", "restored"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0 and "changed=0" in r.stdout, r.stdout[-2000:]
+
+
+def test_connection_flags_and_become_password_reach_the_upgrade(fleet, tmp_path):
+    """upgrade-driver runs on the engine of apply: -u picks the SSH user, and the become password
+    (PROVISION_BECOME_PASS, as -K) reaches sudo's prompt for every step; without it the host is skipped with the
+    reason, and the password is never printed."""
+    tb = fleet
+    reset(tb, ["g5"])
+    sh(tb, "g5", "id dev >/dev/null 2>&1 || useradd -m -s /bin/sh dev; echo 'dev:Upg-Pa55-7731' | chpasswd; "
+                 "echo 'dev ALL=(ALL) ALL' > /etc/sudoers.d/dev; mkdir -p /home/dev/.ssh; "
+                 "cp /root/.ssh/authorized_keys /home/dev/.ssh/; chown -R dev: /home/dev/.ssh")
+    inv = yaml.safe_load(Path(tb.inventory_path).read_text())
+    for group in [inv["all"], *inv["all"].get("children", {}).values()]:
+        for hv in (group.get("hosts") or {}).values():
+            if hv:
+                hv.pop("ansible_user", None)        # the user comes from -u
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    base = [sys.executable, "-m", "provision.cli", "upgrade-driver", str(path), "--limit", "g5", "-u", "dev",
+            "--to", TO, "--state-file", str(tmp_path / "s.json"), "--reboot-timeout", "60",
+            "--validate-timeout", "30"]
+    env = {k: v for k, v in os.environ.items() if k != "PROVISION_BECOME_PASS"}
+    env["PYTHONPATH"] = str(ROOT)
+    r = subprocess.run(base + ["--check"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    # -u dev took effect (as root the facts need no sudo) and sudo asked for a password that was not given
+    assert "cannot read facts" in r.stdout and "PROVISION_BECOME_PASS" in r.stdout
+    env["PROVISION_BECOME_PASS"] = "Upg-Pa55-7731"
+    r = subprocess.run(base + ["--check"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and "upgrade  g5:" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(base + ["--json"], cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["summary"] == {"done": 1}
+    assert running(tb, "g5") == TO and host_state(tb, "g5") == "done"
+    assert "Upg-Pa55" not in r.stdout + r.stderr

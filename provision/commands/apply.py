@@ -32,6 +32,8 @@ def add_connection_args(p: argparse.ArgumentParser, *, inventory_positional: boo
                    help="wall-clock deadline for each remote command (default 3600)")
     p.add_argument("-F", "--ssh-config", metavar="FILE",
                    help="ssh config file (default ~/.ssh/config): HostName, Port, User, IdentityFile, ProxyJump")
+    p.add_argument("-u", "--user", dest="remote_user", metavar="USER",
+                   help="connect as USER where the inventory sets no ansible_user (as ansible-playbook's -u)")
     p.add_argument("-b", "--become", action="store_true", default=None, help="run operations with sudo")
     p.add_argument("--become-user", help="user to become (default root)")
     p.add_argument("-K", "--ask-become-pass", action="store_true",
@@ -100,7 +102,8 @@ def run_options(args, *, check: bool = False):
         start_at_task=getattr(args, "start_at_task", None), extra_vars=parse_extra_vars(args.extra_vars),
         limit=args.limit, become=args.become, become_user=args.become_user,
         connect=ConnectOptions(host_key_checking=args.host_key_checking, connect_timeout=args.connect_timeout,
-                               command_timeout=args.command_timeout, ssh_config=args.ssh_config),
+                               command_timeout=args.command_timeout, ssh_config=args.ssh_config,
+                               remote_user=getattr(args, "remote_user", None)),
         retry_dir=getattr(args, "retry_dir", None), retry_files=not getattr(args, "no_retry_file", False),
         verbosity=args.verbose)
 

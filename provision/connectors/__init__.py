@@ -24,6 +24,7 @@ class ConnectOptions:
     keepalive: int = 15
     become_password: str | None = None    # PROVISION_BECOME_PASS or --ask-become-pass; never logged
     ssh_config: str | None = None         # default ~/.ssh/config
+    remote_user: str | None = None        # -u: the user for hosts whose inventory names none (ansible_user wins)
     warn: Callable[[str], None] = field(default=_warn, repr=False)
 
     def __repr__(self) -> str:  # the password never shows up in a repr
@@ -56,7 +57,7 @@ def connect(host: Any, options: ConnectOptions | None = None) -> Connector:
         raise ConnectorError(f"{name}: unknown ansible_connection {kind!r} (ssh, local or docker)")
     from provision.connectors.ssh import SSHConnector
     explicit_port = _var(host, "ansible_port", "ansible_ssh_port")
-    explicit_user = _var(host, "ansible_user", "ansible_ssh_user")
+    explicit_user = _var(host, "ansible_user", "ansible_ssh_user") or options.remote_user
     key = getattr(host, "key_file", None) or _var(host, "ansible_ssh_private_key_file", "ansible_private_key_file")
     known = getattr(host, "known_hosts_file", None) or _var(host, "ansible_ssh_known_hosts_file")
     become_pass = _var(host, "ansible_become_password", "ansible_become_pass") or options.become_password

@@ -25,6 +25,7 @@ from provision.executor.options import RunOptions
 from provision.executor.pool import ConnectionPool
 from provision.executor.prefetch import FACT_KEY, prefetch
 from provision.executor.report import Reporting
+from provision.executor.rolling import Rolling
 from provision.executor.runner import HostRunner
 from provision.executor.state import HostState, batches, render_args, tag_selected, task_matches
 from provision.hostio import CommandTimeout, ConnectorError, Unreachable
@@ -38,7 +39,7 @@ class _PlayAbort(Exception):
 
 # ------------------------------------------------------------------------------------------- executor
 
-class Executor(Reporting):
+class Executor(Reporting, Rolling):
     def __init__(self, inventory, options: RunOptions, reporter, *, connector_factory: Callable = connect):
         self.inventory = inventory
         self.options = options

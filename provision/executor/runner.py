@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from provision.hostio import CommandResult, ConnectorError
-from provision.ops.plan import Cmd, FilePut, Plan, RebootAndWait, WaitUntil
+from provision.ops.plan import Call, Cmd, FilePut, Plan, RebootAndWait, WaitUntil
 from provision.results import HostResult
 
 q = shlex.quote
@@ -24,7 +24,8 @@ DPKG_LOCK_WAIT = 600.0
 _DPKG_LOCKED = re.compile(r"Could not get lock|dpkg frontend lock|lock-frontend|Unable to acquire the dpkg")
 
 
-def put_command(path: str, mode: int | None, owner: Any = None, group: Any = None, make_parent: bool = False) -> str:
+def put_command(path: str, mode: int | None, owner: Any = None, group: Any = None, make_parent: bool = False,
+                fsync: bool = False) -> str:
     """Shell that writes stdin to ``path`` atomically: a temp file in the same folder gets the content, mode and
     owner, then is renamed over the path. ``mode`` None keeps an existing file's mode and owner (a new file: 0644)."""
     qp = q(path)
@@ -39,7 +40,8 @@ def put_command(path: str, mode: int | None, owner: Any = None, group: Any = Non
         spec = (str(owner) if owner is not None else "") + (f":{group}" if group is not None else "")
         chown = f' && chown {q(spec)} "$t"'
     mkdir = f"mkdir -p {d} && " if make_parent else ""
-    return (f'{mkdir}t=$(mktemp {d}/.provision.XXXXXX) && cat > "$t"{chmod}{chown} && mv -f "$t" {qp} '
+    sync = ' && { sync "$t" 2>/dev/null || true; }' if fsync else ""
+    return (f'{mkdir}t=$(mktemp {d}/.provision.XXXXXX) && cat > "$t"{chmod}{chown}{sync} && mv -f "$t" {qp} '
             f'|| {{ rc=$?; rm -f "$t"; exit $rc; }}')
 
 
@@ -106,12 +108,16 @@ class HostRunner:
         if isinstance(c, Cmd):
             return self._cmd(ctx, c)
         if isinstance(c, FilePut):
-            return self.shell(ctx, put_command(c.path, c.mode, c.owner, c.group, c.make_parent), stdin=c.content,
-                              become=c.become, desc=c.shown)
+            return self.shell(ctx, put_command(c.path, c.mode, c.owner, c.group, c.make_parent, c.fsync),
+                              stdin=c.content, become=c.become, desc=c.shown)
         if isinstance(c, RebootAndWait):
             return self._reboot(ctx, c)
         if isinstance(c, WaitUntil):
             return self._wait(ctx, c)
+        if isinstance(c, Call):
+            if ctx.probe_cache:
+                ctx.probe_cache.clear()
+            return c.function(self, ctx)
         raise TypeError(f"not a command object: {c!r}")
 
     def _cmd(self, ctx, c: Cmd) -> CommandResult:

@@ -7,7 +7,8 @@ The command objects (after pyinfra's StringCommand / FileUploadCommand / Functio
 * :class:`Cmd` a shell command (stdin, timeout, become override, read-only or not, dpkg-lock retry);
 * :class:`FilePut` content written to a path atomically, with mode and owner: the one way to write a file on a host;
 * :class:`RebootAndWait` reboot, then wait for a new boot id and a working test command;
-* :class:`WaitUntil` poll a read-only command until it says done, or a deadline passes.
+* :class:`WaitUntil` poll a read-only command until it says done, or a deadline passes;
+* :class:`Call` a controller-side step that issues command objects as it goes (the upgrade's states).
 
 A plan may go on after its commands ran: ``then(facts, results)`` is a pure function of the facts (re-read where
 ``refresh_facts`` says) and the results of this plan's commands, returning the next plan (apt: update the cache,
@@ -48,6 +49,7 @@ class FilePut:
     owner: str | None = None
     group: str | None = None
     make_parent: bool = False
+    fsync: bool = False              # on disk before the rename (state that must survive a reboot right after)
     desc: str | None = None
     counts: bool = True
     become: bool | None = None
@@ -106,7 +108,24 @@ class WaitUntil:
         return self.desc or f"wait until: {self.probe}"
 
 
-Command = Cmd | FilePut | RebootAndWait | WaitUntil
+@dataclass
+class Call:
+    """A step that must look at the host as it goes (pyinfra's FunctionCommand): ``function(runner, ctx)`` runs on
+    the controller during execution and issues its own command objects through ``runner.do(ctx, command)``; it
+    returns a CommandResult. The rolling upgrade's states are such steps."""
+    function: Callable[..., CommandResult]
+    desc: str = "step"
+    counts: bool = True
+    become: bool | None = None
+    readonly: bool = False           # True: the function only looks (it runs in check mode too)
+    ok_rc = None
+
+    @property
+    def shown(self) -> str:
+        return self.desc
+
+
+Command = Cmd | FilePut | RebootAndWait | WaitUntil | Call
 
 
 @dataclass

@@ -50,5 +50,6 @@ def module(name: str, *, args: Mapping[str, ArgSpec] | None = None, free_form: b
 
 def registry() -> Mapping[str, ModuleSpec]:
     """All known modules, importing the built-in operations on first use."""
-    import provision.ops  # noqa: F401  (registers the built-ins)
+    import provision.ops  # noqa: PLC0415 - registers the built-ins on first use
+    provision.ops.load_all()
     return _REGISTRY

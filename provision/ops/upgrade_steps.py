@@ -6,12 +6,13 @@ come from the play's ``serial`` and ``max_fail_percentage`` (playbooks/driver-up
 from __future__ import annotations
 
 import json
+import re
 import socket
 
-from provision.connectors.base import ConnectorError
+from provision.hostio import CommandResult, ConnectorError
 from provision.ops.core import Op
+from provision.ops.plan import Call, Plan
 from provision.ops.spec import ArgSpec, module
-from provision.results import HostResult
 from provision.upgrade import remote as R
 from provision.upgrade import states as S
 from provision.upgrade.statefile import HostRecord
@@ -22,71 +23,58 @@ COMMON = {
     "rollout": ArgSpec("str"),              # default: playbook:<to>
     "poll": ArgSpec("float", default=2.0),
 }
-
-
-class _Keep:
-    """The task's connection, handed to the step code; closing it is the executor's business."""
-
-    def __init__(self, conn):
-        self._c = conn
-        self.host = getattr(conn, "host", "")
-
-    def run(self, *a, **kw):
-        return self._c.run(*a, **kw)
-
-    def close(self):
-        pass
+_TARGET = re.compile(r"\d{3}(\.\d+){1,2}")
 
 
 class _StepOp(Op):
     stop_at: frozenset = frozenset()
     verb = ""
 
-    def options(self, args, ctx) -> StepOptions:
+    def options(self, args) -> StepOptions:
         to = str(args["to"]).strip()
         rollout = args.get("rollout") or f"playbook:{to}"
         return StepOptions(target=to, rollout=rollout, controller=f"{socket.gethostname()}:{rollout}",
-                           poll=float(args.get("poll") or 2.0), become=bool(ctx.become), **self.extra(args))
+                           poll=float(args.get("poll") or 2.0), **self.extra(args))
 
     def extra(self, args) -> dict:
         return {}
 
-    def run(self, args, ctx) -> HostResult:
-        if not R.is_branch(str(args["to"])) and not __import__("re").fullmatch(r"\d{3}(\.\d+){1,2}",
-                                                                               str(args["to"])):
-            return HostResult(ctx.host, failed=True, msg=f"to: {args['to']!r} is not a driver version or branch")
-        o = self.options(args, ctx)
-        first = {"used": False}
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        """One Call: the step code drives the host through the runner (in check mode it only reads)."""
+        if not R.is_branch(str(args["to"])) and not _TARGET.fullmatch(str(args["to"])):
+            return Plan(failed=True, msg=f"to: {args['to']!r} is not a driver version or branch")
+        out: dict = {}
 
-        def connect():
-            if not first["used"]:
-                first["used"] = True
-                return _Keep(ctx.conn)
-            conn = ctx.reconnect() if ctx.reconnect else ctx.conn
-            ctx.conn = conn
-            return _Keep(conn)
+        def step(runner, c) -> CommandResult:
+            out.update(self.drive(args, runner, c))
+            return CommandResult(0, "", "")
+        return Plan([Call(step, desc=f"{self.verb} -> {args['to']}", readonly=ctx.check)], result=lambda rs: out)
 
+    def drive(self, args, runner, ctx) -> dict:
+        """The HostResult fields of this step, for one host."""
+        o = self.options(args)
+        hu = HostUpgrade(ctx.host, runner, ctx, HostRecord(ctx.host), o,
+                         emit=lambda h, m: ctx.log and ctx.log("v", f"{h}: {m}"))
         try:
-            raw = R.parse_json(ctx.run(f"cat {R.HOST_RECORD} 2>/dev/null", readonly=True).stdout) or {}
+            raw = R.parse_json(hu.sh(f"cat {R.HOST_RECORD} 2>/dev/null").stdout) or {}
         except ConnectorError as err:
-            return HostResult(ctx.host, unreachable=True, msg=str(err))
+            return {"unreachable": True, "changed": False, "msg": str(err)}
         rec = HostRecord.from_dict(raw) if raw.get("rollout") == o.rollout and raw.get("name") else \
             HostRecord(ctx.host)
         if rec.state in (S.DONE, S.SKIPPED):
             rec = HostRecord(ctx.host)          # finished before: decide again from what the host runs now
         if rec.state == S.FAILED:
-            return HostResult(ctx.host, failed=True, msg=f"failed earlier in {o.rollout}: {rec.error} "
-                                                         "(host stays in maintenance)")
-        if (rec.state not in S.TERMINAL and
-                                                 S.STATES.index(rec.state) >= S.STATES.index(min(
-                                                     self.stop_at, key=S.STATES.index))):
-            why = f"already past {self.verb} ({rec.state})"
-            return HostResult(ctx.host, msg=why, extra={"upgrade_state": rec.state})
-        hu = HostUpgrade(ctx.host, connect, rec, o, emit=lambda h, m: ctx.log and ctx.log("v", f"{h}: {m}"))
+            return {"failed": True, "changed": False,
+                    "msg": f"failed earlier in {o.rollout}: {rec.error} (host stays in maintenance)"}
+        first_stop = min(self.stop_at, key=S.STATES.index)
+        if rec.state not in S.TERMINAL and S.STATES.index(rec.state) >= S.STATES.index(first_stop):
+            return {"changed": False, "msg": f"already past {self.verb} ({rec.state})",
+                    "extra": {"upgrade_state": rec.state}}
+        hu.rec = rec
         hu._commit = lambda r: hu.save_record()
         if rec.state == S.REQUIRED:
             try:
-                f = gather(hu.conn(), o.become)
+                f = gather(hu.sh)
                 tb = o.target if R.is_branch(o.target) else R.branch_of(o.target)
                 drv = f.driver
                 madison = hu.sh(f"apt-cache madison {R.q(R.rename_for_branch(drv.package, drv.branch, tb))}"
@@ -95,25 +83,25 @@ class _StepOp(Op):
                 full = R.upstream(avail) if avail else (None if R.is_branch(o.target) else o.target)
                 if full and f.at_target(full):
                     if ctx.check:
-                        return HostResult(ctx.host, msg=f"already at {full}")
+                        return {"changed": False, "msg": f"already at {full}"}
                     rec.state, rec.skip_reason, rec.target = S.SKIPPED, f"already at {full}", full
                     hu.save_record()
-                    return HostResult(ctx.host, msg=rec.skip_reason, extra={"upgrade_state": S.SKIPPED})
+                    return {"changed": False, "msg": rec.skip_reason, "extra": {"upgrade_state": S.SKIPPED}}
                 rec.target = full
             except (ConnectorError, StepFailed) as err:
-                return HostResult(ctx.host, failed=True, msg=str(err))
+                return {"failed": True, "changed": False, "msg": str(err)}
         if ctx.check:
-            return HostResult(ctx.host, changed=True, msg=f"would {self.verb} (now {rec.state})",
-                              commands=[f"{self.verb} -> {o.target}"])
+            return {"changed": True, "msg": f"would {self.verb} (now {rec.state})",
+                    "commands": [f"{self.verb} -> {o.target}"]}
         rec = hu.run(stop_at=self.stop_at)
-        res = HostResult(ctx.host, changed=True, msg=f"{self.verb}: {rec.state}",
-                         extra={"upgrade_state": rec.state, "upgrade": json.loads(json.dumps(
-                             {k: getattr(rec, k) for k in ("from_version", "target", "stopped_containers",
-                                                           "checks", "notes", "error")}))})
+        res = {"changed": True, "msg": f"{self.verb}: {rec.state}",
+               "extra": {"upgrade_state": rec.state, "upgrade": json.loads(json.dumps(
+                   {k: getattr(rec, k) for k in ("from_version", "target", "stopped_containers", "checks", "notes",
+                                                 "error")}))}}
         if rec.state == S.SKIPPED:
-            res.changed, res.msg = False, rec.skip_reason or "skipped"
+            res["changed"], res["msg"] = False, rec.skip_reason or "skipped"
         elif rec.state == S.FAILED:
-            res.failed, res.msg = True, f"{rec.error} (host stays in maintenance)"
+            res["failed"], res["msg"] = True, f"{rec.error} (host stays in maintenance)"
         return res
 
 

@@ -1,14 +1,16 @@
 """One host's way through the state machine: the step of each state, idempotent so that --resume (or a playbook
-task run twice) can re-enter it.  Talks to the host only through a Connector opened by ``connect()``."""
+task run twice) can re-enter it. It holds no connection: every command goes as a command object through the
+executor's runner (``runner.do(ctx, ...)``): shell commands, file puts, the reboot-and-wait."""
 from __future__ import annotations
 
 import json
 import socket
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
-from provision.connectors.base import CommandResult, CommandTimeout, Connector, ConnectorError, Unreachable
+from provision.hostio import CommandResult, CommandTimeout, ConnectorError, Unreachable
+from provision.ops.plan import Cmd, FilePut, RebootAndWait
 from provision.upgrade import remote as R
 from provision.upgrade import states as S
 from provision.upgrade.statefile import HostRecord
@@ -32,7 +34,6 @@ class StepOptions:
     lock_ttl: int = 3600
     agent_port: int = R.DEFAULT_AGENT_PORT
     container_test_image: str = "nvidia/cuda:12.8.0-base-ubuntu22.04"
-    become: bool = False
     unreachable_retry: float = 90.0      # seconds a step is retried after a lost/refused connection
 
 
@@ -95,8 +96,9 @@ def parse_facts(text: str) -> Facts:
         devnodes=bool(sec.get("devnodes", "").strip()))
 
 
-def gather(conn: Connector, become: bool = False) -> Facts:
-    res = conn.run(R.FACTS_SCRIPT, timeout=60, become=become)
+def gather(sh: Callable[..., CommandResult]) -> Facts:
+    """The upgrade's facts in one round trip; ``sh(cmd, timeout=)`` runs a command (HostUpgrade.sh)."""
+    res = sh(R.FACTS_SCRIPT, timeout=60)
     if "@@gpufleet@@ end" not in res.stdout:
         raise StepFailed(f"cannot read host facts (rc {res.rc}): {res.stderr.strip()[:200]}")
     return parse_facts(res.stdout)
@@ -114,30 +116,21 @@ class HostUpgrade:
     the reboot).  ``emit(host, message)`` reports progress.
     """
 
-    def __init__(self, name: str, connect: Callable[[], Connector], rec: HostRecord, opts: StepOptions,
+    def __init__(self, name: str, runner: Any, ctx: Any, rec: HostRecord, opts: StepOptions,
                  commit: Callable[[HostRecord], None] = lambda r: None,
                  emit: Callable[[str, str], None] = lambda h, m: None,
                  on_transition: Callable[[HostRecord, str, str], None] = lambda r, a, b: None):
-        self.name, self._connect, self.rec, self.o = name, connect, rec, opts
+        self.name, self.runner, self.ctx, self.rec, self.o = name, runner, ctx, rec, opts
         self._commit, self._emit, self._on_transition = commit, emit, on_transition
-        self._conn: Connector | None = None
 
     # ------------------------------------------------------------------ plumbing
-    def conn(self) -> Connector:
-        if self._conn is None:
-            self._conn = self._connect()
-        return self._conn
-
     def drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # noqa: BLE001
-                pass
-            self._conn = None
+        """Forget the connection (lost or refused): the runner reopens it for the next command."""
+        self.runner.drop()
 
-    def sh(self, cmd: str, timeout: float = 120, check: bool = False, what: str = "") -> CommandResult:
-        res = self.conn().run(cmd, timeout=timeout, become=self.o.become)
+    def sh(self, cmd: str, timeout: float = 120, check: bool = False, what: str = "",
+           dpkg_lock: bool = False) -> CommandResult:
+        res = self.runner.do(self.ctx, Cmd(cmd, timeout=timeout, dpkg_lock=dpkg_lock))
         if check and res.rc != 0:
             tail = (res.stderr.strip() or res.stdout.strip()).splitlines()[-3:]
             raise StepFailed(f"{what or cmd.split()[0]} failed (rc {res.rc}): {' | '.join(tail)[:400]}")
@@ -161,22 +154,29 @@ class HostUpgrade:
             return self.rec.from_version or ""
         return self.rec.target or self.o.target
 
-    def event(self, what: str, *, then: str = "", **extra) -> None:
-        """Append an event to the host's log. ``then``: a command run in the same round trip, so that a controller
-        killed between the two cannot leave the one done without the other."""
-        ev = {"ts": round(time.time(), 3), "rollout": self.o.rollout, "host": self.name, "event": what, **extra}
-        self.sh(R.append_event_script(ev) + (f"; {then}" if then else ""), timeout=30)
+    def event_doc(self, what: str, **extra) -> dict:
+        return {"ts": round(time.time(), 3), "rollout": self.o.rollout, "host": self.name, "event": what, **extra}
+
+    def event(self, what: str, **extra) -> None:
+        """Append an event to the host's log (its audit trail; the reboot's goes with the reboot itself)."""
+        self.sh(R.append_event_script(self.event_doc(what, **extra)), timeout=30)
+
+    def write(self, path: str, doc: dict, what: str) -> None:
+        """A small JSON file on the host, on disk before it replaces the old one (a reboot may follow)."""
+        res = self.runner.do(self.ctx, FilePut(path, json.dumps(doc, sort_keys=True).encode(), mode=0o644,
+                                               make_parent=True, fsync=True))
+        if res.rc != 0:
+            raise StepFailed(f"{what} failed (rc {res.rc}): {(res.stderr.strip() or res.stdout.strip())[-400:]}")
 
     def save_record(self, state: str | None = None) -> None:
         """The step record on the host itself (playbook mode keeps its state there; also a recovery aid)."""
         rec = dict(asdict(self.rec), rollout=self.o.rollout, controller=self.o.controller,
                    host_state=state or self.rec.state, requested=self.o.target)
-        self.sh(R.write_file_script(R.HOST_RECORD, json.dumps(rec, sort_keys=True)), timeout=30, check=True,
-                what="write host record")
+        self.write(R.HOST_RECORD, rec, "write host record")
 
     def mark_state(self, state: str) -> None:
-        doc = {"state": state, "target": self.target(), "since": int(time.time())}
-        self.sh(R.write_file_script(R.STATE_FILE, json.dumps(doc)), timeout=30, check=True, what="write state")
+        self.write(R.STATE_FILE, {"state": state, "target": self.target(), "since": int(time.time())},
+                   "write state")
         self.save_record(state)
 
     # ------------------------------------------------------------------ the loop
@@ -244,7 +244,7 @@ class HostUpgrade:
 
     def step_required(self) -> str:
         self.take_lock()
-        f = gather(self.conn(), self.o.become)
+        f = gather(self.sh)
         if not self.rec.from_packages:
             drv = f.driver
             if drv is None:
@@ -268,7 +268,7 @@ class HostUpgrade:
 
     def step_drain(self) -> str:
         if not self.rec.marker_checked:
-            f = gather(self.conn(), self.o.become)
+            f = gather(self.sh)
             if f.marker is not None and not marker_is_ours(f.marker):
                 self.rec.admin_marker = f.marker
             elif f.marker is not None and f.record and f.record.get("admin_marker"):
@@ -283,8 +283,7 @@ class HostUpgrade:
                       "since": int(time.time()), "by": f"{R.MARKER_BY_PREFIX}@{self.o.controller}"}
             cur = self.sh(f"cat {R.MARKER} 2>/dev/null", timeout=30).stdout
             if not marker_is_ours(R.parse_json(cur)):
-                self.sh(R.write_file_script(R.MARKER, json.dumps(marker)), timeout=30, check=True,
-                        what="write maintenance marker")
+                self.write(R.MARKER, marker, "write maintenance marker")
         self.mark_state(S.DRAINING)
 
         deadline = time.monotonic() + max(0.0, self.o.drain_timeout)
@@ -367,7 +366,7 @@ class HostUpgrade:
         lockopt = f"-o DPkg::Lock::Timeout={int(self.o.apt_lock_timeout)}"
         self.sh(f"{APT_ENV} apt-get {lockopt} -q update", timeout=self.o.apt_lock_timeout + 600, check=True,
                 what="apt-get update")
-        f = gather(self.conn(), self.o.become)
+        f = gather(self.sh)
         want, remove, up = self.wanted_packages(f)
         if self.rec.phase == "forward":
             self.rec.target = up
@@ -377,18 +376,20 @@ class HostUpgrade:
         if pending or remove:
             unhold = sorted(set(f.holds) & (set(want) | set(remove) | set(self.rec.from_packages)))
             if unhold:
-                self.sh(f"apt-mark unhold {' '.join(unhold)}", timeout=60, check=True, what="apt-mark unhold")
+                self.sh(f"apt-mark unhold {' '.join(unhold)}", timeout=60, check=True, what="apt-mark unhold",
+                        dpkg_lock=True)
             args = " ".join([f"{p}={v}" for p, v in sorted(want.items())] + [f"{p}-" for p in remove])
             self.event("install", packages=sorted(f"{p}={v}" for p, v in want.items()), remove=remove)
             self._emit(self.name, f"installing {args}")
             self.sh(f"{APT_ENV} apt-get {lockopt} -q -y --allow-downgrades --allow-change-held-packages "
                     f"-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold install {args}",
                     timeout=self.o.apt_lock_timeout + 1800, check=True, what="apt-get install")
-        self.sh(f"apt-mark hold {' '.join(sorted(want))}", timeout=60, check=True, what="apt-mark hold")
+        self.sh(f"apt-mark hold {' '.join(sorted(want))}", timeout=60, check=True, what="apt-mark hold",
+                dpkg_lock=True)
         if any(p.startswith("nvidia-fabricmanager") for p in want):
             # NVSwitch boards need the fabric manager running after the reboot, at the driver's version
             self.sh("systemctl enable nvidia-fabricmanager >/dev/null 2>&1 || true", timeout=60)
-        f = gather(self.conn(), self.o.become)
+        f = gather(self.sh)
         wrong = {p: f.installed.get(p) for p, v in want.items() if f.installed.get(p) != v}
         if wrong:
             raise StepFailed(f"after install, packages are not at the wanted versions: {wrong}")
@@ -416,6 +417,7 @@ class HostUpgrade:
         except ConnectorError:
             boot = None
             self.drop()
+        ask, announce = False, ""
         if boot is not None:
             if self.rec.boot_id_before and boot != self.rec.boot_id_before:
                 return S.BOOTED                  # resumed after the reboot happened
@@ -429,31 +431,18 @@ class HostUpgrade:
                 self.rec.reboot_started = time.time()
                 self.commit()                    # remember the old boot id BEFORE rebooting
                 self.mark_state(S.REBOOTING)
-                try:                             # the event and the reboot together, or neither
-                    self.event("reboot", boot_id=boot,
-                               then="setsid -f sh -c 'sleep 2; systemctl reboot' </dev/null >/dev/null 2>&1")
-                except ConnectorError:
-                    pass                         # the connection may go before the answer: expected
-            self.drop()
+                ask = True                       # the event and the reboot in one command: both or neither
+                announce = R.append_event_script(self.event_doc("reboot", boot_id=boot))
         elif not self.rec.boot_id_before:
             raise StepFailed("unreachable before the reboot")
-        deadline = time.monotonic() + self.o.reboot_timeout
-        last = "no answer"
-        time.sleep(min(3.0, self.o.poll))
-        while time.monotonic() < deadline:
-            try:
-                b = self.read_boot_id()
-                if b != self.rec.boot_id_before:
-                    self._emit(self.name, "back after reboot")
-                    self.sh("systemctl is-system-running --wait >/dev/null 2>&1 || true",
-                            timeout=max(5.0, min(120.0, deadline - time.monotonic())))
-                    return S.BOOTED
-                last = "boot_id unchanged (not rebooted yet)"
-            except (ConnectorError, StepFailed) as err:
-                last = str(err)
-            self.drop()
-            time.sleep(self.o.poll)
-        raise StepFailed(f"did not come back within {self.o.reboot_timeout:g}s after the reboot ({last[:200]})")
+        res = self.runner.do(self.ctx, RebootAndWait(command="systemctl reboot", pre_delay=1.0, ask=ask,
+                                                     announce=announce, boot_id_before=self.rec.boot_id_before,
+                                                     timeout=self.o.reboot_timeout, test_command="",
+                                                     wait_system=True, poll=self.o.poll))
+        if res.rc != 0:
+            raise StepFailed(res.stderr)
+        self._emit(self.name, "back after reboot")
+        return S.BOOTED
 
     # ------------------------------------------------------------------ validating
     def check_xids(self) -> str:
@@ -491,7 +480,7 @@ class HostUpgrade:
         fm_restarted = False
         checks: dict[str, str] = {}
         while True:
-            f = gather(self.conn(), self.o.become)
+            f = gather(self.sh)
             missing = sorted(set(f.pci.gpus) - set(f.smi.bus_ids))
             if not f.smi.ok:
                 problem = f"nvidia-smi failed (rc {f.smi.rc}): {f.smi.message[:200]}"

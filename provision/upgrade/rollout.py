@@ -1,19 +1,21 @@
-"""The rollout: plan (facts from every host), then batches under the budget; every transition saved atomically."""
+"""The rollout as a strategy of the executor: plan (facts from every host), then batches under the budget, each
+host driven through its states by :class:`HostUpgrade`; every transition saved atomically in the state file.
+
+The executor (:mod:`provision.executor.rolling`) owns the connections, the workers and the become handling; this
+module only decides which hosts go next and records what happened."""
 from __future__ import annotations
 
 import os
 import socket
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from provision.connectors.base import ConnectorError
+from provision.hostio import ConnectorError, Unreachable
 from provision.upgrade import remote as R
 from provision.upgrade import states as S
 from provision.upgrade.budget import Budget, Count, next_batch
-from provision.upgrade.connect import ConnectOptions, connector_factory, wants_become
 from provision.upgrade.plan import HostPlan, Plan, plan_host
 from provision.upgrade.report import Progress
 from provision.upgrade.statefile import HostRecord, StateFile
@@ -26,9 +28,7 @@ class RolloutOptions:
     batch: Count = field(default_factory=lambda: Count(1))
     max_unavailable: Count = field(default_factory=lambda: Count(25, True))
     max_fail: Count = field(default_factory=lambda: Count(0))
-    forks: int = 10
     steps: StepOptions | None = None
-    connect: ConnectOptions = field(default_factory=ConnectOptions)
 
 
 def new_rollout_id() -> str:
@@ -41,20 +41,26 @@ def default_state_file(inventory: str) -> str:
     return os.path.join(base, "gpufleet", f"upgrade-{stem}.json")
 
 
+def default_become(host: Any, remote_user: str | None = None) -> bool:
+    """Without -b and without ansible_become: a host reached as another user than root is upgraded through sudo."""
+    user = getattr(host, "user", None) or (getattr(host, "vars", {}) or {}).get("ansible_user") or remote_user
+    return bool(user) and str(user) != "root"
+
+
 class Rollout:
-    def __init__(self, hosts: list[Any], opts: RolloutOptions, progress: Progress | None = None,
+    """The driver upgrade's strategy: ``executor`` runs it (``gather_plan``, then ``run``)."""
+
+    def __init__(self, executor, hosts: list[Any], opts: RolloutOptions, progress: Progress | None = None,
                  on_transition: Callable[[HostRecord, str, str], None] | None = None):
+        self.executor = executor
         self.hosts = {getattr(h, "name", str(h)): h for h in hosts}
         self.order = list(self.hosts)
         self.o = opts
         self.progress = progress or Progress(quiet=True)
         self.on_transition = on_transition or (lambda r, a, b: None)
 
-    def _factory(self, name: str):
-        return connector_factory(self.hosts[name], self.o.connect)
-
-    def _step_opts(self, name: str, base: StepOptions) -> StepOptions:
-        return replace(base, become=wants_become(self.hosts[name], self.o.connect))
+    def become_default(self, host) -> bool:
+        return default_become(host, self.executor.options.connect.remote_user)
 
     # ------------------------------------------------------------------ plan
     def gather_plan(self, controller: str, records: dict[str, HostRecord] | None = None) -> Plan:
@@ -62,7 +68,8 @@ class Rollout:
         records = records or {}
         budget = Budget.resolve(len(self.order), self.o.batch, self.o.max_unavailable, self.o.max_fail)
 
-        def one(name: str) -> HostPlan:
+        def one(host, runner, ctx) -> HostPlan:
+            name = host.name
             rec = records.get(name)
             if rec is not None and rec.state in S.TERMINAL:
                 why = {S.DONE: f"done earlier in this rollout ({rec.from_version} -> {rec.target})",
@@ -70,16 +77,9 @@ class Rollout:
                        S.SKIPPED: f"skipped earlier: {rec.skip_reason}"}[rec.state]
                 return HostPlan(name, "skip", why, rec.from_version, rec.target,
                                 in_maintenance=rec.state == S.FAILED)
+            hu = HostUpgrade(name, runner, ctx, HostRecord(name), self.o.steps)
             try:
-                conn = self._factory(name)()
-            except ConnectorError as err:
-                if rec is not None and rec.state not in (S.REQUIRED,):
-                    return HostPlan(name, "resume", f"resumes in {rec.state} (unreachable now: {err})",
-                                    rec.from_version, rec.target, in_maintenance=True)
-                return HostPlan(name, "skip", f"unreachable: {err}", in_maintenance=True)
-            try:
-                become = wants_become(self.hosts[name], self.o.connect)
-                f = gather(conn, become)
+                f = gather(hu.sh)
                 if rec is not None and rec.state != S.REQUIRED:
                     return HostPlan(name, "resume", f"resumes in {rec.state}", rec.from_version, rec.target,
                                     in_maintenance=True)
@@ -88,19 +88,18 @@ class Rollout:
                 if drv is not None:
                     tb = self.o.target if R.is_branch(self.o.target) else R.branch_of(self.o.target)
                     pkg = R.rename_for_branch(drv.package, drv.branch, tb)
-                    madison = conn.run(f"apt-cache madison {R.q(pkg)} 2>/dev/null", timeout=60,
-                                       become=become).stdout
+                    madison = hu.sh(f"apt-cache madison {R.q(pkg)} 2>/dev/null", timeout=60).stdout
                 return plan_host(name, f, madison, self.o.target, controller)
+            except Unreachable as err:
+                if rec is not None and rec.state not in (S.REQUIRED,):
+                    return HostPlan(name, "resume", f"resumes in {rec.state} (unreachable now: {err})",
+                                    rec.from_version, rec.target, in_maintenance=True)
+                return HostPlan(name, "skip", f"unreachable: {err}", in_maintenance=True)
             except (ConnectorError, StepFailed) as err:
                 return HostPlan(name, "skip", f"cannot read facts: {err}", in_maintenance=True)
-            finally:
-                try:
-                    conn.close()
-                except Exception:  # noqa: BLE001
-                    pass
 
-        with ThreadPoolExecutor(max_workers=max(1, min(self.o.forks, len(self.order) or 1))) as pool:
-            plans = list(pool.map(one, self.order))
+        by_name = self.executor.map_hosts([self.hosts[n] for n in self.order], one, become_default=self.become_default)
+        plans = [by_name[n] for n in self.order]
         plan = Plan(self.o.target, budget, plans)
         if records:
             plan.resumed = {n: r.state for n, r in records.items() if r.state not in S.TERMINAL | {S.REQUIRED}}
@@ -141,46 +140,53 @@ class Rollout:
         n_batches_est = max(1, len(plan.batches) + (1 if in_flight_first else 0))
         i = int(doc.get("batches_done", 0))
 
+        self._sf, self._budget, self._steps, self._unavailable = sf, budget, steps, unavailable
+        self._pending, self._batch_no, self._n_batches = pending, i, n_batches_est
+        self.executor.run_rolling(self.hosts, self, become_default=self.become_default)
+        self.progress.end()
+        return sf
+
+    # -- the strategy's three calls (provision.executor.rolling) --------------------------------------
+    def next_batch(self) -> tuple[list[str], str | None]:
+        sf, budget, pending = self._sf, self._budget, self._pending
+        if not pending:
+            return [], None
+        failures = sum(1 for r in sf.hosts() if r.state == S.FAILED)
+        if budget.exceeded(failures):
+            why = f"{failures} failure(s) exceed max-fail {budget.max_fail}: no new host started"
+            sf.set("stopped", why)
+            return [], why
+        resumed = [n for n in pending if sf.host(n).state in S.IN_FLIGHT]
+        if resumed:                                   # hosts caught mid-way by a dead controller go first
+            batch, why = resumed[:max(budget.batch, len(resumed))], None
+        else:
+            batch, why = next_batch(pending, self._unavailable(), budget)
+        if not batch:
+            sf.set("stopped", why)
+            return [], why
+        self._batch_no += 1
+        for n in batch:
+            r = sf.host(n)
+            r.batch = self._batch_no
+            sf.put(r)
+        self.progress.set_batch(self._batch_no, max(self._batch_no, self._n_batches), batch)
+        return batch, None
+
+    def run_host(self, host, runner, ctx) -> HostRecord:
+        sf = self._sf
+
         def commit(rec: HostRecord) -> None:
             sf.put(rec)
             self.progress.set_state(rec.name, rec.state)
 
-        def transition(rec: HostRecord, old: str, new: str) -> None:
-            self.on_transition(rec, old, new)
+        hu = HostUpgrade(host.name, runner, ctx, sf.host(host.name), self._steps, commit=commit,
+                         emit=self.progress.event, on_transition=self.on_transition)
+        return hu.run()
 
-        def work(name: str) -> HostRecord:
-            rec = sf.host(name)
-            hu = HostUpgrade(name, self._factory(name), rec, self._step_opts(name, steps), commit=commit,
-                             emit=self.progress.event, on_transition=transition)
-            return hu.run()
-
-        while pending:
-            failures = sum(1 for r in sf.hosts() if r.state == S.FAILED)
-            if budget.exceeded(failures):
-                sf.set("stopped", f"{failures} failure(s) exceed max-fail {budget.max_fail}: no new host started")
-                break
-            resumed = [n for n in pending if sf.host(n).state in S.IN_FLIGHT]
-            if resumed:                                   # hosts caught mid-way by a dead controller go first
-                batch = resumed[:max(budget.batch, len(resumed))]
-                why = None
-            else:
-                batch, why = next_batch(pending, unavailable(), budget)
-            if not batch:
-                sf.set("stopped", why)
-                break
-            i += 1
-            for n in batch:
-                r = sf.host(n)
-                r.batch = i
-                sf.put(r)
-            self.progress.set_batch(i, max(i, n_batches_est), batch)
-            with ThreadPoolExecutor(max_workers=max(1, min(len(batch), self.o.forks))) as pool:
-                list(pool.map(work, batch))
-            sf.set("batches_done", i)
-            pending = [n for n in pending if n not in batch]
-            # an admin-maintenance host that was upgraded stays out of service; others come back
-        self.progress.end()
-        return sf
+    def batch_done(self, batch: list[str]) -> None:
+        # an admin-maintenance host that was upgraded stays out of service; others come back
+        self._sf.set("batches_done", self._batch_no)
+        self._pending = [n for n in self._pending if n not in batch]
 
 
 def controller_id(rollout: str) -> str:
