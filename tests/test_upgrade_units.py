@@ -8,6 +8,7 @@ import pytest
 
 from provision.errors import OptionError
 from provision.upgrade import remote as R
+from provision.versions import version_key
 from provision.upgrade import states as S
 from provision.upgrade.budget import Budget, Count, next_batch, parse_count, plan_batches
 from provision.upgrade.plan import Plan, plan_host
@@ -126,7 +127,7 @@ def test_versions():
     assert not R.matches_target("580.82.07-1", "580.95.05")
     assert R.pick_version(["580.82.07-1", "580.95.05-1", "570.195.03-1"], "580") == "580.95.05-1"
     assert R.pick_version(["580.82.07-1"], "580.95.05") is None
-    assert R.version_key("580.95.05") > R.version_key("580.82.07") > R.version_key("570.195.03")
+    assert version_key("580.95.05") > version_key("580.82.07") > version_key("570.195.03")
 
 
 def test_parse_smi_ok_and_mismatch():

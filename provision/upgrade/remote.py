@@ -9,6 +9,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from provision.versions import version_key
+
 MARKER = "/etc/gpufleet/maintenance"                   # shared contract: present = host in maintenance
 STATE_FILE = "/var/lib/gpufleet/upgrade-state.json"     # shared contract: {"state","target","since"}
 LOCK_DIR = "/var/lib/gpufleet/upgrade.lock"             # mkdir-atomic lock; owner JSON inside
@@ -39,10 +41,6 @@ def upstream(version: str) -> str:
     """'580.95.05-1' -> '580.95.05'; '1:580.95.05-0ubuntu1' -> '580.95.05'."""
     v = version.split(":", 1)[-1]
     return v.rsplit("-", 1)[0] if "-" in v else v
-
-
-def version_key(version: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\-+~:]", upstream(version)))
 
 
 def branch_of(version: str) -> str:
@@ -189,7 +187,7 @@ def find_driver(installed: dict[str, str]) -> DriverInstall | None:
     mains = [(p, m) for p in installed if (m := _DRIVER_PKG.match(p))]
     if not mains:
         return None
-    pkg, m = max(mains, key=lambda pm: version_key(installed[pm[0]]))
+    pkg, m = max(mains, key=lambda pm: version_key(upstream(installed[pm[0]])))
     ver = installed[pkg]
     branch = m.group("branch") or branch_of(ver)
     up = upstream(ver)
@@ -219,7 +217,7 @@ def pick_version(available: list[str], target: str) -> str | None:
     cands = [v for v in available if matches_target(v, target)]
     if not cands:
         return None
-    return max(cands, key=version_key)
+    return max(cands, key=lambda v: version_key(upstream(v)))
 
 
 # --------------------------------------------------------------------------------------------------- containers
