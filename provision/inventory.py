@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from provision import yamlsrc
 from provision.errors import EXIT_OPTIONS, EXIT_PARSE, InputError, closest
+from provision.truthy import NotABoolean, strict_bool
 from provision.yamlsrc import SourcePos, describe, short_repr
 
 GROUP_KEYS = ("hosts", "children", "vars")
@@ -89,7 +90,7 @@ class Host:
     @property
     def become(self) -> bool | None:
         v = self._var("ansible_become")
-        return None if v is None else _as_bool(v)
+        return None if v is None else strict_bool(v, "ansible_become")
 
     @property
     def become_user(self) -> str | None:
@@ -264,17 +265,6 @@ def split_pattern(pattern: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ parsing
-
-def _as_bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("yes", "true", "on", "1", "y"):
-        return True
-    if s in ("no", "false", "off", "0", "n", ""):
-        return False
-    raise ValueError(v)
-
 
 _RANGE = re.compile(r"\[([^\]]*)\]")
 
@@ -588,9 +578,9 @@ def _check_host_vars(name: str, vars_: Mapping, src: Mapping[str, SourcePos], wa
         v = vars_.get(key)
         if v is not None and not is_template(v):
             try:
-                _as_bool(v)
-            except ValueError:
-                raise bad(key, f"host '{name}': expected a boolean (true/false), got {v!r}") from None
+                strict_bool(v)
+            except NotABoolean as err:
+                raise bad(key, f"host '{name}': {err.message}") from None
     for k in vars_:
         if isinstance(k, str) and k.startswith("ansible_") and k not in KNOWN_ANSIBLE_VARS:
             hint = closest(k, KNOWN_ANSIBLE_VARS)

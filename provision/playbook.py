@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from provision import yamlsrc
 from provision.errors import InputError, closest
+from provision.truthy import NotABoolean, strict_bool
 from provision.yamlsrc import LineDict, LineList, SourcePos, describe, short_repr
 
 _EMPTY: Mapping = MappingProxyType({})
@@ -188,18 +189,11 @@ def _kpos(container: Any, key: Any, default: SourcePos) -> SourcePos:
 
 
 def _bool(v: Any, pos: SourcePos, key: str) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str):
-        s = v.strip().lower()
-        if s in ("yes", "true", "on", "y", "1"):
-            return True
-        if s in ("no", "false", "off", "n", "0"):
-            return False
-    if isinstance(v, int) and v in (0, 1):
-        return bool(v)
-    extra = " (templated values are not supported here)" if isinstance(v, str) and "{{" in v else ""
-    raise _err(f"expected a boolean (true/false), got {v!r}{extra}", pos, key)
+    try:
+        return strict_bool(v)
+    except NotABoolean as err:
+        extra = " (templated values are not supported here)" if isinstance(v, str) and "{{" in v else ""
+        raise _err(err.message + extra, pos, key) from None
 
 
 def _str(v: Any, pos: SourcePos, key: str) -> str:
@@ -368,72 +362,15 @@ def _split_free_form(text: str, spec) -> dict:
     return out
 
 
-_TYPE_OK = {
-    "str": lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool) or isinstance(v, bool),
-    "path": lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool),
-    "int": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str)
-                                                                            and re.fullmatch(r"-?\d+", v.strip())),
-    "float": lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool))
-    or (isinstance(v, str) and re.fullmatch(r"-?\d+(\.\d*)?([eE]-?\d+)?", v.strip())),
-    "bool": lambda v: isinstance(v, bool) or (isinstance(v, int) and v in (0, 1))
-    or (isinstance(v, str) and v.strip().lower() in ("yes", "no", "true", "false", "on", "off", "1", "0", "y", "n")),
-    "list": lambda v: isinstance(v, (list, tuple, str, int, float)) and not isinstance(v, bool),
-    "dict": lambda v: isinstance(v, dict),
-    "raw": lambda v: True,
-}
-_TYPE_WORDS = {"str": "a string", "path": "a path (string)", "int": "an integer", "float": "a number",
-               "bool": "a boolean", "list": "a list", "dict": "a mapping", "raw": "any value"}
-
-
 def check_module_args(module: str, args: Mapping, positions: Mapping[str, SourcePos], default: SourcePos):
-    """Unknown argument (closest), wrong type, bad choice, missing required — against the module's ArgSpec."""
-    from provision.ops.spec import registry
-    from provision.templating import has_template, is_template
-
-    spec = registry()[module]
-    if module == "set_fact":   # any key is a fact name
-        for k in args:
-            if k not in ("cacheable", "_raw_params") and not _IDENT.match(str(k)):
-                raise _err(f"set_fact: fact names must be variable names, got {k!r}",
-                           positions.get(f"args.{k}", default), str(k))
-        if "_raw_params" in args:
-            raise _err("set_fact takes key=value pairs or a mapping", default, module)
-        return
-    names: dict[str, str] = {}
-    for name, a in spec.args.items():
-        names[name] = name
-        for al in a.aliases:
-            names[al] = name
-    if spec.free_form:
-        names.setdefault("_raw_params", "_raw_params")
-    seen: dict[str, str] = {}
-    for k, v in args.items():
-        pos = positions.get(f"args.{k}", default)
-        if k not in names:
-            if k == "_raw_params":
-                raise _err(f"module '{module}' takes key=value arguments or a mapping, not free-form text", pos,
-                           module)
-            raise _err(f"unknown argument for module '{module}'", pos, str(k), hint=closest(str(k), names))
-        canon = names[k]
-        if canon in seen:
-            raise _err(f"argument given twice (as '{seen[canon]}' and '{k}')", pos, str(k))
-        seen[canon] = k
-        a = spec.args.get(canon)
-        if a is None or v is None or is_template(v):
-            continue
-        ok = _TYPE_OK.get(a.type, _TYPE_OK["raw"])
-        if not ok(v):
-            raise _err(f"expected {_TYPE_WORDS.get(a.type, a.type)}, got {describe(v)} {short_repr(v)}", pos, str(k))
-        if a.choices and not has_template(v):
-            values = v if (a.type == "list" and isinstance(v, list)) else [v]
-            for item in values:
-                if item not in a.choices and str(item) not in [str(c) for c in a.choices]:
-                    raise _err(f"invalid value {item!r} (choices: {', '.join(map(str, a.choices))})", pos, str(k),
-                               hint=closest(str(item), [str(c) for c in a.choices]))
-    for name, a in spec.args.items():
-        if a.required and name not in seen:
-            raise _err(f"module '{module}' requires argument '{name}'", default, module)
-
+    """The module's arguments against its ArgSpec (:func:`provision.ops.spec.check_args`, the executor's validator
+    too): the first problem as an InputError at the argument's line. Templated values are checked once rendered."""
+    from provision.ops.spec import check_args, registry
+    errors = check_args(registry()[module], args, templated=True)[1]
+    if errors:
+        e = errors[0]
+        pos = positions.get(f"args.{e.arg}", default) if e.arg is not None else default
+        raise _err(e.message, pos, e.key, hint=e.hint)
 
 
 # ------------------------------------------------------------------------------------------------ loader

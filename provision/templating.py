@@ -32,6 +32,8 @@ import yaml
 from jinja2 import nodes
 from jinja2.meta import find_undeclared_variables
 
+from provision.truthy import NotABoolean, lenient_bool, strict_bool
+
 OMIT = "__omit_place_holder__gpufleet__"
 
 
@@ -69,17 +71,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
     return str(value)
-
-
-def to_bool(value: Any) -> bool:
-    """Ansible's ``bool`` filter."""
-    if isinstance(value, bool):
-        return value
-    if value is None:
-        return False
-    if isinstance(value, (int, float)):
-        return value == 1
-    return str(value).strip().lower() in ("yes", "on", "1", "true", "y", "t")
 
 
 def _to_json(value, **kw):
@@ -235,7 +226,7 @@ def _split(value, sep=None, maxsplit=-1):
 
 
 FILTERS = {
-    "bool": to_bool,
+    "bool": lenient_bool,   # Ansible's bool filter
     "to_json": _to_json,
     "to_nice_json": _to_nice_json,
     "to_yaml": _to_yaml,
@@ -608,10 +599,12 @@ def evaluate(expr: Any, variables: Mapping | None) -> Any:
     if is_template(text):  # `when: "{{ x }}"` (Ansible warns but accepts)
         value = _render_str(text, view)
         if isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("true", "false", "yes", "no", ""):
-                return low in ("true", "yes")
-            return _eval_expr(value, view)
+            if not value.strip():
+                return False
+            try:
+                return strict_bool(value)   # a word of the truthy table
+            except NotABoolean:
+                return _eval_expr(value, view)
         return value
     if not text:
         raise TemplateError("empty conditional")

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from provision.errors import InputError, closest
 from provision.gpu.table import GpuTable, load_table, parse_version, version_at_least
+from provision.truthy import lenient_bool
 
 FLAVOURS = ("auto", "open", "proprietary")
 SOURCES = ("cuda-repo", "distro")
@@ -69,12 +70,6 @@ class HostGpuPlan:
         d["ok"] = self.ok
         d["gpu_bus_ids"] = [g["address"] for g in self.gpus]
         return d
-
-
-def _truthy(v) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "yes", "true", "on")
-    return bool(v)
 
 
 def _choice(hostvars: Mapping, key: str, choices: tuple, default: str) -> str:
@@ -140,7 +135,7 @@ def plan_host(facts: Mapping, hostvars: Mapping | None = None, *, host: str = ""
     plan.gpus = list(gf.get("gpus") or [])
     plan.nvswitches = list(gf.get("nvswitches") or [])
     plan.secure_boot = gf.get("secure_boot")
-    plan.simulated = _truthy(hv.get("gpufleet_simulated_gpus", False))
+    plan.simulated = lenient_bool(hv.get("gpufleet_simulated_gpus", False))
     plan.installed_driver, plan.installed_flavour = _installed(gf)
     smi = (gf.get("nvidia_smi") or {}).get("gpus") or []
     plan.smi_gpu_count = len(smi) if (gf.get("nvidia_smi") or {}).get("rc") == 0 else None
@@ -207,7 +202,7 @@ def plan_host(facts: Mapping, hostvars: Mapping | None = None, *, host: str = ""
 
     # Secure Boot
     if plan.secure_boot:
-        signing = _truthy(hv.get("nvidia_module_signing", False))
+        signing = lenient_bool(hv.get("nvidia_module_signing", False))
         if not signing:
             plan.refusals.append("Secure Boot is on and no module signing is configured: the kernel would refuse "
                                  "the unsigned nvidia module; enroll a MOK for DKMS and set nvidia_module_signing: "
@@ -217,7 +212,7 @@ def plan_host(facts: Mapping, hostvars: Mapping | None = None, *, host: str = ""
                                  "was found (/var/lib/shim-signed/mok/MOK.der or /var/lib/dkms/mok.pub)")
 
     # packages
-    server = _truthy(hv.get("nvidia_driver_server", True))
+    server = lenient_bool(hv.get("nvidia_driver_server", True))
     plan.driver_package = driver_packages(plan.source, branch, flavour, server)
     plan.packages = [plan.driver_package]
     pairs = [g.get("nvswitch_board_count") for g in known]
