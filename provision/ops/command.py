@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import shlex
 
-from provision.ops.core import Cmd, Op, OpError, Plan, execute_plan, q
+from provision.ops.core import Cmd, Op, OpError, Plan, q
 from provision.ops.spec import ArgSpec, module
-from provision.results import HostResult
 
 _ARGS = {
     "_raw_params": ArgSpec("str"),
@@ -64,28 +63,22 @@ class _Command(Op):
         data = None
         if stdin is not None:
             data = (str(stdin) + ("\n" if args.get("stdin_add_newline", True) else "")).encode()
-        if args.get("creates") or args.get("removes"):   # as Ansible: predictable, so reported as a change
-            return Plan([Cmd(line, stdin=data)], msg="Command would have run if not in check mode" if ctx.check
-                        else "", extra={"cmd": line})
-        return Plan([Cmd(line, stdin=data)], skip_in_check="skipped: command tasks do not run in check mode",
-                    extra={"cmd": line})
-
-    def run(self, args, ctx) -> HostResult:
-        probe_cmd = self.probe(args, ctx)
-        probe = ctx.probe(probe_cmd) if probe_cmd else None
-        plan = self.plan(args, ctx.facts, probe, ctx)
-        if plan.noop is not None or ctx.check:
-            return execute_plan(plan, ctx)
-        c = plan.commands[0]
-        res = ctx.run(c.cmd, stdin=c.stdin)
         strip = args.get("strip_empty_ends", True)
-        r = HostResult(ctx.host, changed=True, rc=res.rc, stdout=res.stdout.rstrip("\n") if strip else res.stdout,
-                       stderr=res.stderr.rstrip("\n") if strip else res.stderr, commands=[c.cmd],
-                       extra={"cmd": c.cmd, "delta": f"{res.duration:.3f}"}, duration=res.duration)
-        if res.rc != 0:
-            r.failed = True
-            r.msg = "non-zero return code"
-        return r
+
+        def result(results) -> dict:
+            res = results[0]
+            if res is None:      # check mode: not run
+                return {}
+            return {"rc": res.rc, "stdout": res.stdout.rstrip("\n") if strip else res.stdout,
+                    "stderr": res.stderr.rstrip("\n") if strip else res.stderr, "duration": res.duration,
+                    "extra": {"delta": f"{res.duration:.3f}"}, "failed": res.rc != 0,
+                    "msg": "non-zero return code" if res.rc != 0 else ""}
+        cmd = Cmd(line, stdin=data, ok_rc=None)
+        if args.get("creates") or args.get("removes"):   # as Ansible: predictable, so reported as a change
+            return Plan([cmd], msg="Command would have run if not in check mode" if ctx.check else "",
+                        extra={"cmd": line}, result=result)
+        return Plan([cmd], skip_in_check="skipped: command tasks do not run in check mode", extra={"cmd": line},
+                    result=result)
 
 
 @module("command", args=_ARGS, free_form=True)
