@@ -1,9 +1,8 @@
 """systemd (alias service): unit state, enablement, masking, daemon-reload; one `systemctl show` probe."""
 from __future__ import annotations
 
-from provision.ops.core import Cmd, Op, Plan, execute_plan, q
+from provision.ops.core import Cmd, Op, Plan, q
 from provision.ops.spec import ArgSpec, module
-from provision.results import HostResult
 
 _ENABLED = {"enabled", "enabled-runtime", "alias", "static", "indirect", "generated", "linked", "linked-runtime"}
 
@@ -27,23 +26,36 @@ def parse_show(text: str) -> dict:
     "scope": ArgSpec("str", default="system", choices=("system",)),
 })
 class Systemd(Op):
-    def probe(self, args, ctx):
-        if not args.get("name"):
-            return None
-        pre = "systemctl daemon-reload >/dev/null 2>&1; " if args.get("daemon_reload") and not ctx.check else ""
-        return (pre + f"systemctl show {q(args['name'])} --property=LoadState,ActiveState,SubState,UnitFileState,"
-                "FragmentPath --no-pager")
+    def show(self, name: str) -> str:
+        return (f"systemctl show {q(name)} --property=LoadState,ActiveState,SubState,UnitFileState,FragmentPath "
+                "--no-pager")
 
-    def prefetchable(self, args) -> bool:
-        return not args.get("daemon_reload")   # its probe reloads first: not read-only
+    def reloads_first(self, args, ctx) -> bool:
+        return bool(args.get("name") and args.get("daemon_reload") and not ctx.check)
+
+    def probe(self, args, ctx):
+        # with daemon_reload the unit is looked at after the reload: the plan's own read-only command
+        return self.show(args["name"]) if args.get("name") and not self.reloads_first(args, ctx) else None
 
     def plan(self, args, facts, probe, ctx):
         name = args.get("name")
-        cmds: list[Cmd] = []
         if not name:
             if args.get("daemon_reload"):
                 return Plan([Cmd("systemctl daemon-reload", counts=False)], changed=False, msg="daemon reloaded")
             return Plan(failed=True, msg="systemd needs name (or daemon_reload)")
+        if self.reloads_first(args, ctx):   # a failed reload does not stop the task: the unit's state decides
+            return Plan([Cmd("systemctl daemon-reload", counts=False, ok_rc=None),
+                         Cmd(self.show(name), readonly=True, counts=False, ok_rc=None)],
+                        then=lambda _facts, results: self.decide(args, results[1], ctx))
+        return self.decide(args, probe, ctx)
+
+    def decide(self, args, probe, ctx) -> Plan:
+        """The unit's wanted state against ``systemctl show``'s answer."""
+        name = args["name"]
+        cmds: list[Cmd] = []
+        if probe is not None and probe.rc != 0 and "LoadState" not in probe.stdout:
+            return Plan(result=lambda _: {"failed": True, "rc": probe.rc, "msg": "systemctl show failed: "
+                                                                                 f"{probe.stderr.strip()[-500:]}"})
         s = parse_show(probe.stdout if probe else "")
         load, active, ufs = s.get("LoadState", ""), s.get("ActiveState", ""), s.get("UnitFileState", "")
         nb = " --no-block" if args.get("no_block") else ""
@@ -88,10 +100,3 @@ class Systemd(Op):
                  "before": "".join(x + "\n" for x in diff_b), "after": "".join(x + "\n" for x in diff_a)}]
         return Plan(cmds, diff=diff, extra=extra)
 
-    def run(self, args, ctx) -> HostResult:
-        probe_cmd = self.probe(args, ctx)
-        probe = ctx.probe(probe_cmd) if probe_cmd else None
-        if probe is not None and probe.rc != 0 and "LoadState" not in probe.stdout:
-            return HostResult(ctx.host, failed=True, rc=probe.rc, msg=f"systemctl show failed: "
-                                                                         f"{probe.stderr.strip()[-500:]}")
-        return execute_plan(self.plan(args, ctx.facts, probe, ctx), ctx)
