@@ -38,11 +38,15 @@ class _Writer(Op):
     def plan(self, args, facts, probe, ctx):
         st = parse_stat(probe.stdout)
         dest = args["dest"]
-        if st.kind == "directory" and args.get("src"):
+        if st.kind == "directory" and args.get("src"):   # into the folder, under the source's name
             dest = dest.rstrip("/") + "/" + os.path.basename(str(args["src"]))
             if dest.endswith(".j2"):
                 dest = dest[:-3]
-            st = parse_stat(ctx.probe(stat_probe(dest, content=ctx.diff)).stdout)
+            return Plan([Cmd(stat_probe(dest, content=ctx.diff), readonly=True, counts=False, ok_rc=None)],
+                        then=lambda _facts, results: self.write(args, dest, parse_stat(results[0].stdout), ctx))
+        return self.write(args, dest, st, ctx)
+
+    def write(self, args, dest: str, st: FileState, ctx) -> Plan:
         if st.kind != "absent" and args.get("force") is False:
             return Plan(noop=f"{dest} exists and force is off")
         data = self.data(args, ctx)
