@@ -1,10 +1,11 @@
 """apt, apt_key (keyrings) and apt_repository.
 
 apt decides from the host's dpkg facts (one dpkg-query for every package, gathered with the play's facts and
-refreshed after a change). It waits for the dpkg lock instead of failing (DPkg::Lock::Timeout), runs
-non-interactively, pins exact versions (`pkg=1.2`), holds/unholds with apt-mark. A cache update alone is not
-counted as a change (so a second run reports 0 changed); check mode predicts the package changes with
-`apt-get -s`.
+refreshed after a change). It waits for the dpkg lock instead of failing (DPkg::Lock::Timeout; apt-mark, which has
+no such option, is retried by the runner), runs non-interactively, pins exact versions (`pkg=1.2`), holds/unholds
+with apt-mark. A cache update alone is not counted as a change (so a second run reports 0 changed); check mode
+predicts the package changes with `apt-get -s`. Each step is a plan: update the cache, then read the candidates,
+then decide (and in check mode simulate, then show the simulation).
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import fnmatch
 import re
 from urllib.parse import urlparse
 
-from provision.ops.core import (Cmd, Op, OpError, Plan, execute_plan, parse_mode, parse_stat, q, stat_probe,
+from provision.ops.core import (Cmd, Op, OpError, Plan, parse_mode, parse_stat, q, sha256, stat_probe,
                                 write_file_plan)
 from provision.ops.spec import ArgSpec, module
-from provision.results import HostResult
 
 LOCK_WAIT = 600
 APT_GET = ("DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a apt-get -y -q "
@@ -25,18 +25,13 @@ APT_GET = ("DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a apt-get -y -q "
 STAMP = "/var/lib/apt/periodic/provision-update-stamp"   # when the WHOLE cache was last updated (cache_valid_time)
 UPDATE = (f"DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout={LOCK_WAIT} update && "
           f"{{ mkdir -p /var/lib/apt/periodic && touch {STAMP}; }}")
+UPDATED, WOULD_UPDATE = "cache updated; ", "cache would be updated; "   # apt's message starts so
 
 
 def update_one_source(path: str) -> str:
     """apt-get update of one sources file only (seconds instead of a full update that reaches every mirror)."""
     return (f"DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout={LOCK_WAIT} "
             f"-o Dir::Etc::sourcelist={q(path)} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 update")
-
-
-def _apt_mark(action: str, names: list[str]) -> str:
-    # apt-mark has no lock timeout option: retry while dpkg is busy
-    return (f"for i in $(seq 120); do apt-mark {action} {' '.join(q(n) for n in names)} && exit 0; "
-            f"sleep 5; done; exit 1")
 
 
 def parse_name(spec: str) -> tuple[str, str | None]:
@@ -121,15 +116,62 @@ class Apt(Op):
             return True
         return facts.get("date_epoch", 0) - facts.get("apt_cache_mtime", 0) > valid
 
+    def probe(self, args, ctx):
+        # the candidates of state=latest; with update_cache they are read after the update, by the plan
+        return _policy(args) if not args.get("update_cache") else None
+
     def plan(self, args, facts, probe, ctx) -> Plan:
+        """Update the cache when stale (never in check mode), read what the decision needs (candidates for
+        state=latest, autoremove's simulation), decide; in check mode simulate the changes for the diff."""
+        if not self.cache_stale(args, facts):
+            return self.look(args, facts, probe, "", ctx)
+        if ctx.check:
+            return self.look(args, facts, None, WOULD_UPDATE, ctx)
+
+        def failed(results) -> dict:
+            res = results[0]
+            if res.rc == 0:
+                return {}
+            return {"failed": True, "rc": res.rc, "stdout": res.stdout, "stderr": res.stderr,
+                    "msg": "apt-get update failed: " + (res.stderr.strip()[-1000:] or res.stdout[-500:])}
+        return Plan([Cmd(UPDATE, timeout=1800, counts=False, ok_rc=None, desc="apt-get update")],
+                    refresh_facts=("apt_cache",), result=failed,
+                    then=lambda fresh, _: self.look(args, fresh, None, UPDATED, ctx))
+
+    def look(self, args, facts, policy, note: str, ctx) -> Plan:
+        """The read-only commands the decision needs and the prefetch did not answer, then the decision."""
+        reads = []
+        if policy is None and _policy(args):
+            reads.append(Cmd(_policy(args), readonly=True, counts=False, ok_rc=None))
+        if args.get("autoremove"):
+            reads.append(Cmd(f"{APT_GET} -s autoremove", become=False, readonly=True, counts=False, ok_rc=None))
+        if not reads:
+            return self.decide(args, facts, policy, [], note, ctx)
+
+        def then(_facts, results):
+            got = list(results)
+            pol = policy if policy is not None or not _policy(args) else got.pop(0)
+            return self.decide(args, facts, pol, parse_simulation(got[0].stdout) if got else [], note, ctx)
+        return Plan(reads, then=then)
+
+    def decide(self, args, facts, policy, autoremove: list[str], note: str, ctx) -> Plan:
+        """``autoremove``: what `apt-get -s autoremove` would remove (nothing: no autoremove)."""
         state = {"installed": "present", "removed": "absent"}.get(args.get("state"), args.get("state", "present"))
         pkgs: dict = facts.get("packages", {})
         held = set(facts.get("held_packages", []))
         wanted = [parse_name(n) for n in args.get("name") or []]
         names = [n for n, _ in wanted]
         cmds: list[Cmd] = []
+        sims: list[Cmd] = []     # apt-get -s of each apt-get command: check mode's exact prediction
         before, after, hb, ha = [], [], [], []
         hold = args.get("hold")
+        updated = {"cache_updated": note == UPDATED}
+
+        def apt_get(opts: str, verb: str, todo: list[str]) -> None:
+            line = " ".join(q(t) for t in todo)
+            cmds.append(Cmd(f"{APT_GET}{opts} {verb} {line}", timeout=3600, desc=f"apt-get {verb} {' '.join(todo)}"))
+            sims.append(Cmd(f"{APT_GET}{opts} -s {verb} {line}", become=False, readonly=True, counts=False,
+                            ok_rc=None))
         extra_opts = ""
         if args.get("install_recommends") is not None:
             extra_opts += " --install-recommends" if args["install_recommends"] else " --no-install-recommends"
@@ -138,16 +180,15 @@ class Apt(Op):
         if hold:
             extra_opts += " --allow-change-held-packages"
         if state in ("present", "latest"):
-            cand = {}
-            if state == "latest" and names:
-                cand = parse_policy(ctx.probe("LANG=C apt-cache policy " + " ".join(q(n) for n in names)).stdout)
+            cand = parse_policy(policy.stdout) if state == "latest" and policy is not None else {}
             todo = []
             for name, ver in wanted:
                 cur = pkgs.get(name)
                 if state == "latest" and ver is None:
                     c = cand.get(name)
                     if c is None and cur is None:
-                        return Plan(failed=True, msg=f"No package matching '{name}' is available")
+                        return Plan(failed=True, msg=f"{note}No package matching '{name}' is available",
+                                    extra=updated)
                     if cur is not None and (c is None or c == cur):
                         continue
                     todo.append(name)
@@ -158,70 +199,50 @@ class Apt(Op):
                     before.append(f"{name} {cur}" if cur else f"{name} (absent)")
                     after.append(f"{name} {ver or '(candidate)'}")
             if todo:
-                cmds.append(Cmd(f"{APT_GET}{extra_opts} install {' '.join(q(t) for t in todo)}", timeout=3600,
-                                desc=f"apt-get install {' '.join(todo)}"))
+                apt_get(extra_opts, "install", todo)
         else:
             todo = [n for n in names if n in pkgs]
             if todo:
-                verb = "purge" if args.get("purge") else "remove"
-                cmds.append(Cmd(f"{APT_GET}{' --allow-change-held-packages' if set(todo) & held else ''} {verb} "
-                                f"{' '.join(q(t) for t in todo)}", timeout=3600,
-                                desc=f"apt-get {verb} {' '.join(todo)}"))
+                apt_get(" --allow-change-held-packages" if set(todo) & held else "",
+                        "purge" if args.get("purge") else "remove", todo)
                 before += [f"{n} {pkgs[n]}" for n in todo]
                 after += [f"{n} (absent)" for n in todo]
         if hold is not None and state != "absent":
             change = [n for n in names if (n in held) != bool(hold)]
             if change:
-                cmds.append(Cmd(_apt_mark("hold" if hold else "unhold", change),
-                                desc=f"apt-mark {'hold' if hold else 'unhold'} {' '.join(change)}"))
+                verb = "hold" if hold else "unhold"
+                cmds.append(Cmd(f"apt-mark {verb} {' '.join(q(n) for n in change)}", dpkg_lock=True,
+                                desc=f"apt-mark {verb} {' '.join(change)}"))
                 hb = [f"{n} {'held' if n in held else 'not held'}" for n in change]
                 ha = [f"{n} {'held' if hold else 'not held'}" for n in change]
-        if args.get("autoremove"):
-            sim = ctx.run(f"{APT_GET} -s autoremove", become=False).stdout
-            if parse_simulation(sim):
-                cmds.append(Cmd(f"{APT_GET} autoremove", desc="apt-get autoremove"))
+        if autoremove:
+            cmds.append(Cmd(f"{APT_GET} autoremove", timeout=3600, desc="apt-get autoremove"))
         if not cmds:
-            return Plan(noop="packages already as wanted" if names else "nothing to do")
-        diff = ([_pkg_diff(before, after)] if before or after else []) + ([_hold_diff(hb, ha)] if hb else [])
-        return Plan(cmds, diff=diff, refresh_facts=("packages", "apt_cache"))
+            return Plan(noop=note + ("packages already as wanted" if names else "nothing to do"), extra=updated)
+        holds = [_hold_diff(hb, ha)] if hb else []
+        predicted = ([_pkg_diff(before, after)] if before or after else []) + holds
+        msg = note.strip("; ").strip()
+        if ctx.check:    # predict the exact package changes (dependencies included) with a simulation
+            def simulated(results) -> Plan:
+                lines = [x for res in results for x in parse_simulation(res.stdout)] + autoremove
+                diff = [{"before_header": "packages", "after_header": "packages (simulated)", "before": "",
+                         "after": "".join(x + "\n" for x in lines)}] + holds if lines else predicted
+                return Plan(cmds, diff=diff, msg=msg, extra=updated)
+            return Plan(sims, then=lambda _facts, results: simulated(results)) if sims else simulated([])
+        old = dict(pkgs)
 
-    def run(self, args, ctx) -> HostResult:
-        facts = ctx.facts
-        updated = False
-        if self.cache_stale(args, facts):
-            if ctx.check:
-                pass   # reported in msg; never run in check mode
-            else:
-                res = ctx.run(UPDATE, timeout=1800)
-                if res.rc != 0:
-                    return HostResult(ctx.host, failed=True, rc=res.rc, stdout=res.stdout, stderr=res.stderr,
-                                      msg="apt-get update failed: " + (res.stderr.strip()[-1000:] or res.stdout[-500:]))
-                updated = True
-                if ctx.refresh:
-                    ctx.refresh(("apt_cache",))
-        plan = self.plan(args, ctx.facts, None, ctx)
-        note = "cache updated; " if updated else ("cache would be updated; " if ctx.check and
-                                                   self.cache_stale(args, facts) else "")
-        if ctx.check and plan.commands and not plan.failed:
-            # predict the exact package changes (dependencies included) with a simulation
-            sims = [c.cmd.replace(" install ", " -s install ", 1).replace(" remove ", " -s remove ", 1)
-                    .replace(" purge ", " -s purge ", 1) for c in plan.commands if c.cmd.startswith("DEBIAN")]
-            lines = []
-            for s in sims:
-                lines += parse_simulation(ctx.run(s, become=False).stdout)
-            if lines:
-                holds = [d for d in plan.diff if d.get("before_header") == "package holds"]
-                plan.diff = [{"before_header": "packages", "after_header": "packages (simulated)",
-                              "before": "", "after": "".join(x + "\n" for x in lines)}] + holds
-        before_pkgs = dict(ctx.facts.get("packages", {}))
-        r = execute_plan(plan, ctx)
-        r.msg = (note + (r.msg or "")).strip("; ").strip()
-        r.extra["cache_updated"] = updated
-        if r.changed and not ctx.check and ctx.diff:
-            b, a = package_changes(before_pkgs, ctx.facts.get("packages", {}))
-            if b or a:
-                r.diff = [_pkg_diff(b, a)] + [d for d in r.diff if d.get("before_header") == "package holds"]
-        return r
+        def done(fresh, _results) -> Plan:   # the diff: what dpkg says changed (else what was predicted)
+            b, a = package_changes(old, fresh.get("packages", {}))
+            return Plan(diff=[_pkg_diff(b, a)] + holds if b or a else predicted)
+        return Plan(cmds, msg=msg, extra=updated, refresh_facts=("packages", "apt_cache"), then=done)
+
+
+def _policy(args) -> str | None:
+    """`apt-cache policy` of the packages whose newest candidate state=latest installs, or None."""
+    names = [parse_name(n)[0] for n in args.get("name") or []]
+    if args.get("state") != "latest" or not names:
+        return None
+    return "LANG=C apt-cache policy " + " ".join(q(n) for n in names)
 
 
 # ----------------------------------------------------------------------------------------- keys and repos
@@ -259,14 +280,11 @@ def dearmor(data: bytes) -> bytes:
         raise OpError(f"the key is not valid ASCII armor: {err}") from None
 
 
-_KEY_SCRIPT = r"""set -e
-t=$(mktemp); trap 'rm -f "$t" "$t.g"' EXIT
-curl -fsSL --retry 3 {url} -o "$t"
-if grep -q -- '-----BEGIN PGP' "$t"; then gpg --dearmor < "$t" > "$t.g"; mv "$t.g" "$t"; fi
-if [ -f {dest} ] && cmp -s "$t" {dest}; then echo KEY-SAME; exit 0; fi
-echo KEY-DIFFERENT
-{install}
-"""
+def fetch_key(url: str) -> str:
+    """Read-only shell that downloads ``url`` on the host and prints it as base64 (the key then travels to the
+    controller, which dearmors it and writes it as any other file)."""
+    return (f't=$(mktemp) && trap \'rm -f "$t"\' EXIT && curl -fsSL --retry 3 {q(url)} -o "$t" && '
+            'base64 -w0 < "$t"')
 
 
 @module("apt_key", aliases=("keyring",), args={
@@ -276,7 +294,7 @@ echo KEY-DIFFERENT
 })
 class AptKey(Op):
     """Keys go to a keyring file (/etc/apt/keyrings/NAME.gpg by default) referenced with signed-by, never to the
-    deprecated global trusted.gpg. ASCII armor is dearmored."""
+    deprecated global trusted.gpg. ASCII armor is dearmored. A key from a url is downloaded by the host."""
 
     def dest(self, args) -> str:
         if args.get("keyring"):
@@ -286,33 +304,37 @@ class AptKey(Op):
         raise OpError("apt_key needs keyring (the destination file) or name")
 
     def probe(self, args, ctx):
-        if args.get("url") or not (args.get("keyring") or args.get("name")):
-            return None   # a url is fetched and compared on the host by the task itself
         return stat_probe(self.dest(args), content=False)
 
-    def run(self, args, ctx) -> HostResult:
+    def plan(self, args, facts, probe, ctx) -> Plan:
         dest = self.dest(args)
-        mode = parse_mode(args.get("mode")) or 0o644
+        st = parse_stat(probe.stdout)
         if args.get("state") == "absent":
-            st = parse_stat(ctx.probe(stat_probe(dest, content=False)).stdout)
-            plan = Plan(noop=f"{dest} is absent") if st.kind == "absent" else \
+            return Plan(noop=f"{dest} is absent") if st.kind == "absent" else \
                 Plan([Cmd(f"rm -f {q(dest)}")], diff=[{"before_header": dest, "after_header": dest,
                                                        "before": "keyring present\n", "after": "(absent)\n"}])
-            return execute_plan(plan, ctx)
         if args.get("url"):
-            install = "true" if ctx.check else (f"mkdir -p {q(dest.rsplit('/', 1)[0] or '/')} && "
-                                                f"install -m {mode:o} \"$t\" {q(dest)}")
-            script = _KEY_SCRIPT.format(url=q(str(args["url"])), dest=q(dest), install=install)
-            # installs only when the key differs, and then reports a change: safe to keep prefetched probes
-            res = ctx.run(script, timeout=300, desc=f"fetch {args['url']} -> {dest}", readonly=True)
-            if res.rc != 0 or "KEY-" not in res.stdout:
-                return HostResult(ctx.host, failed=True, rc=res.rc, stderr=res.stderr,
-                                  msg=f"cannot fetch key {args['url']}: {res.stderr.strip()[-500:]}")
-            changed = "KEY-DIFFERENT" in res.stdout
-            diff = [{"before_header": dest, "after_header": dest, "before": "old or no keyring\n",
-                     "after": f"keyring from {args['url']}\n"}] if changed and ctx.diff else []
-            return HostResult(ctx.host, changed=changed, diff=diff, extra={"dest": dest},
-                              msg="" if changed else f"{dest} is up to date")
+            url = str(args["url"])
+
+            def fetched(results) -> dict:
+                res = results[0]
+                if res.rc == 0 and res.stdout.strip():
+                    return {}
+                return {"failed": True, "rc": res.rc, "stderr": res.stderr,
+                        "msg": f"cannot fetch key {url}: {res.stderr.strip()[-500:]}"}
+
+            def then(_facts, results) -> Plan:
+                try:
+                    data = base64.b64decode(results[0].stdout.strip(), validate=True)
+                except ValueError:
+                    return Plan(failed=True, msg=f"cannot fetch key {url}: the download is not base64")
+                plan = self.put(args, dest, dearmor(data), st)
+                for d in plan.diff:
+                    if d["after_header"] == dest:
+                        d.update(before="old or no keyring\n", after=f"keyring from {url}\n")
+                return plan
+            return Plan([Cmd(fetch_key(url), timeout=300, desc=f"fetch {url} -> {dest}", readonly=True,
+                             counts=False, ok_rc=None)], result=fetched, then=then)
         if args.get("data") is not None:
             data = dearmor(str(args["data"]).encode())
         elif args.get("file"):
@@ -321,12 +343,15 @@ class AptKey(Op):
                 data = dearmor(fh.read())
         else:
             raise OpError("apt_key needs url, data or file")
-        st = parse_stat(ctx.probe(stat_probe(dest, content=False)).stdout)
-        plan = write_file_plan(dest, data, st, mode=mode, make_parent=True)
-        for d in plan.diff:   # keys are binary: show a fingerprint-like summary, not bytes
-            d.update(before="(absent)\n" if st.kind == "absent" else f"sha256 {st.sha256}\n",
-                     after=f"sha256 {__import__('hashlib').sha256(data).hexdigest()}\n")
-        return execute_plan(plan, ctx)
+        return self.put(args, dest, data, st)
+
+    def put(self, args, dest: str, data: bytes, st) -> Plan:
+        plan = write_file_plan(dest, data, st, mode=parse_mode(args.get("mode")) or 0o644, make_parent=True)
+        for d in plan.diff:   # keys are binary: show a fingerprint-like summary, not bytes (a mode diff stays)
+            if d["after_header"] == dest:
+                d.update(before="(absent)\n" if st.kind == "absent" else f"sha256 {st.sha256}\n",
+                         after=f"sha256 {sha256(data)}\n")
+        return plan
 
 
 def _repo_filename(uri: str) -> str:
@@ -392,9 +417,9 @@ class AptRepository(Op):
     def probe(self, args, ctx):
         return stat_probe(self.content(args)[0])
 
-    def run(self, args, ctx) -> HostResult:
+    def plan(self, args, facts, probe, ctx) -> Plan:
         path, text, _ = self.content(args)
-        st = parse_stat(ctx.probe(stat_probe(path)).stdout)
+        st = parse_stat(probe.stdout)
         if args.get("state") == "absent":
             plan = Plan(noop=f"{path} is absent") if st.kind == "absent" else Plan(
                 [Cmd(f"rm -f {q(path)}")], diff=[{"before_header": path, "after_header": path,
@@ -408,4 +433,4 @@ class AptRepository(Op):
             else:
                 plan.commands.append(Cmd(update_one_source(path), timeout=600, counts=False,
                                          desc=f"apt-get update ({path} only)"))
-        return execute_plan(plan, ctx)
+        return plan
