@@ -389,3 +389,35 @@ def test_lineinfile_refuses_a_file_over_the_editing_limit_and_leaves_it_whole(tm
     r = host_status(rep, "edit big", "a")
     assert rc == 2 and r["failed"] and "larger than the editing limit" in r["msg"]
     assert big.read_bytes() == data
+
+
+def test_copy_into_a_folder_and_command_results_through_plans(tmp_path, inv, capsys):
+    """copy to a folder looks at the file inside it (a read-only command, then the decision); command's rc,
+    output and delta come from its plan's result; check mode predicts a `creates` command without running it."""
+    write(tmp_path, "files/app.conf", "x=1\n")
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - file: {path: "{{ out }}.d", state: directory}
+            - name: into the folder
+              copy: {src: app.conf, dest: "{{ out }}.d"}
+            - name: raw output
+              shell: printf 'a\\n\\n'
+              args: {strip_empty_ends: false}
+              register: raw
+              changed_when: false
+              check_mode: false
+            - assert: {that: ["raw.stdout == 'a\\n\\n'", "raw.rc == 0", "raw.delta is defined"]}
+            - name: once
+              command: {cmd: "touch {{ out }}.d/made", creates: "{{ out }}.d/made"}
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb, "--check")
+    assert rc == 0, rep
+    assert host_status(rep, "once", "a")["status"] == "changed" and not (tmp_path / "out.d" / "made").exists()
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    assert rc == 0, rep
+    assert host_status(rep, "into the folder", "a")["status"] == "changed"
+    assert (tmp_path / "out.d" / "app.conf").read_text() == "x=1\n" and (tmp_path / "out.d" / "made").exists()
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    assert rc == 0 and rep["stats"]["a"]["changed"] == 0, rep

@@ -6,10 +6,13 @@ import hashlib
 
 import pytest
 
-from provision.executor import batches, parse_extra_vars, tag_selected
 from provision.errors import OptionError
+from provision.executor import batches, parse_extra_vars, tag_selected
+from provision.executor.runner import HostRunner
+from provision.hostio import CommandResult
 from provision.ops.apt import dearmor, one_line, parse_policy, parse_simulation, version_matches
-from provision.ops.core import FileState, mask_text, parse_mode, parse_stat, secret_values, write_file_plan
+from provision.ops.core import (FileState, Op, OpContext, mask_text, normalize, parse_mode, parse_stat, secret_values,
+                                write_file_plan)
 from provision.ops.files import edit_lines
 from provision.ops.spec import registry
 from provision.ops.systemd import parse_show
@@ -181,3 +184,190 @@ def test_one_batch_answers_file_probes_as_each_probe_alone_would(tmp_path, shell
             if p.content:
                 assert (alone.content is not None) == (alone.size <= MAX_DIFF_BYTES)
     assert answers("") == {}   # a script that did not finish answers nothing
+
+
+# ------------------------------------------------------------------------------------------- plans, driven
+# An op's probe, plan and continuations carried out by the executor's real runner against a scripted host: the op
+# itself runs nothing (no run() override, no ctx.run), so what ran is exactly the plan's command objects.
+
+class Ran(list):
+    stdins: dict
+
+
+class ScriptedHost:
+    """Stands in for the connection pool and its connection: ``answer(cmd)`` -> (rc, stdout, stderr)."""
+
+    def __init__(self, answer):
+        self.answer, self.ran = answer, Ran()
+        self.ran.stdins = {}    # command index -> stdin
+
+    def acquire(self, host):
+        return self
+
+    reconnect = acquire
+
+    def release(self, host):
+        pass
+
+    def run(self, cmd, stdin=None, timeout=None, become=False, env=None, **kw):
+        if stdin is not None:
+            self.ran.stdins[len(self.ran)] = stdin
+        self.ran.append(cmd)
+        return CommandResult(*self.answer(cmd), 0.25)
+
+
+def drive(module, raw, facts, answer, *, check=False, refreshed=None, search=()):
+    """-> (HostResult, commands the host saw). ``refreshed(sections)`` gives the facts a re-read finds."""
+    host = ScriptedHost(answer)
+    runner = HostRunner("h", host, refresh=lambda conn, secs: facts.update(refreshed(secs) if refreshed else {}),
+                        sleep=lambda s: None)
+    ctx = OpContext(host="h", check=check, diff=True, facts=facts, runner=runner, search_paths=search)
+    spec = registry()[module]
+    op, args = spec.impl(), normalize(spec, raw)
+    assert type(op).run is Op.run, f"{module} overrides run()"
+    probe_cmd = op.probe(args, ctx)
+    probe = ctx.probe(probe_cmd) if probe_cmd else None
+    return runner.execute(op.plan(args, facts, probe, ctx), ctx), host.ran
+
+
+def no_apt(facts=None, **kw):
+    return {"packages": {}, "held_packages": [], "date_epoch": 10_000, "apt_cache_mtime": 0, **(facts or {}), **kw}
+
+
+def test_apt_updates_a_stale_cache_then_decides_from_the_fresh_facts():
+    def answer(cmd):
+        return (0, "", "") if " update" in cmd or " install " in cmd else (1, "", f"unexpected {cmd}")
+
+    def refreshed(secs):
+        return {"apt_cache_mtime": 10_000} if secs == ("apt_cache",) else {"packages": {"curl": "8.0"}}
+    facts = no_apt()
+    r, ran = drive("apt", {"name": "curl", "update_cache": True}, facts, answer, refreshed=refreshed)
+    assert not r.failed and r.changed, r
+    assert r.msg == "cache updated" and r.extra["cache_updated"] is True
+    assert "-o DPkg::Lock::Timeout=600 update" in ran[0] and ran[1].endswith(" install curl") and len(ran) == 2
+    assert r.commands == ["apt-get update", "apt-get install curl"]
+    assert r.diff == [{"before_header": "packages", "after_header": "packages", "before": "curl (absent)\n",
+                       "after": "curl 8.0\n"}]
+    # up to date once the cache is fresh: the update alone is not a change
+    r, ran = drive("apt", {"name": "curl", "update_cache": True}, no_apt({"packages": {"curl": "8.0"}}), answer)
+    assert not r.changed and r.msg == "cache updated; packages already as wanted" and len(ran) == 1
+    r, ran = drive("apt", {"name": "curl", "update_cache": True}, no_apt(), lambda c: (100, "", "E: no net\n"))
+    assert r.failed and r.rc == 100 and r.msg == "apt-get update failed: E: no net" and len(ran) == 1
+
+
+def test_apt_check_mode_runs_only_simulations_and_shows_them():
+    sims = {"-s install curl": "Inst libcurl4 (8.0 Debian)\nInst curl (8.0 Debian)\n",
+            "-s autoremove": "Remv oldlib [1.0]\n"}
+
+    def answer(cmd):
+        return next(((0, out, "") for k, out in sims.items() if cmd.endswith(k)), (1, "", f"ran {cmd}"))
+    r, ran = drive("apt", {"name": "curl", "update_cache": True, "autoremove": True}, no_apt(), answer, check=True)
+    assert all(" -s " in c for c in ran) and len(ran) == 2, ran    # autoremove simulated once, never run
+    assert r.changed and not r.failed and r.msg == "cache would be updated"
+    assert r.commands == ["apt-get install curl", "apt-get autoremove"]
+    assert r.diff[0]["after_header"] == "packages (simulated)"
+    assert r.diff[0]["after"] == "libcurl4: (absent) -> 8.0\ncurl: (absent) -> 8.0\noldlib: 1.0 -> (absent)\n"
+
+
+def test_apt_mark_is_retried_by_the_runner_while_dpkg_is_locked():
+    answers = iter([(100, "", "E: Could not get lock /var/lib/dpkg/lock-frontend\n"), (0, "curl set on hold.\n", "")])
+    r, ran = drive("apt", {"name": "curl", "hold": True}, no_apt({"packages": {"curl": "8.0"}}),
+                   lambda cmd: next(answers))
+    assert ran == ["apt-mark hold curl", "apt-mark hold curl"] and r.changed and not r.failed
+    assert r.diff == [{"before_header": "package holds", "after_header": "package holds",
+                       "before": "curl not held\n", "after": "curl held\n"}]
+
+
+def test_apt_latest_reads_candidates_from_the_prefetchable_probe_or_after_the_update():
+    from provision.ops.apt import Apt
+    assert Apt().probe({"name": ["curl"], "state": "latest"}, None) == "LANG=C apt-cache policy curl"
+    assert Apt().probe({"name": ["curl"], "state": "latest", "update_cache": True}, None) is None
+    assert Apt().probe({"name": ["curl"]}, None) is None
+    policy = "curl:\n  Installed: 7.0\n  Candidate: 8.0\n"
+
+    def answer(cmd):
+        return (0, policy if "policy" in cmd else "", "")
+    r, ran = drive("apt", {"name": "curl", "state": "latest", "update_cache": True},
+                   no_apt({"packages": {"curl": "7.0"}}), answer)
+    assert [c.split()[-2:] for c in ran] == [["/var/lib/apt/periodic/provision-update-stamp;", "}"],
+                                             ["policy", "curl"], ["install", "curl"]], ran
+    r, ran = drive("apt", {"name": "nope", "state": "latest"}, no_apt(),
+                   lambda c: (0, "nope:\n  Candidate: (none)\n", ""))
+    assert r.failed and r.msg == "No package matching 'nope' is available"
+
+
+def test_command_result_comes_from_the_plan():
+    r, ran = drive("shell", {"_raw_params": "do-it"}, {}, lambda c: (3, "out\n\n", "err\n"))
+    assert ran == ["do-it"] and r.failed and r.changed and r.rc == 3
+    assert (r.stdout, r.stderr, r.msg) == ("out", "err", "non-zero return code")
+    assert r.extra == {"cmd": "do-it", "delta": "0.250"} and r.duration == 0.25 and r.commands == ["do-it"]
+    r, _ = drive("shell", {"_raw_params": "do-it", "strip_empty_ends": False}, {}, lambda c: (0, "out\n\n", ""))
+    assert not r.failed and r.stdout == "out\n\n" and r.msg == ""
+    r, ran = drive("command", {"_raw_params": "touch /x", "creates": "/x"}, {}, lambda c: (0, "", ""), check=True)
+    assert ran == ["[ -e /x ] && echo creates-exists; true"] and r.changed
+    assert r.msg == "Command would have run if not in check mode" and r.commands == ["touch /x"]
+    r, ran = drive("command", {"_raw_params": "touch /x"}, {}, lambda c: (0, "", ""), check=True)
+    assert ran == [] and r.skipped
+
+
+def test_systemd_looks_at_the_unit_after_the_daemon_reload():
+    from provision.ops.systemd import Systemd
+    show = "LoadState=loaded\nActiveState=inactive\nUnitFileState=enabled\n"
+
+    def answer(cmd):
+        return (0, show if cmd.startswith("systemctl show") else "", "")
+    args = {"name": "docker", "state": "started", "daemon_reload": True}
+    assert Systemd().probe(args, OpContext("h")) is None     # a probe reads only: the reload is the plan's
+    r, ran = drive("systemd", args, {}, answer)
+    assert [c.split()[:2] for c in ran] == [["systemctl", "daemon-reload"], ["systemctl", "show"],
+                                            ["systemctl", "start"]] and r.changed
+    r, ran = drive("systemd", args, {}, answer, check=True)
+    assert len(ran) == 1 and ran[0].startswith("systemctl show docker") and r.changed
+    r, ran = drive("systemd", {"name": "docker", "state": "started"}, {}, lambda c: (1, "", "Failed to connect\n"))
+    assert r.failed and r.rc == 1 and r.msg == "systemctl show failed: Failed to connect" and len(ran) == 1
+
+
+def test_copy_into_a_folder_looks_at_the_file_inside_then_writes_it(tmp_path):
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "app.conf").write_text("x=1\n")
+    stats = {"/etc/app": "directory 755 root root 0 0\n", "/etc/app/app.conf": "absent\n"}
+
+    def answer(cmd):
+        return next(((0, out, "") for p, out in stats.items() if cmd.startswith(f"if [ -L {p} ];")), (0, "", ""))
+    r, ran = drive("copy", {"src": "app.conf", "dest": "/etc/app"}, {}, answer, search=(str(tmp_path),))
+    assert len(ran) == 3 and "mv -f \"$t\" /etc/app/app.conf" in ran[2] and r.changed, ran
+    assert ran.stdins == {2: b"x=1\n"}
+    assert r.extra["dest"] == "/etc/app/app.conf"
+
+
+def test_apt_key_from_a_url_is_fetched_by_the_host_and_written_as_a_file():
+    binary = bytes(range(120))
+    armored = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n" + base64.b64encode(binary).decode() + \
+        "\n-----END PGP PUBLIC KEY BLOCK-----\n"
+    fetched = base64.b64encode(armored.encode()).decode()
+    dest = "/usr/share/keyrings/k.gpg"
+
+    def host(stat):
+        return lambda cmd: (0, stat, "") if cmd.startswith("if [ -L") else (0, fetched, "") if "curl" in cmd \
+            else (0, "", "")
+    args = {"url": "http://repo/key.asc", "keyring": dest}
+    r, ran = drive("apt_key", args, {}, host("absent\n"))
+    assert r.changed and "curl -fsSL --retry 3 http://repo/key.asc" in ran[1] and len(ran) == 4
+    assert ran[2] == "mkdir -p /usr/share/keyrings" and "mv -f \"$t\" /usr/share/keyrings/k.gpg" in ran[3]
+    assert ran.stdins == {3: binary}      # dearmored on the controller
+    assert r.diff[0]["before"] == "old or no keyring\n" and r.diff[0]["after"] == "keyring from http://repo/key.asc\n"
+    same = f"file 644 root root 0 0 {len(binary)}\n{hashlib.sha256(binary).hexdigest()}\n"
+    r, ran = drive("apt_key", args, {}, host(same))
+    assert not r.changed and r.msg == f"{dest} is up to date" and len(ran) == 2
+    r, ran = drive("apt_key", args, {}, host(same), check=True)      # check mode still fetches (read-only)
+    assert not r.changed and len(ran) == 2
+    r, _ = drive("apt_key", args, {}, lambda c: (22, "", "curl: (22) 404\n") if "curl" in c else (0, "absent\n", ""))
+    assert r.failed and r.rc == 22 and r.msg == "cannot fetch key http://repo/key.asc: curl: (22) 404"
+
+
+def test_apt_repository_writes_the_list_and_updates_that_source_only():
+    r, ran = drive("apt_repository", {"repo": "deb http://x/y /", "filename": "y"}, {},
+                   lambda c: (0, "absent\n", "") if c.startswith("if [ -L") else (0, "", ""))
+    assert r.changed and r.commands == ["write /etc/apt/sources.list.d/y.list (17 bytes, mode 0644)",
+                                        "apt-get update (/etc/apt/sources.list.d/y.list only)"]
+    assert "Dir::Etc::sourcelist=/etc/apt/sources.list.d/y.list" in ran[2]
