@@ -25,7 +25,7 @@ import yaml
 
 from agent import __version__
 from agent.collectors import render_metrics
-from agent.errors import EXIT_BAD_CONFIG, EXIT_BAD_FLAG, AgentInputError, nearest_choice
+from agent.errors import EXIT_OPTIONS, EXIT_PARSE, InputError, closest
 from agent.hostpaths import MAINTENANCE_MARKER, UPGRADE_STATE_FILE
 
 log = logging.getLogger("gpu-agent")
@@ -66,12 +66,12 @@ def _load_yaml(path: str) -> Any:
         with open(path, encoding="utf-8") as f:
             return yaml.load(f, Loader=_LineLoader)
     except FileNotFoundError:
-        raise AgentInputError("file not found", file=path, exit_code=EXIT_BAD_FLAG) from None
+        raise InputError("file not found", file=path, exit_code=EXIT_OPTIONS) from None
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else None
-        raise AgentInputError(f"invalid YAML: {e.problem}", file=path, line=line) from None
+        raise InputError(f"invalid YAML: {e.problem}", file=path, line=line) from None
     except OSError as e:
-        raise AgentInputError(f"cannot read: {e.strerror}", file=path, exit_code=EXIT_BAD_FLAG) from None
+        raise InputError(f"cannot read: {e.strerror}", file=path, exit_code=EXIT_OPTIONS) from None
 
 
 
@@ -79,7 +79,7 @@ def _load_mapping(path: str) -> dict | None:
     """A YAML config file: None when empty, else its top-level mapping (anything else is bad input)."""
     doc = _load_yaml(path)
     if doc is not None and not isinstance(doc, dict):
-        raise AgentInputError("expected a mapping at the top", file=path, line=1)
+        raise InputError("expected a mapping at the top", file=path, line=1)
     return doc
 
 # ------------------------------------------------------------------------------------------------ web config
@@ -105,7 +105,7 @@ class WebConfig:
 
 
 def load_web_config(path: str) -> WebConfig:
-    """Parse an exporter-toolkit web-config.yml; bad input -> AgentInputError naming file, line and key."""
+    """Parse an exporter-toolkit web-config.yml; bad input -> InputError naming file, line and key."""
     doc = _load_mapping(path)
     wc = WebConfig()
     if doc is None:
@@ -118,47 +118,47 @@ def load_web_config(path: str) -> WebConfig:
     for key, val in doc.items():
         line = doc.line(key) if isinstance(doc, _LinedDict) else None
         if key not in top:
-            raise AgentInputError("unknown key", file=path, line=line, key=str(key), choices=top)
+            raise InputError("unknown key", file=path, line=line, key=str(key), choices=top)
         if key == "http_server_config" and val:
-            raise AgentInputError("not supported by gpu-agent (HTTP/1.1 only, no extra headers)", file=path, line=line,
-                                  key=key)
+            raise InputError("not supported by gpu-agent (HTTP/1.1 only, no extra headers)", file=path, line=line,
+                             key=key)
         if key == "tls_server_config" and val is not None:
             if not isinstance(val, dict):
-                raise AgentInputError("expected a mapping", file=path, line=line, key=key)
+                raise InputError("expected a mapping", file=path, line=line, key=key)
             for k, v in val.items():
                 kl = val.line(k) if isinstance(val, _LinedDict) else line
                 if k not in TLS_KEYS:
                     if k in ("cipher_suites", "curve_preferences", "prefer_server_cipher_suites"):
-                        raise AgentInputError("not supported by gpu-agent (Python's ssl defaults are used)", file=path,
-                                              line=kl, key=f"tls_server_config.{k}")
-                    raise AgentInputError("unknown key", file=path, line=kl, key=f"tls_server_config.{k}",
-                                          hint=nearest_choice(str(k), TLS_KEYS))
+                        raise InputError("not supported by gpu-agent (Python's ssl defaults are used)", file=path,
+                                         line=kl, key=f"tls_server_config.{k}")
+                    raise InputError("unknown key", file=path, line=kl, key=f"tls_server_config.{k}",
+                                     hint=closest(str(k), TLS_KEYS))
                 if k == "client_auth_type" and v not in CLIENT_AUTH_TYPES:
-                    raise AgentInputError(f"unknown value {v!r}", file=path, line=kl, key="tls_server_config." + k,
-                                          hint=nearest_choice(str(v), CLIENT_AUTH_TYPES))
+                    raise InputError(f"unknown value {v!r}", file=path, line=kl, key="tls_server_config." + k,
+                                     hint=closest(str(v), CLIENT_AUTH_TYPES))
                 if k in ("min_version", "max_version") and v not in TLS_VERSIONS:
-                    raise AgentInputError(f"unknown value {v!r}", file=path, line=kl, key="tls_server_config." + k,
-                                          hint=nearest_choice(str(v), TLS_VERSIONS))
+                    raise InputError(f"unknown value {v!r}", file=path, line=kl, key="tls_server_config." + k,
+                                     hint=closest(str(v), TLS_VERSIONS))
                 if k.endswith("_file"):
                     v = rel(str(v))
                     if not os.path.isfile(v):
-                        raise AgentInputError(f"file not found: {v}", file=path, line=kl, key="tls_server_config." + k)
+                        raise InputError(f"file not found: {v}", file=path, line=kl, key="tls_server_config." + k)
                 setattr(wc, k, str(v))
             if bool(wc.cert_file) != bool(wc.key_file):
-                raise AgentInputError("cert_file and key_file must be given together", file=path, line=line,
-                                      key="tls_server_config")
+                raise InputError("cert_file and key_file must be given together", file=path, line=line,
+                                 key="tls_server_config")
             if wc.client_auth_type in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven") \
                     and not wc.client_ca_file:
-                raise AgentInputError(f"client_auth_type {wc.client_auth_type} needs client_ca_file", file=path,
-                                      line=line, key="tls_server_config.client_ca_file")
+                raise InputError(f"client_auth_type {wc.client_auth_type} needs client_ca_file", file=path,
+                                 line=line, key="tls_server_config.client_ca_file")
         elif key == "basic_auth_users" and val is not None:
             if not isinstance(val, dict):
-                raise AgentInputError("expected a mapping of user: bcrypt hash", file=path, line=line, key=key)
+                raise InputError("expected a mapping of user: bcrypt hash", file=path, line=line, key=key)
             for user, h in val.items():
                 ul = val.line(user) if isinstance(val, _LinedDict) else line
                 if not isinstance(h, str) or not h.startswith(("$2a$", "$2b$", "$2y$")):
-                    raise AgentInputError("expected a bcrypt hash ($2b$...; make one with htpasswd -nBC 10 USER)",
-                                          file=path, line=ul, key=f"basic_auth_users.{user}")
+                    raise InputError("expected a bcrypt hash ($2b$...; make one with htpasswd -nBC 10 USER)",
+                                     file=path, line=ul, key=f"basic_auth_users.{user}")
                 wc.basic_auth_users[str(user)] = h.encode()
     return wc
 
@@ -178,8 +178,8 @@ def ssl_context(wc: WebConfig) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_OPTIONAL
     if mode == "RequireAnyClientCert" and not wc.client_ca_file:
         # Python cannot accept an unverified client certificate; refuse rather than silently skip checking it
-        raise AgentInputError("RequireAnyClientCert needs client_ca_file with gpu-agent",
-                              key="tls_server_config.client_auth_type")
+        raise InputError("RequireAnyClientCert needs client_ca_file with gpu-agent",
+                         key="tls_server_config.client_auth_type")
     return ctx
 
 
@@ -249,17 +249,17 @@ def load_config(path: str) -> Config:
     for key, val in doc.items():
         line = doc.line(key) if isinstance(doc, _LinedDict) else None
         if key not in types:
-            raise AgentInputError("unknown key", file=path, line=line, key=str(key), choices=types)
+            raise InputError("unknown key", file=path, line=line, key=str(key), choices=types)
         t = types[key]
         ok = (isinstance(val, bool) if t == "bool" else
               isinstance(val, (int, float)) and not isinstance(val, bool) and val > 0 if t == "float" else
               isinstance(val, str))
         if not ok:
             want = {"bool": "true or false", "float": "a positive number", "str": "a string"}[t]
-            raise AgentInputError(f"expected {want}, got {val!r}", file=path, line=line, key=key)
+            raise InputError(f"expected {want}, got {val!r}", file=path, line=line, key=key)
         if key == "log_level" and val not in ("debug", "info", "warning", "error"):
-            raise AgentInputError(f"unknown level {val!r}", file=path, line=line, key=key,
-                                  hint=nearest_choice(val, ("debug", "info", "warning", "error")))
+            raise InputError(f"unknown level {val!r}", file=path, line=line, key=key,
+                             hint=closest(val, ("debug", "info", "warning", "error")))
         setattr(cfg, key, float(val) if t == "float" else val)
     return cfg
 
@@ -267,8 +267,8 @@ def load_config(path: str) -> Config:
 def parse_listen(addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise AgentInputError(f"expected HOST:PORT or :PORT, got {addr!r}", key="--web.listen-address",
-                              exit_code=EXIT_BAD_FLAG)
+        raise InputError(f"expected HOST:PORT or :PORT, got {addr!r}", key="--web.listen-address",
+                         exit_code=EXIT_OPTIONS)
     return host.strip("[]"), int(port)
 
 
@@ -448,8 +448,8 @@ def make_server(cfg: Config, web: WebConfig, nvml_module: Any = None) -> tuple[A
         srv = AgentHTTPServer((host, port), registry_for(agent), web)
     except OSError as e:
         agent.close()
-        raise AgentInputError(f"cannot listen on {cfg.listen_address}: {e.strerror}", key="--web.listen-address",
-                              exit_code=EXIT_BAD_FLAG) from None
+        raise InputError(f"cannot listen on {cfg.listen_address}: {e.strerror}", key="--web.listen-address",
+                         exit_code=EXIT_OPTIONS) from None
     return srv, agent
 
 
@@ -486,12 +486,12 @@ def main(argv: list[str] | None = None) -> int:
             nvml_module = ReplayNvml.from_file(args.replay, gpus=args.replay_gpus, latency=args.replay_latency)
             nvml_module.init_error = None
         srv, agent = make_server(cfg, web, nvml_module)
-    except AgentInputError as e:
+    except InputError as e:
         print(f"gpu-agent: {e}", file=sys.stderr)
         return e.exit_code
     except ssl.SSLError as e:
         print(f"gpu-agent: {cfg.web_config_file}: tls_server_config: {e.reason or e}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return EXIT_PARSE
 
     def stop(signum: int, frame: Any) -> None:
         threading.Thread(target=srv.shutdown, daemon=True).start()

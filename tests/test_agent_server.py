@@ -230,10 +230,10 @@ def test_tls_handshake_refused_for_old_versions(pki, tmp_path):
 @pytest.mark.parametrize("loader", ["load_config", "load_web_config"])
 def test_config_file_whose_top_level_is_not_a_mapping_is_one_line_error(tmp_path, loader):
     from agent import server
-    from agent.errors import AgentInputError
+    from agent.errors import InputError
     path = tmp_path / "bad.yml"
     path.write_text("- listen_address: ':10240'\n")
-    with pytest.raises(AgentInputError) as err:
+    with pytest.raises(InputError) as err:
         getattr(server, loader)(str(path))
     assert str(err.value) == f"{path}:1: expected a mapping at the top"
     empty = tmp_path / "empty.yml"
