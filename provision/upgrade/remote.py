@@ -9,10 +9,9 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from agent.hostpaths import MAINTENANCE_MARKER as MARKER, UPGRADE_STATE_FILE as STATE_FILE  # read by the agent
 from provision.versions import version_key
 
-MARKER = "/etc/gpufleet/maintenance"                   # shared contract: present = host in maintenance
-STATE_FILE = "/var/lib/gpufleet/upgrade-state.json"     # shared contract: {"state","target","since"}
 LOCK_DIR = "/var/lib/gpufleet/upgrade.lock"             # mkdir-atomic lock; owner JSON inside
 HOST_RECORD = "/var/lib/gpufleet/upgrade-host.json"     # this host's step record (playbook mode, recovery)
 EVENT_LOG = "/var/lib/gpufleet/upgrade-events.log"      # one JSON line per step event (audit; tests count drains)
@@ -66,15 +65,16 @@ echo "$S smi"; if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi --query
 echo "$S pci"; for d in /sys/bus/pci/devices/*; do [ -r "$d/vendor" ] && echo "${d##*/} $(cat $d/vendor) $(cat $d/device 2>/dev/null) $(cat $d/class 2>/dev/null)"; done
 echo "$S dpkg"; dpkg-query -W -f='${Package}\t${Version}\t${db:Status-Abbrev}\n' 'nvidia-*' 'libnvidia-*' 'cuda-drivers*' 2>/dev/null
 echo "$S holds"; apt-mark showhold 2>/dev/null
-echo "$S marker"; cat /etc/gpufleet/maintenance 2>/dev/null
-echo "$S state"; cat /var/lib/gpufleet/upgrade-state.json 2>/dev/null
-echo "$S record"; cat /var/lib/gpufleet/upgrade-host.json 2>/dev/null
-echo "$S lock"; cat /var/lib/gpufleet/upgrade.lock/owner 2>/dev/null
+echo "$S marker"; cat {MARKER} 2>/dev/null
+echo "$S state"; cat {STATE_FILE} 2>/dev/null
+echo "$S record"; cat {HOST_RECORD} 2>/dev/null
+echo "$S lock"; cat {LOCK_DIR}/owner 2>/dev/null
 echo "$S docker"; command -v docker >/dev/null 2>&1 && docker info --format '{{json .Runtimes}}' 2>/dev/null | head -c 2000
 echo "$S toolkit"; command -v nvidia-ctk nvidia-container-runtime nvidia-container-cli 2>/dev/null
 echo "$S devnodes"; ls /dev/nvidia[0-9]* 2>/dev/null
 echo "$S end"
-"""
+""".replace("{MARKER}", MARKER).replace("{STATE_FILE}", STATE_FILE).replace(
+    "{HOST_RECORD}", HOST_RECORD).replace("{LOCK_DIR}", LOCK_DIR)
 
 
 def split_sections(text: str) -> dict[str, str]:
