@@ -1,0 +1,124 @@
+"""The frozen models a playbook loads into (Playbook, Play, Task) and where a task's relative files are found."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from provision.errors import InputError
+from provision.yamlsrc import SourcePos
+
+
+_EMPTY: Mapping = MappingProxyType({})
+
+
+def _freeze(d: Mapping | None) -> Mapping:
+    return MappingProxyType(dict(d or {}))
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    module: str
+    args: Mapping[str, Any]
+    when: tuple[str, ...] = ()
+    loop: Any | None = None
+    loop_var: str = "item"
+    register: str | None = None
+    notify: tuple[str, ...] = ()
+    listen: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    become: bool | None = None
+    become_user: str | None = None
+    ignore_errors: bool = False
+    changed_when: tuple[str, ...] | None = None
+    failed_when: tuple[str, ...] | None = None
+    until: str | None = None
+    retries: int = 3
+    delay: float = 5.0
+    no_log: bool = False
+    environment: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    vars: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    role: str | None = None
+    source: SourcePos = SourcePos("<unknown>", 0)
+    # additions beyond the shared contract
+    role_path: str | None = None          # absolute path of roles/NAME for role tasks (templates/, files/ inside)
+    playbook_dir: str = ""                # directory of the playbook file (search path for templates/files)
+    check_mode: bool | None = None        # task-level `check_mode:` (False = run even under --check)
+    index_var: str | None = None          # loop_control.index_var
+    loop_label: str | None = None         # loop_control.label (template)
+    loop_pause: float = 0.0               # loop_control.pause (seconds)
+    handler_names: tuple[str, ...] = ()   # for handlers: every name `notify` may use (name, 'role : name')
+    positions: Mapping[str, SourcePos] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
+
+    def __hash__(self) -> int:
+        return hash(("Task", self.name, self.module, self.source))
+
+
+@dataclass(frozen=True)
+class Play:
+    name: str
+    hosts: str
+    vars: Mapping[str, Any]
+    role_defaults: Mapping[str, Any]
+    become: bool
+    become_user: str | None
+    gather_facts: bool
+    serial: tuple
+    max_fail_percentage: float | None
+    any_errors_fatal: bool
+    tasks: tuple[Task, ...]
+    handlers: tuple[Task, ...]
+    source: SourcePos
+    # additions
+    playbook_dir: str = ""
+    roles: tuple[str, ...] = ()           # role names in load order
+    positions: Mapping[str, SourcePos] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
+
+    def __hash__(self) -> int:
+        return hash(("Play", self.name, self.source))
+
+
+@dataclass(frozen=True)
+class Playbook:
+    path: str
+    plays: tuple[Play, ...]
+
+    def __hash__(self) -> int:
+        return hash(("Playbook", self.path))
+
+
+def role_path(task: Task) -> str | None:
+    """Directory of the role a task came from (holds templates/ and files/), or None."""
+    return task.role_path
+
+
+def search_paths(task: Task, kind: str) -> list[str]:
+    """Where a relative ``src`` of a template (kind='templates') or copy (kind='files') is looked up, in order:
+    the role's KIND dir, the role dir, the playbook's KIND dir, the playbook dir."""
+    dirs = []
+    if task.role_path:
+        dirs += [os.path.join(task.role_path, kind), task.role_path]
+    if task.playbook_dir:
+        dirs += [os.path.join(task.playbook_dir, kind), task.playbook_dir]
+    return dirs
+
+
+def find_file(task: Task, kind: str, name: str) -> str:
+    """Resolve a task's relative template/file path; raises InputError naming the places searched."""
+    name = os.path.expanduser(str(name))
+    if os.path.isabs(name):
+        if os.path.exists(name):
+            return name
+        raise InputError(f"{kind[:-1]} '{name}' not found", file=task.source.file, line=task.source.line, key="src")
+    tried = []
+    for d in search_paths(task, kind):
+        cand = os.path.join(d, name)
+        tried.append(cand)
+        if os.path.exists(cand):
+            return cand
+    raise InputError(f"{kind[:-1]} '{name}' not found (looked in {', '.join(tried)})", file=task.source.file,
+                     line=task.source.line, key="src")

@@ -1,0 +1,230 @@
+"""One task -> a frozen Task: what it inherits from its play, role, block or import (:class:`_Ctx`), its module
+and arguments, loop and loop_control, register/notify/until/retries; and the check that every ``notify`` names a
+handler of the play."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from provision import yamlsrc
+from provision.errors import closest
+from provision.playbook.fields import (HANDLER_KEYS, LOOP_CONTROL_KEYS, TASK_KEYS, UNSUPPORTED, _bool, _check_keys,
+                                       _conditions, _err, _ident, _kpos, _mapping, _number, _str, _str_list)
+from provision.playbook.models import Task, _freeze
+from provision.playbook.module_args import _parse_kv, _split_free_form, check_module_args
+from provision.yamlsrc import LineDict, SourcePos, describe
+
+
+@dataclass
+class _Ctx:
+    """What a task inherits from its play/role/block/import."""
+    file: str
+    playbook_dir: str
+    base_dir: str                         # relative import_tasks are resolved here
+    role: str | None = None
+    role_path: str | None = None
+    tags: tuple = ()
+    when: tuple = ()
+    become: bool | None = None
+    become_user: str | None = None
+    environment: dict = field(default_factory=dict)
+    vars: dict = field(default_factory=dict)
+    ignore_errors: bool | None = None
+    no_log: bool | None = None
+    check_mode: bool | None = None
+    handler: bool = False
+
+
+def _environment(v: Any, pos: SourcePos) -> dict:
+    """An ``environment:`` mapping -> {name: string}."""
+    env = _mapping(v, pos, "environment")
+    out = {}
+    for k, val in env.items():
+        if isinstance(val, (dict, list)):
+            raise _err(f"environment values must be strings, got {describe(val)}", _kpos(env, k, pos), k)
+        out[k] = "" if val is None else (str(val).lower() if isinstance(val, bool) else str(val))
+    return out
+
+
+def _inherit(data: LineDict, pos: SourcePos, ctx: _Ctx) -> _Ctx:
+    """The context a block, an import or a task gives what it holds: its keys added to ``ctx``'s."""
+    kp = lambda k: _kpos(data, k, pos)  # noqa: E731
+    sub = replace(ctx)
+    if "when" in data:
+        sub.when = ctx.when + _conditions(data["when"], kp("when"), "when")
+    if "tags" in data:
+        sub.tags = ctx.tags + _str_list(data["tags"], kp("tags"), "tags", split_commas=True)
+    if "become" in data:
+        sub.become = _bool(data["become"], kp("become"), "become")
+    if data.get("become_user") is not None:
+        sub.become_user = _str(data["become_user"], kp("become_user"), "become_user")
+    if "become_method" in data and data["become_method"] != "sudo":
+        raise _err(f"only sudo is supported, got {data['become_method']!r}", kp("become_method"),
+                   "become_method")
+    if "environment" in data:
+        sub.environment = {**ctx.environment, **_environment(data["environment"], kp("environment"))}
+    if "vars" in data:
+        sub.vars = {**ctx.vars, **_mapping(data["vars"], kp("vars"), "vars")}
+    for k in ("ignore_errors", "no_log", "check_mode"):
+        if k in data:
+            setattr(sub, k, _bool(data[k], kp(k), k))
+    return sub
+
+
+def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
+    """One task (not a block or an import) -> Task, its module and arguments checked against ``reg``."""
+    kp = lambda k: _kpos(data, k, pos)  # noqa: E731
+    valid = HANDLER_KEYS if ctx.handler else TASK_KEYS
+    rest = [k for k in data if k not in valid]
+    mods = [k for k in rest if k in reg]
+    others = [k for k in rest if k not in reg]
+    for k in others:
+        if k in UNSUPPORTED:
+            raise _err(UNSUPPORTED[k], kp(k), str(k))
+        if k == "listen":
+            raise _err("'listen' is only valid on handlers", kp(k), k)
+    if len(mods) > 1:
+        raise _err(f"a task runs one module, found {len(mods)}: {', '.join(mods)}", kp(mods[1]), mods[1])
+    if others:
+        k = others[0]
+        if mods or len(others) > 1:
+            key_hint = closest(str(k), valid)
+            if key_hint or mods:
+                raise _err("unknown task key", kp(k), str(k), hint=key_hint or closest(str(k), reg))
+        raise _err("unknown module", kp(k), str(k), hint=closest(str(k), reg) or closest(str(k), valid))
+    if not mods:
+        raise _err("task has no module (expected one key naming a module, e.g. 'command:')", pos,
+                   str(data.get("name", "")) or None)
+    mkey = mods[0]
+    spec = reg[mkey]
+    module = spec.name
+    mpos = kp(mkey)
+    positions: dict[str, SourcePos] = {k: kp(k) for k in data}
+    positions["module"] = mpos
+
+    raw = data[mkey]
+    args: dict = {}
+    if "args" in data:
+        a = _mapping(data["args"], kp("args"), "args")
+        args.update(yamlsrc.plain(a))
+        for k in a:
+            positions[f"args.{k}"] = _kpos(a, k, kp("args"))
+    if raw is None:
+        pass
+    elif isinstance(raw, dict):
+        for k in raw:
+            if not isinstance(k, str):
+                raise _err(f"argument names must be strings, got {k!r}", _kpos(raw, k, mpos), mkey)
+            positions[f"args.{k}"] = _kpos(raw, k, mpos)
+        args.update(yamlsrc.plain(raw))
+    elif isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+        text = str(raw)
+        if spec.free_form and module != "set_fact":
+            parsed = _split_free_form(text, spec)
+        else:
+            parsed = _parse_kv(text, mpos, mkey)
+        for k in parsed:
+            positions[f"args.{k}"] = mpos
+        args.update(parsed)
+    else:
+        raise _err(f"module arguments must be a mapping or a string, got {describe(raw)}", mpos, mkey)
+    check_module_args(module, args, positions, mpos)
+
+    sub = _inherit(data, pos, ctx)
+    name = data.get("name")
+    name = _str(name, kp("name"), "name") if name not in (None, "") else module
+
+    loop = None
+    loop_keys = [k for k in ("loop", "with_items", "with_list", "with_dict") if k in data]
+    if len(loop_keys) > 1:
+        raise _err(f"use one of loop/with_*, found {', '.join(loop_keys)}", kp(loop_keys[1]), loop_keys[1])
+    if loop_keys:
+        lk = loop_keys[0]
+        loop = yamlsrc.plain(data[lk])
+        lpos = kp(lk)
+        positions["loop"] = lpos
+        if isinstance(loop, dict) and lk != "with_dict":
+            raise _err("loop expects a list, got a mapping (use '| dict2items')", lpos, lk)
+        if lk == "with_items":
+            loop = _flatten_items(loop)
+        elif lk == "with_dict":
+            loop = _dict_items(loop, lpos)
+        if loop is not None and not isinstance(loop, (list, str)):
+            raise _err(f"loop expects a list or a template, got {describe(loop)}", lpos, lk)
+    loop_var, index_var, label, pause = "item", None, None, 0.0
+    if data.get("loop_control") is not None:
+        lc = _mapping(data["loop_control"], kp("loop_control"), "loop_control")
+        _check_keys(lc, LOOP_CONTROL_KEYS, kp("loop_control"), "loop_control")
+        lcp = lambda k: _kpos(lc, k, kp("loop_control"))  # noqa: E731
+        if "loop_var" in lc:
+            loop_var = _ident(lc["loop_var"], lcp("loop_var"), "loop_var")
+        if "index_var" in lc:
+            index_var = _ident(lc["index_var"], lcp("index_var"), "index_var")
+        if "label" in lc:
+            label = _str(lc["label"], lcp("label"), "label")
+        if "pause" in lc:
+            pause = _number(lc["pause"], lcp("pause"), "pause")
+
+    register = _ident(data["register"], kp("register"), "register") if data.get("register") else None
+    notify = _str_list(data.get("notify"), kp("notify"), "notify")
+    listen = _str_list(data.get("listen"), kp("listen"), "listen") if ctx.handler else ()
+    changed_when = _conditions(data["changed_when"], kp("changed_when"), "changed_when") \
+        if "changed_when" in data else None
+    failed_when = _conditions(data["failed_when"], kp("failed_when"), "failed_when") \
+        if "failed_when" in data else None
+    until = None
+    if "until" in data:
+        conds = _conditions(data["until"], kp("until"), "until")
+        until = conds[0] if len(conds) == 1 else " and ".join(f"({c})" for c in conds)
+    retries = _number(data["retries"], kp("retries"), "retries", integer=True) if "retries" in data else 3
+    delay = _number(data["delay"], kp("delay"), "delay") if "delay" in data else 5.0
+    handler_names: tuple = ()
+    if ctx.handler:
+        handler_names = (name,) + ((f"{ctx.role} : {name}",) if ctx.role else ())
+    return Task(
+        name=name, module=module, args=_freeze(args), when=tuple(sub.when), loop=loop, loop_var=loop_var,
+        register=register, notify=notify, listen=listen, tags=tuple(dict.fromkeys(sub.tags)),
+        become=sub.become, become_user=sub.become_user, ignore_errors=bool(sub.ignore_errors),
+        changed_when=changed_when, failed_when=failed_when, until=until, retries=int(retries),
+        delay=float(delay), no_log=bool(sub.no_log), environment=_freeze(sub.environment),
+        vars=_freeze(yamlsrc.plain(sub.vars)), role=ctx.role, source=pos, role_path=ctx.role_path,
+        playbook_dir=ctx.playbook_dir, check_mode=sub.check_mode, index_var=index_var, loop_label=label,
+        loop_pause=float(pause), handler_names=handler_names, positions=_freeze(positions))
+
+
+def _flatten_items(v: Any) -> Any:
+    if isinstance(v, list):
+        out = []
+        for x in v:
+            out.extend(x if isinstance(x, list) else [x])
+        return out
+    if isinstance(v, str):
+        s = v.strip()
+        if s.startswith("{{") and s.endswith("}}") and s.count("{{") == 1:
+            return "{{ (" + s[2:-2].strip() + ") | flatten(levels=1) }}"
+    return v
+
+
+def _dict_items(v: Any, pos: SourcePos) -> Any:
+    if isinstance(v, dict):
+        return [{"key": k, "value": val} for k, val in v.items()]
+    if isinstance(v, str):
+        s = v.strip()
+        if s.startswith("{{") and s.endswith("}}") and s.count("{{") == 1:
+            return "{{ (" + s[2:-2].strip() + ") | dict2items }}"
+    raise _err("with_dict expects a mapping or a template", pos, "with_dict")
+
+
+def _check_notify(tasks: list[Task], handlers: list[Task]):
+    names: set[str] = set()
+    for h in handlers:
+        names.update(h.handler_names)
+        names.update(h.listen)
+    for t in tasks:
+        for i, n in enumerate(t.notify):
+            if "{{" in n:
+                continue
+            if n not in names:
+                pos = t.positions.get("notify", t.source)
+                raise _err(f"no handler named '{n}' in this play", pos, "notify",
+                           hint=closest(n, names))
