@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from provision.templating import (OMIT, TemplateError, Unsafe, analyse, compare_versions, conditional, evaluate,
-                                  render, render_template_file)
+from provision.templating import (OMIT, TemplateError, Unsafe, analyse, conditional, evaluate, render,
+                                  render_template_file)
 from provision.variables import VarDict
+from provision.versions import compare_versions
 
 VARS = {
     "n": 3, "s": "abc", "lst": [1, 2, 2], "d": {"a": 1, "b": {"c": 2}}, "t": True, "none": None,
