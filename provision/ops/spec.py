@@ -71,7 +71,7 @@ class ArgError(InputError):
         self.arg = arg
 
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")   # a variable, fact or register name
 _INT = re.compile(r"-?\d+")
 _FLOAT = re.compile(r"-?\d+(\.\d*)?([eE]-?\d+)?")
 _SCALAR = (str, int, float)
@@ -126,7 +126,7 @@ def check_args(spec: ModuleSpec, raw: Mapping[str, Any], *, templated: bool = Fa
         for k, v in (raw or {}).items():
             if k == "_raw_params":
                 errors.append(ArgError("set_fact takes key=value pairs or a mapping", key=spec.name))
-            elif k != "cacheable" and not _IDENT.match(str(k)):
+            elif k != "cacheable" and not VAR_NAME.match(str(k)):
                 errors.append(ArgError(f"set_fact: fact names must be variable names, got {k!r}", arg=str(k)))
             out[k] = v
         raw = {k: v for k, v in out.items() if k in spec.args}

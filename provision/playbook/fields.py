@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 from provision import yamlsrc
 from provision.errors import InputError, closest
+from provision.ops.spec import VAR_NAME
 from provision.truthy import NotABoolean, strict_bool
 from provision.yamlsrc import LineDict, LineList, SourcePos, describe
 
@@ -47,7 +48,6 @@ UNSUPPORTED = {
     "import_playbook": "import_playbook is only allowed at the top level of a playbook",
 }
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
@@ -144,6 +144,6 @@ def _check_keys(data: LineDict, valid: Iterable[str], pos: SourcePos, what: str,
 
 
 def _ident(v: Any, pos: SourcePos, key: str) -> str:
-    if not isinstance(v, str) or not _IDENT.match(v):
+    if not isinstance(v, str) or not VAR_NAME.match(v):
         raise _err(f"expected a variable name (letters, digits, _), got {v!r}", pos, key)
     return v

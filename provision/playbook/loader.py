@@ -9,7 +9,8 @@ from typing import Any
 
 from provision import yamlsrc
 from provision.errors import closest
-from provision.playbook.fields import (BLOCK_KEYS, IMPORT_KEYS, PLAY_KEYS, ROLE_KEYS, TASK_KEYS, UNSUPPORTED, _IDENT,
+from provision.ops.spec import VAR_NAME
+from provision.playbook.fields import (BLOCK_KEYS, IMPORT_KEYS, PLAY_KEYS, ROLE_KEYS, TASK_KEYS, UNSUPPORTED,
                                        _PERCENT, _bool, _check_keys, _conditions, _err, _kpos, _mapping, _number,
                                        _str, _str_list)
 from provision.playbook.models import Play, Playbook, Task, _freeze
@@ -250,7 +251,7 @@ class _Loader:
             elif k in UNSUPPORTED or k in TASK_KEYS:
                 raise _err(UNSUPPORTED.get(k, f"'{k}' is not supported on a role entry"), kp(k), str(k))
             else:  # Ansible's role parameters: any other key is a variable for the role
-                if not isinstance(k, str) or not _IDENT.match(k):
+                if not isinstance(k, str) or not VAR_NAME.match(k):
                     raise _err("unknown role entry key", kp(k), str(k), hint=closest(str(k), ROLE_KEYS))
                 params[k] = v
         return self._load_role(name, kp("role") if "role" in entry else kp("name"), sub, params, "role")
