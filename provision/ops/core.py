@@ -316,10 +316,8 @@ def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, 
     if not same:
         if backup and st.kind == "file":
             cmds.append(Cmd(f"cp -p {q(path)} {q(path)}.$(date +%Y%m%d-%H%M%S)~", desc=f"backup {path}"))
-        if make_parent:
-            cmds.append(Cmd(f"mkdir -p {q(_dirname(path))}"))
         new_mode = mode if mode is not None else (st.mode if st.kind == "file" else None)
-        cmds.append(FilePut(path, data, mode=new_mode))
+        cmds.append(FilePut(path, data, mode=new_mode, make_parent=make_parent))
         diffs.append(file_diff(path, st.content, data, before_absent=st.kind == "absent"))
         after_state = None
     else:

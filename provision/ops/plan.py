@@ -149,4 +149,4 @@ class Plan:
     def is_change(self) -> bool:
         if self.changed is not None:
             return self.changed
-        return any(c.counts for c in self.commands)
+        return any(c.counts and not c.readonly for c in self.commands)   # a look is never a change
