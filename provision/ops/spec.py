@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from provision.errors import InputError, closest
-from provision.truthy import NotABoolean, strict_bool
+from provision.truthy import strict_bool
 from provision.yamlsrc import describe, short_repr
 
 
@@ -74,7 +74,6 @@ class ArgError(InputError):
 VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")   # a variable, fact or register name
 _INT = re.compile(r"-?\d+")
 _FLOAT = re.compile(r"-?\d+(\.\d*)?([eE]-?\d+)?")
-_SCALAR = (str, int, float)
 _TYPE_WORDS = {"str": "a string", "path": "a path (string)", "int": "an integer", "float": "a number",
                "bool": "a boolean", "list": "a list", "dict": "a mapping", "raw": "any value"}
 
@@ -85,31 +84,24 @@ def _never(_value: Any) -> bool:
 
 def _coerce(kind: str, v: Any) -> Any:
     """``v`` as an argument of type ``kind``; ValueError when it is not one."""
-    plain = isinstance(v, _SCALAR) and not isinstance(v, bool)
-    if kind == "str" and (plain or isinstance(v, bool)) or kind == "path" and plain:
+    scalar = isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    if kind == "str" and (scalar or isinstance(v, bool)) or kind == "path" and scalar:
         return v
-    if kind == "int":
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-        if isinstance(v, str) and _INT.fullmatch(v.strip()):
-            return int(v)
-    elif kind == "float":
-        if plain and (not isinstance(v, str) or _FLOAT.fullmatch(v.strip())):
-            return float(v)
-    elif kind == "bool":
-        try:
-            return strict_bool(v)
-        except NotABoolean:
-            pass
-    elif kind == "list":
-        if isinstance(v, (list, tuple)):
-            return v
-        if plain:
-            return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else [v]
-    elif kind == "dict":
-        if isinstance(v, Mapping):
-            return v
-    elif kind not in ("str", "path"):   # raw, or a type no check knows
+    if kind == "int" and isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if kind == "int" and isinstance(v, str) and _INT.fullmatch(v.strip()):
+        return int(v)
+    if kind == "float" and scalar and (not isinstance(v, str) or _FLOAT.fullmatch(v.strip())):
+        return float(v)
+    if kind == "bool":
+        return strict_bool(v)   # NotABoolean is a ValueError
+    if kind == "list" and isinstance(v, (list, tuple)):
+        return v
+    if kind == "list" and scalar:
+        return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else [v]
+    if kind == "dict" and isinstance(v, Mapping):
+        return v
+    if kind not in _TYPE_WORDS or kind == "raw":   # any value, or a type no check knows
         return v
     raise ValueError(kind)
 
