@@ -105,7 +105,7 @@ class HostSet:
 
 def from_testbed(n: int, workdir: Path) -> HostSet:
     """Light hosts from the project's testbed: Testbed("bench").up([HostSpec(name)...]) (no GPUs, no Docker)."""
-    from provision.testbed import HostSpec, Testbed  # noqa: PLC0415 - optional until the testbed lands
+    from provision.testbed import HostSpec, Testbed  # noqa: PLC0415 - only for --hosts-source testbed
 
     tb = Testbed("bench", workdir=workdir / "testbed")
     tb.down()  # leftovers of an interrupted run (found by label)

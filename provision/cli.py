@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="provision", description="Bring NVIDIA GPU hosts to 'ready for PyTorch' over SSH.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(f"provision.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"provision.commands.{name}":
-                continue  # not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"provision.commands.{name}").register(sub)
     return parser
 
 

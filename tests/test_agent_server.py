@@ -2,6 +2,8 @@
 and one-line errors for bad config files."""
 from __future__ import annotations
 
+import ipaddress
+
 import datetime
 import os
 import signal
@@ -37,8 +39,7 @@ def _cert(tmp, name, ca=None, server=True):
         b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     elif server:
         b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                         x509.IPAddress(__import__("ipaddress").ip_address(
-                                                             "127.0.0.1"))]), critical=False)
+                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     else:
         b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
