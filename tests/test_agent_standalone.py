@@ -69,8 +69,9 @@ def test_packaged_config_and_unit_name_the_shared_host_files():
 
 def test_provisioner_reads_the_maintenance_marker_where_the_agent_does():
     from agent.hostpaths import MAINTENANCE_MARKER
-    from provision.gpu import devcontainer, probe
-    assert f"[ -e {MAINTENANCE_MARKER} ]" in probe.GPU_FACTS_COMMAND
+    from provision.facts import FACTS
+    from provision.gpu import devcontainer
+    assert f"[ -e {MAINTENANCE_MARKER} ]" in FACTS["maintenance"].command
     assert devcontainer.MAINTENANCE_MARKER is MAINTENANCE_MARKER
 
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from provision import facts as factmod
 from provision.errors import InputError
-from provision.gpu.plan import driver_packages, plan_host
-from provision.gpu.probe import (gpus_from_pci, nvswitches_from_pci, parse_gpu_facts, parse_nvidia_smi,
-                                 parse_secure_boot)
-from provision.gpu.report import gpu_report, normalize_facts
-from provision.gpu.table import load_table, version_at_least
+from provision.facts import MARK
+from provision.facts.gpu import parse_nvidia_smi
+from provision.facts.parsers import secure_boot
+from provision.gpu.plan import driver_packages, gpu_view, plan_host
+from provision.gpu.report import gpu_report
+from provision.gpu.table import gpus_from_pci, load_table, nvswitches_from_pci, version_at_least
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 
@@ -100,7 +102,7 @@ def test_parse_nvidia_smi_normalises_bus_ids():
 @pytest.mark.parametrize("text, state", [("SecureBoot enabled", True), ("SecureBoot disabled", False),
                                          (" 06 00 00 00 01", True), (" 06 00 00 00 00", False), ("", None)])
 def test_parse_secure_boot(text, state):
-    assert parse_secure_boot(text) is state
+    assert secure_boot(text) is state
 
 
 # ---- plans -----------------------------------------------------------------------------------------------------
@@ -120,7 +122,7 @@ def test_parse_secure_boot(text, state):
     ("fabric manager forced off", H100_BOARD, {"nvidia_fabricmanager": False}, "nvidia-open-580", "open", False),
 ])
 def test_plan_packages_flavour_fabricmanager(name, facts, hv, package, flavour, fm):
-    p = plan_host(normalize_facts(facts), hv)
+    p = plan_host(gpu_view(facts), hv)
     assert p.ok, p.refusals
     assert (p.driver_package, p.flavour, p.fabricmanager) == (package, flavour, fm)
     assert p.hold[0] == package
@@ -143,19 +145,19 @@ def test_plan_packages_flavour_fabricmanager(name, facts, hv, package, flavour, 
     ("unknown image", A100_PCIE, {"gpu_image": "example/thing:latest"}, "cannot tell which CUDA"),
 ])
 def test_plan_refusals(name, facts, hv, refusal):
-    p = plan_host(normalize_facts(facts), hv)
+    p = plan_host(gpu_view(facts), hv)
     assert any(refusal in r for r in p.refusals), p.refusals
     assert p.verdict.startswith("REFUSED:")
 
 
 def test_secure_boot_with_signing_key_is_accepted():
-    facts = normalize_facts({**A100_PCIE, "secure_boot": True})
+    facts = gpu_view({**A100_PCIE, "secure_boot": True})
     facts["module_signing_keys"] = ["/var/lib/shim-signed/mok/MOK.der"]
     assert plan_host(facts, {"nvidia_module_signing": True}).ok
 
 
 def test_installed_driver_too_old_for_image_after_install():
-    facts = normalize_facts({**A100_PCIE})
+    facts = gpu_view({**A100_PCIE})
     facts["nvidia_smi"] = {"rc": 0, "gpus": [r.as_dict() for r in parse_nvidia_smi(smi_rows(A100_PCIE, "570.20"))]}
     facts["packages"] = {"nvidia-open-570": "570.20-1"}
     p = plan_host(facts, {"nvidia_driver_branch": 570})
@@ -163,13 +165,13 @@ def test_installed_driver_too_old_for_image_after_install():
 
 
 def test_no_gpu_host_gets_no_driver():
-    p = plan_host(normalize_facts(NO_GPU), {"nvidia_driver_branch": 570})
+    p = plan_host(gpu_view(NO_GPU), {"nvidia_driver_branch": 570})
     assert not p.has_gpus and p.driver_package is None and p.packages == [] and p.ok
     assert "no driver needed" in p.verdict
 
 
 def test_ready_when_package_installed_and_smi_lists_every_gpu():
-    facts = normalize_facts(H100_BOARD)
+    facts = gpu_view(H100_BOARD)
     facts["nvidia_smi"] = {"rc": 0, "gpus": [r.as_dict() for r in parse_nvidia_smi(smi_rows(H100_BOARD,
                                                                                              "570.133.20"))]}
     facts["packages"] = {"nvidia-open-570": "570.133.20-1", "nvidia-fabricmanager-570": "570.133.20-1"}
@@ -185,7 +187,7 @@ def test_ready_when_package_installed_and_smi_lists_every_gpu():
                                               ("nvidia_driver_branch", "five-seventy", "580")])
 def test_bad_vars_are_one_line_input_errors(key, value, hint):
     with pytest.raises(InputError) as e:
-        plan_host(normalize_facts(H100_BOARD), {key: value})
+        plan_host(gpu_view(H100_BOARD), {key: value})
     assert e.value.key == key and e.value.hint == hint and "\n" not in str(e.value)
 
 
@@ -207,11 +209,51 @@ def test_report_lists_each_host_with_verdict():
 
 
 # ---- the probe's output, parsed (recorded on a real H100) ------------------------------------------------------
+# The H100 recordings predate the one section protocol: they hold the old probe's "### name" sections, which
+# legacy_sections() rewrites into the fact sections they correspond to (same commands' output, other marker).
+def legacy_sections(probe_output: str) -> str:
+    old: dict[str, list[str]] = {}
+    current = None
+    for line in probe_output.splitlines():
+        if line.startswith("### "):
+            current = line[4:].strip()
+            old[current] = []
+        elif current:
+            old[current].append(line)
+    os_id, version, codename = (" ".join(old.get("os", [])).split() + ["", "", ""])[:3]
+    new = {
+        "pci": old.get("pci", []),
+        "nvidia_smi": old.get("nvidia_smi", []),
+        "nvidia_module": old.get("proc_driver", []),
+        "secure_boot": old.get("secure_boot", []),
+        "module_signing": old.get("module_signing", []),
+        "kernel": old.get("kernel", []),
+        "os": [f"ID={os_id}", f"VERSION_ID={version}", f"VERSION_CODENAME={codename}"],
+        "packages": [f"{ln.split()[0]}\t{ln.split()[1]}\tinstall ok installed" for ln in old.get("packages", [])
+                     if len(ln.split()) == 2]
+                    + [f"{ln.strip()}\t?\thold ok installed" for ln in old.get("holds", []) if ln.strip()],
+        "maintenance": old.get("maintenance", []),
+        "gpu_containers": old.get("gpu_containers", []),
+    }
+    return "".join(f"{MARK} {name}\n" + "".join(ln + "\n" for ln in body) for name, body in new.items()) + \
+        f"{MARK} end\n"
+
+
+def recorded_view_shape(facts: dict) -> dict:
+    """The recording's parsed facts in today's shape: PCI devices name their class 'class' (the one PCI scan's
+    key, 'cls' in the old probe) and nvidia-smi says where it was found (the old probe did not: None)."""
+    out = dict(facts)
+    out["pci_devices"] = [{("class" if k == "cls" else k): v for k, v in d.items()} for d in facts["pci_devices"]]
+    out["nvidia_smi"] = {**facts["nvidia_smi"], "path": None}
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("h100-*.json")))
 def test_recorded_real_h100(name):
     rec = json.loads((FIXTURES / name).read_text())
-    facts = parse_gpu_facts(rec["probe_output"])
-    assert {k: facts[k] for k in rec["facts"]} == rec["facts"]   # the parser still reads the recording the same
+    facts = gpu_view(factmod.parse(legacy_sections(rec["probe_output"]), factmod.GPU_SECTIONS))
+    expected = recorded_view_shape(rec["facts"])
+    assert {k: facts[k] for k in expected} == expected   # the parser still reads the recording the same
     assert [g["model"] for g in facts["gpus"]] == ["H100 80GB HBM3"]
     smi = facts["nvidia_smi"]["gpus"]
     assert len(smi) == 1 and smi[0]["bus_id"] == facts["gpus"][0]["address"] and smi[0]["compute_cap"] == "9.0"
@@ -235,3 +277,150 @@ def test_report_reads_facts_as_the_engine_gathers_them():
     assert "1x GeForce RTX 5090 (Blackwell, CC 12.0)" in text
     assert "driver:     570.195.03 (open)" in text and "secure boot: off" in text
     assert "needs:      branch 570 open (nvidia-open-570)" in text
+
+
+# ---- the GPU-stack ops: pure plans (facts and probe output in, command objects out) ----------------------------
+def _ops():
+    import provision.ops.gpu_stack as gs
+    return gs
+
+
+def _ctx(**kw):
+    from provision.ops.core import OpContext
+    return OpContext(host="h", **kw)
+
+
+def _result(stdout: str, rc: int = 0):
+    from provision.hostio import CommandResult
+    return CommandResult(rc, stdout, "", 0.0)
+
+
+def _sections(**parts: str) -> str:
+    return "".join(f"{MARK} {k}\n{v}\n" for k, v in parts.items()) + f"{MARK} end\n"
+
+
+SMI_570_WS = ("path=/usr/bin/nvidia-smi\n0, 00000000:18:00.0, NVIDIA GeForce RTX 5090, 570.195.03, 12.0, GPU-1, 32607\n"
+              "rc=0")
+
+
+def test_gpu_ops_hold_no_connection_and_run_nothing():
+    import inspect
+
+    from provision.ops.core import Op
+    gs = _ops()
+    ops = [gs.GpuPlan, gs.GpuJsonMerge, gs.GpuImage, gs.GpuDevcontainer, gs.GpuValidate, gs.GpuAgentInstall]
+    assert all(op.run is Op.run for op in ops)
+    assert "ctx.run(" not in inspect.getsource(gs) and "execute_plan" not in inspect.getsource(gs)
+    assert gs.GpuPlan.facts == factmod.GPU_SECTIONS
+
+
+def test_gpu_plan_op_reads_the_gpu_sections():
+    gs = _ops()
+    h200 = json.loads((FIXTURES / "h200-2026-12-01-reconstructed.json").read_text())
+    facts = factmod.parse(h200["sections_output"], factmod.GPU_SECTIONS)
+    op = gs.GpuPlan()
+    assert op.probe({}, _ctx()) is None
+    plan = op.plan({"fail_on_refusal": True}, facts, None, _ctx())
+    assert not plan.failed and not plan.commands and plan.noop.startswith("ready: driver 580.159.04 (open)")
+    assert plan.extra["gpu_plan"]["driver_source"] == "not apt" and plan.extra["ansible_facts"]["gpu_facts"]["gpus"]
+    refused = op.plan({"fail_on_refusal": True}, {**facts, "secure_boot": True}, None, _ctx())
+    assert refused.failed and "Secure Boot is on" in refused.msg and set(refused.extra) == {"verdict"}
+
+
+def test_gpu_plan_verify_reads_nvidia_smi_again():
+    gs = _ops()
+    h200 = json.loads((FIXTURES / "h200-2026-12-01-reconstructed.json").read_text())
+    stale = factmod.parse(h200["sections_output"], factmod.GPU_SECTIONS)
+    op, args = gs.GpuPlan(), {"verify_driver": True, "expected_version": "580.159.04"}
+    probe = op.probe(args, _ctx())
+    assert probe == factmod.script(("pci", "nvidia_smi", "nvidia_module"))
+    now = _sections(pci="0000:00:06.0 0x10de 0x2335 0x030200", nvidia_smi="path=/usr/bin/nvidia-smi\n"
+                    "Failed to initialize NVML: Driver/library version mismatch\nrc=18", nvidia_module="")
+    plan = op.plan(args, stale, _result(now), _ctx())
+    assert plan.failed and plan.msg.startswith("nvidia-smi does not answer after the install: Failed to initialize")
+    smi = factmod.split_sections(h200["sections_output"])["nvidia_smi"]
+    ok = op.plan(args, stale, _result(_sections(pci="0000:00:06.0 0x10de 0x2335 0x030200", nvidia_smi=smi,
+                                                nvidia_module="sys=580.159.04")), _ctx())
+    assert not ok.failed and ok.msg == "nvidia-smi lists all 1 GPUs at driver 580.159.04"
+
+
+def test_gpu_json_merge_puts_the_file():
+    from provision.ops.plan import Cmd, FilePut
+    gs = _ops()
+    op = gs.GpuJsonMerge()
+    args = {"path": "/etc/docker/daemon.json", "content": {"runtimes": {"nvidia": {"path": "x"}}}, "backup": True,
+            "mode": "0644"}
+    plan = op.plan(args, {}, _result('{"log-driver": "json-file"}\n'), _ctx())
+    assert [type(c) for c in plan.commands] == [Cmd, FilePut]
+    put = plan.commands[1]
+    assert (put.path, put.mode, put.make_parent) == ("/etc/docker/daemon.json", 0o644, True)
+    assert json.loads(put.content) == {"log-driver": "json-file", "runtimes": {"nvidia": {"path": "x"}}}
+    assert op.plan(args, {}, _result(put.content.decode()), _ctx()).noop
+
+
+def test_gpu_image_refuses_before_fetching_and_streams_after_a_failed_mirror(tmp_path):
+    from provision.ops.plan import Cmd, FilePut
+    gs = _ops()
+    op = gs.GpuImage()
+    newer = {"image": "pytorch/pytorch:2.9.0-cuda13.0-cudnn9-runtime", "source": "auto", "check_gpus": True}
+    assert "nvidia_smi" in op.probe(newer, _ctx()) and "docker image inspect" in op.probe(newer, _ctx())
+    plan = op.plan(newer, {}, _result(_sections(nvidia_smi=SMI_570_WS, image="")), _ctx())
+    assert plan.failed and "needs CUDA 13.0 (driver >= 580.65.06)" in plan.msg and "570.195.03" in plan.msg
+    tag = "pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime"
+    present = op.plan({"image": tag, "check_gpus": True}, {}, _result(_sections(
+        nvidia_smi=SMI_570_WS, image="sha256:0123456789abcdef0123")), _ctx())
+    assert present.noop == f"{tag} present (sha256:0123456789ab)"
+    tarball = tmp_path / "img.tar"
+    tarball.write_bytes(b"not really an image")
+    args = {"image": tag, "source": "auto", "mirror": "127.0.0.1:1", "tarball": str(tarball), "check_gpus": True}
+    first = op.plan(args, {}, _result(_sections(nvidia_smi=SMI_570_WS, image="")), _ctx())
+    assert [c.cmd for c in first.commands] == [f"docker pull 127.0.0.1:1/{tag} && docker tag 127.0.0.1:1/{tag} {tag}"]
+    stream = first.then({}, [_result("", rc=1)])
+    assert [type(c) for c in stream.commands] == [FilePut, Cmd, Cmd] and stream.commands[0].mode == 0o600
+    assert stream.commands[0].content == b"not really an image" and stream.commands[2].readonly
+    done = stream.then({}, [_result(""), _result("Loaded image"), _result("sha256:1\n")])
+    assert done.changed and "streamed from the controller (mirror failed" in done.msg
+    assert op.plan(args, {}, _result(_sections(nvidia_smi=SMI_570_WS, image="")), _ctx(check=True)).msg == \
+        f"would fetch {tag} (auto)"
+
+
+DEV_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHg0Yw== dev@example"
+
+
+def test_gpu_devcontainer_token_is_put_and_maintenance_skips(tmp_path, monkeypatch):
+    from provision.ops.plan import FilePut
+    monkeypatch.setenv("GPUFLEET_SECRETS_DIR", str(tmp_path))
+    gs = _ops()
+    op = gs.GpuDevcontainer()
+    args = {"name": "dev", "image": "img:1", "user": "dev", "uid": 1000, "gpus": "all", "jupyter_port": 8888,
+            "ssh_port": 2222, "bind": "127.0.0.1", "shm_size": "8g", "runtime": "nvidia", "data_root": "/srv/d",
+            "authorized_keys": [DEV_KEY], "state": "started"}
+    probe = op.probe(args, _ctx())
+    assert f"{MARK} maintenance" in probe and "/etc/gpufleet/maintenance" in probe
+    fresh = _sections(maintenance="", token="", keys="", image="sha256:9", container="")
+    plan = op.plan(args, {}, _result(fresh), _ctx())
+    puts = [c for c in plan.commands if isinstance(c, FilePut)]
+    assert [(p.path, p.mode, p.owner, p.group) for p in puts] == \
+        [("/etc/gpufleet/devcontainers/dev/jupyter_token", 0o400, "1000", "1000")]
+    token = puts[0].content.decode()
+    assert (tmp_path / "h--dev.jupyter_token").read_text().strip() == token
+    shown = " ".join(getattr(c, "cmd", "") + " " + c.shown for c in plan.commands) + json.dumps(plan.diff)
+    assert token not in shown
+    busy = _sections(maintenance="present\ndriver upgrade by alice", token="", keys="", image="sha256:9",
+                     container="")
+    skipped = op.plan(args, {}, _result(busy), _ctx())
+    assert not skipped.commands and skipped.result([]) == {
+        "skipped": True, "msg": "/etc/gpufleet/maintenance is present (driver upgrade by alice): not starting dev "
+                                "container dev during maintenance"}
+
+
+def test_gpu_validate_nvidia_smi_reads_the_one_section():
+    gs = _ops()
+    plan = gs.GpuValidate().plan({"step": "nvidia_smi", "gpu_count": 1, "simulated": False, "timeout": 60}, {},
+                                 None, _ctx())
+    assert plan.commands[0].cmd == factmod.FACTS["nvidia_smi"].command and plan.skip_in_check
+    assert plan.result([_result(SMI_570_WS)]) == {"msg": "nvidia-smi lists 1 GPU(s): NVIDIA GeForce RTX 5090, "
+                                                         "driver 570.195.03"}
+    assert plan.result([_result("rc=127\n")]) == {"failed": True, "rc": 127,
+                                                  "msg": "nvidia-smi lists 0 GPU(s), expected 1: no nvidia-smi on "
+                                                         "PATH, in /usr/bin or /usr/local/nvidia/bin"}

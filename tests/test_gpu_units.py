@@ -10,7 +10,8 @@ import pytest
 from provision.gpu import devcontainer as dc
 from provision.gpu.images import check_image_fits, save_on_controller
 from provision.gpu.jsonmerge import JsonMergeError, merge, plan_merge
-from provision.gpu.probe import parse_gpu_containers
+from provision.facts import MARK
+from provision.facts.gpu import parse_gpu_containers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,8 +83,8 @@ def test_spec_hash_follows_image_and_spec():
 
 
 def test_parse_probe():
-    st = dc.parse_probe("## maintenance\npresent\nRMA by bob\n## token\n400 1000\n## keys\nabc\n## image\n"
-                        "sha256:9\n## container\nrunning 1234\n## end\n")
+    st = dc.parse_probe(f"{MARK} maintenance\npresent\nRMA by bob\n{MARK} token\n400 1000\n{MARK} keys\nabc\n"
+                        f"{MARK} image\nsha256:9\n{MARK} container\nrunning 1234\n{MARK} end\n")
     assert st["maintenance"] and st["maintenance_reason"] == "RMA by bob" and st["token_uid"] == 1000
     assert (st["image_id"], st["container_status"], st["container_spec"]) == ("sha256:9", "running", "1234")
 

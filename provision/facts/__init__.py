@@ -1,14 +1,18 @@
-"""Facts: each is a shell command plus a pure parser (provision.facts.parsers). All the facts a play needs are
-gathered in ONE round trip per host: one script whose sections are separated by markers.
+"""Facts: each is a shell command plus a pure parser (provision.facts.parsers, provision.facts.gpu). All the facts
+a play needs are gathered in ONE round trip per host: one script whose sections are separated by markers.
 
 :func:`script` builds the script, :func:`parse` splits and parses its output (pure, testable with recordings),
 :func:`gather` does both over a connector. Facts keys follow Ansible's ``ansible_facts`` names where one exists.
+:data:`GPU_SECTIONS` are what the GPU plan reads (``provision facts --gpu``, the ``gpu_plan`` op); the other
+readers of GPU state (the rolling upgrade, gpu_validate) use the same sections. :func:`section_script` is the one
+section protocol, also for an op's probe made of several parts (gpu_devcontainer).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from provision.facts import gpu as g
 from provision.facts import parsers as p
 
 MARK = "@@provision-fact@@"
@@ -48,24 +52,42 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
                      "dpkg-query -W -f='${Package}\\t${Version}\\t${Status}\\n'", p.dpkg_packages),
     Fact("apt_cache", "echo $(date +%s) $(stat -c %Y /var/lib/apt/periodic/provision-update-stamp 2>/dev/null || "
                       "stat -c %Y /var/cache/apt/pkgcache.bin 2>/dev/null)", p.apt_cache),
+    # GPU sections (provision/facts/gpu.py); the PCI scan is "pci" above, dpkg's packages and holds "packages"
+    Fact("nvidia_smi", g.NVIDIA_SMI_COMMAND, _one("nvidia_smi", g.nvidia_smi_result)),
+    Fact("nvidia_module", g.NVIDIA_MODULE_COMMAND, _one("nvidia_module", g.nvidia_module)),
+    Fact("module_signing", g.MODULE_SIGNING_COMMAND, _one("module_signing_keys", g.module_signing_keys)),
+    Fact("gpu_containers", g.GPU_CONTAINERS_COMMAND, _one("gpu_containers", g.parse_gpu_containers)),
+    Fact("maintenance", g.MAINTENANCE_COMMAND, g.maintenance_marker),
 ]}
 
-PLAY_FACTS = tuple(FACTS)   # what gather_facts collects
+# what gather_facts collects (the GPU sections are gathered when an op asks for them)
+PLAY_FACTS = ("os", "kernel", "arch", "hostname", "cpus", "memory", "boot_id", "init", "pkg_mgr", "secure_boot",
+              "pci", "packages", "apt_cache")
+# what the GPU plan reads: `provision facts --gpu` and the gpu_plan op gather exactly these
+GPU_SECTIONS = ("pci", "nvidia_smi", "nvidia_module", "packages", "secure_boot", "module_signing", "kernel", "os",
+                "gpu_containers", "maintenance")
+
+
+def section_script(parts: Iterable[tuple[str, str]]) -> str:
+    """One shell script printing each (name, command) part under its marker, stderr dropped, then the end
+    marker: the one section protocol (:func:`split_sections` reads it back)."""
+    body = "".join(f"echo '{MARK} {name}'; ( {command} ) 2>/dev/null\n" for name, command in parts)
+    return body + f"echo '{MARK} end'\n"
 
 
 def script(names: Iterable[str]) -> str:
-    parts = []
-    for n in names:
-        parts.append(f"echo '{MARK} {n}'; ( {FACTS[n].command} ) 2>/dev/null")
-    return "\n".join(parts) + "\necho '" + MARK + " end'\n"
+    return section_script((n, FACTS[n].command) for n in names)
 
 
 def split_sections(output: str) -> dict[str, str]:
+    """Each section's text, up to the end marker (output after it, a batched probe's say, is not a section)."""
     sections: dict[str, list[str]] = {}
     current = None
     for line in output.splitlines():
         if line.startswith(MARK):
             current = line[len(MARK):].strip()
+            if current == "end":
+                break
             sections[current] = []
         elif current is not None:
             sections[current].append(line)

@@ -79,17 +79,17 @@ def pkg_mgr(text: str) -> str:
 
 
 def secure_boot(text: str) -> bool | None:
-    """mokutil --sb-state ('SecureBoot enabled'), else efivars bytes ('06 00 00 00 01'); None when unknown."""
+    """mokutil --sb-state ('SecureBoot enabled'), else the EFI variable's bytes ('efivar: 06 00 00 00 01', or the
+    bare bytes: 4 attribute bytes, then the value); None when unknown."""
     low = text.lower()
     if "secureboot enabled" in low:
         return True
     if "secureboot disabled" in low or "not supported" in low:
         return False
     for line in text.splitlines():
-        if line.startswith("efivar:"):
-            parts = line[len("efivar:"):].split()
-            if len(parts) >= 5:
-                return parts[4] in ("01", "1")
+        parts = line.removeprefix("efivar:").split()
+        if len(parts) >= 5 and all(len(b) <= 2 and all(c in "0123456789abcdefABCDEF" for c in b) for b in parts):
+            return parts[4] in ("01", "1")
     return None
 
 

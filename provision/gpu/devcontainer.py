@@ -2,8 +2,9 @@
 controller generates, SSH with the users' keys only, volumes for data/models/checkpoints, restart unless-stopped,
 labels that the agent and the upgrade flow read.
 
-Pure: :func:`docker_run_args` and :func:`spec_hash` (what the container should be). The op in
-provision/ops/gpu_devcontainer.py probes the host once and turns the difference into commands.
+Pure: :func:`docker_run_args` and :func:`spec_hash` (what the container should be). The op (gpu_devcontainer in
+provision/ops/gpu_stack.py) probes the host once (:func:`probe_command`, in the sections of provision.facts) and
+turns the difference into commands.
 
 Secrets: the Jupyter token is generated on the controller (``secrets.token_urlsafe``), travels only as the stdin of
 one command into a host file readable by the container user alone (0400), is saved on the controller in a 0600
@@ -21,8 +22,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.hostpaths import MAINTENANCE_MARKER
-from provision.gpu.probe import section_lines
+from agent.hostpaths import MAINTENANCE_MARKER  # noqa: F401 - named in gpu_devcontainer's message
+from provision.facts import FACTS, section_script, split_sections
 
 LABEL = "gpufleet.devcontainer"
 HOST_ROOT = "/etc/gpufleet/devcontainers"
@@ -120,31 +121,31 @@ def docker_run_args(spec: DevSpec, h: str) -> list[str]:
 
 
 def probe_command(spec: DevSpec) -> str:
+    """One read-only look: the maintenance marker (the ``maintenance`` fact section), the token's mode and owner,
+    the keys' digest, the image's id, the container's status and spec label."""
     n = shlex.quote(spec.name)
-    return "\n".join([
-        f"echo '## maintenance'; [ -e {MAINTENANCE_MARKER} ] && {{ echo present; head -c 200 {MAINTENANCE_MARKER}; echo; }}",
-        f"echo '## token'; [ -s {shlex.quote(spec.token_path)} ] && stat -c '%a %u' {shlex.quote(spec.token_path)}",
-        f"echo '## keys'; [ -e {shlex.quote(spec.keys_path)} ] && sha256sum < {shlex.quote(spec.keys_path)} | cut -c1-64",
-        f"echo '## image'; docker image inspect --format '{{{{.Id}}}}' {shlex.quote(spec.image)} 2>&1",
-        f"echo '## container'; docker inspect --format "
-        f"'{{{{.State.Status}}}} {{{{index .Config.Labels \"gpufleet.spec\"}}}}' {n} 2>/dev/null",
-        "echo '## end'",
+    token, keys = shlex.quote(spec.token_path), shlex.quote(spec.keys_path)
+    return section_script([
+        ("maintenance", FACTS["maintenance"].command),
+        ("token", f"[ -s {token} ] && stat -c '%a %u' {token}"),
+        ("keys", f"[ -e {keys} ] && sha256sum < {keys} | cut -c1-64"),
+        ("image", f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(spec.image)} 2>&1"),
+        ("container", f"docker inspect --format '{{{{.State.Status}}}} {{{{index .Config.Labels \"gpufleet.spec\"}}}}' "
+                      f"{n}"),
     ])
 
 
 def parse_probe(text: str) -> dict:
-    sec = section_lines(text, "##")
-    maint = [l for l in sec.get("maintenance", []) if l.strip()]
-    token = " ".join(sec.get("token", [])).split()
-    image = " ".join(sec.get("image", [])).strip()
-    cont = " ".join(sec.get("container", [])).split()
+    sec = split_sections(text)
+    token = sec.get("token", "").split()
+    image = sec.get("image", "").strip()
+    cont = sec.get("container", "").split()
     return {
-        "maintenance": bool(maint) and maint[0] == "present",
-        "maintenance_reason": " ".join(maint[1:]).strip(),
+        **FACTS["maintenance"].parse(sec.get("maintenance", "")),
         "token_present": bool(token),
         "token_mode": token[0] if token else None,
         "token_uid": int(token[1]) if len(token) > 1 and token[1].isdigit() else None,
-        "keys_sha": (sec.get("keys") or [""])[0].strip() or None,
+        "keys_sha": sec.get("keys", "").strip() or None,
         "image_id": image if image.startswith("sha256:") else None,
         "image_error": None if image.startswith("sha256:") else image[-200:],
         "container_status": cont[0] if cont else None,

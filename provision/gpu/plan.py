@@ -1,7 +1,13 @@
 """What a host needs, decided from its GPU facts and its group vars. Pure: facts in, a plan out.
 
-``plan_host(facts, hostvars)`` → :class:`HostGpuPlan` (driver branch and flavour, packages, fabric manager, image
-checks, refusals, a one-line verdict). Roles read ``plan.as_vars()``; ``provision facts --gpu`` prints it.
+``gpu_view(facts)`` turns the fact sections of :data:`provision.facts.GPU_SECTIONS` into the GPU facts a plan
+reads (GPUs identified through gpus.yaml, nvidia-smi, the loaded module, the GPU stack's packages...);
+``plan_host(view, hostvars)`` → :class:`HostGpuPlan` (the driver in use and where it came from, driver branch and
+flavour to have, packages, fabric manager, image checks, refusals, a one-line verdict). Roles read
+``plan.as_vars()``; ``provision facts --gpu`` prints it.
+
+The driver in use comes from the loaded kernel module and nvidia-smi, then from dpkg: a loaded driver without a
+driver package is pre-installed, not from apt (a cloud image's, a runfile's).
 
 Group vars read here (all optional):
   nvidia_driver_branch      535 | 550 | 570 | 580 ...      (default: the table's default_branch)
@@ -19,7 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from provision.errors import InputError, closest
-from provision.gpu.table import GpuTable, load_table, parse_version, version_at_least
+from provision.facts.gpu import gpu_packages, installed_driver_package, smi_problem, upstream_version
+from provision.gpu.table import (GpuTable, gpus_from_pci, load_table, nvswitches_from_pci, parse_version,
+                                 version_at_least)
 from provision.truthy import lenient_bool
 
 FLAVOURS = ("auto", "open", "proprietary")
@@ -33,8 +41,11 @@ class HostGpuPlan:
     host: str
     gpus: list[dict] = field(default_factory=list)
     nvswitches: list[str] = field(default_factory=list)
-    installed_driver: str | None = None
+    installed_driver: str | None = None     # the driver in use: loaded module, nvidia-smi, then packages
     installed_flavour: str | None = None
+    driver_loaded: bool = False              # the nvidia kernel module is loaded
+    driver_source: str | None = None         # "apt" (driver_package_installed), "not apt" (pre-installed), None
+    driver_package_installed: str | None = None   # "nvidia-open-580=580.95.05-1"
     smi_gpu_count: int | None = None
     branch: int | None = None
     flavour: str | None = None
@@ -82,11 +93,32 @@ def _choice(hostvars: Mapping, key: str, choices: tuple, default: str) -> str:
     return v
 
 
-def gpu_facts_of(facts: Mapping) -> Mapping:
-    """The GPU facts inside a host's facts: the probe's dict itself, or nested under 'gpu'."""
-    if "gpus" in facts or "pci_devices" in facts:
-        return facts
-    return facts.get("gpu") or {}
+def gpu_view(facts: Mapping, table: GpuTable | None = None) -> dict:
+    """The GPU facts :func:`plan_host` reads, from a host's fact sections (:data:`provision.facts.GPU_SECTIONS`,
+    merged as the executor gathers them; a missing section reads as empty). JSON-able."""
+    table = table or load_table()
+    pci = list(facts.get("pci_devices") or [])
+    module = facts.get("nvidia_module") or {}
+    smi = facts.get("nvidia_smi") or {"rc": None, "path": None, "gpus": [], "error": None}
+    return {
+        "pci_devices": pci,
+        "gpus": [g.as_dict() for g in gpus_from_pci(pci, table)],
+        "nvswitches": nvswitches_from_pci(pci, table),
+        "nvidia_smi": dict(smi),
+        "kernel_module_loaded": bool(module.get("loaded")),
+        "kernel_module_version": module.get("version"),
+        "kernel_module_flavour": module.get("flavour"),
+        "secure_boot": facts.get("secure_boot"),
+        "module_signing_keys": list(facts.get("module_signing_keys") or []),
+        "kernel": facts.get("kernel", ""),
+        "os": {"id": facts.get("distribution_id", ""), "version_id": facts.get("distribution_version", ""),
+               "codename": facts.get("distribution_release", "")},
+        "packages": gpu_packages(facts.get("packages") or {}),
+        "holds": sorted(facts.get("held_packages") or []),
+        "gpu_containers": list(facts.get("gpu_containers") or []),
+        "maintenance": bool(facts.get("maintenance")),
+        "maintenance_reason": facts.get("maintenance_reason", ""),
+    }
 
 
 def driver_packages(source: str, branch: int, flavour: str, server: bool = True) -> str:
@@ -100,23 +132,27 @@ def driver_packages(source: str, branch: int, flavour: str, server: bool = True)
     return name + ("-open" if flavour == "open" else "")
 
 
-def _installed(gf: Mapping) -> tuple[str | None, str | None]:
+def _driver_in_use(plan: HostGpuPlan, gf: Mapping) -> None:
+    """The driver in use: the loaded module's version (else nvidia-smi's) and flavour; then the driver package.
+    A loaded driver without a driver package did not come from apt."""
     smi = (gf.get("nvidia_smi") or {}).get("gpus") or []
-    version = smi[0]["driver_version"] if smi else gf.get("kernel_module_version")
+    plan.driver_loaded = bool(gf.get("kernel_module_loaded") or gf.get("kernel_module_version") or smi)
+    version = gf.get("kernel_module_version") or (smi[0]["driver_version"] if smi else None)
     flavour = gf.get("kernel_module_flavour")
-    pk = gf.get("packages") or {}
-    if flavour is None:
-        if any(p.startswith("nvidia-open-") or (p.startswith("nvidia-driver-") and p.endswith("-open"))
-               for p in pk):
-            flavour = "open"
-        elif any(p.startswith("cuda-drivers-") or p.startswith("nvidia-driver-") for p in pk):
-            flavour = "proprietary"
-    if version is None:
-        for p, v in pk.items():
-            if p.startswith(("nvidia-open-", "cuda-drivers-", "nvidia-driver-")):
-                version = v.split("-")[0].split(":")[-1]
-                break
-    return version, flavour
+    pkg = installed_driver_package(gf.get("packages") or {})
+    if pkg:
+        name, pkg_version = pkg
+        plan.driver_source = "apt"
+        plan.driver_package_installed = f"{name}={pkg_version}"
+        version = version or upstream_version(pkg_version)
+        if flavour is None:
+            flavour = "open" if name.startswith("nvidia-open") or name.endswith("-open") else "proprietary"
+        if plan.driver_loaded and upstream_version(pkg_version) != version:
+            plan.warnings.append(f"driver {version} is loaded, package {name} is at {pkg_version}: a reboot loads "
+                                 f"the package's")
+    elif version:
+        plan.driver_source = "not apt"
+    plan.installed_driver, plan.installed_flavour = version, flavour
 
 
 def _branch_of(version: str | None) -> int | None:
@@ -128,17 +164,17 @@ def _branch_of(version: str | None) -> int | None:
 
 def plan_host(facts: Mapping, hostvars: Mapping | None = None, *, host: str = "",
               table: GpuTable | None = None) -> HostGpuPlan:
+    """The plan for one host from its GPU facts (:func:`gpu_view`) and its variables."""
     table = table or load_table()
     hv = dict(hostvars or {})
-    gf = gpu_facts_of(facts)
     plan = HostGpuPlan(host=host or str(hv.get("inventory_hostname", "")))
-    plan.gpus = list(gf.get("gpus") or [])
-    plan.nvswitches = list(gf.get("nvswitches") or [])
-    plan.secure_boot = gf.get("secure_boot")
+    plan.gpus = list(facts.get("gpus") or [])
+    plan.nvswitches = list(facts.get("nvswitches") or [])
+    plan.secure_boot = facts.get("secure_boot")
     plan.simulated = lenient_bool(hv.get("gpufleet_simulated_gpus", False))
-    plan.installed_driver, plan.installed_flavour = _installed(gf)
-    smi = (gf.get("nvidia_smi") or {}).get("gpus") or []
-    plan.smi_gpu_count = len(smi) if (gf.get("nvidia_smi") or {}).get("rc") == 0 else None
+    _driver_in_use(plan, facts)
+    smi = (facts.get("nvidia_smi") or {}).get("gpus") or []
+    plan.smi_gpu_count = len(smi) if (facts.get("nvidia_smi") or {}).get("rc") == 0 else None
 
     flavour_req = _choice(hv, "nvidia_driver_flavour", FLAVOURS, "auto")
     plan.source = _choice(hv, "nvidia_driver_source", SOURCES, "cuda-repo")
@@ -207,7 +243,7 @@ def plan_host(facts: Mapping, hostvars: Mapping | None = None, *, host: str = ""
             plan.refusals.append("Secure Boot is on and no module signing is configured: the kernel would refuse "
                                  "the unsigned nvidia module; enroll a MOK for DKMS and set nvidia_module_signing: "
                                  "true, or turn Secure Boot off")
-        elif not gf.get("module_signing_keys"):
+        elif not facts.get("module_signing_keys"):
             plan.refusals.append("Secure Boot is on and nvidia_module_signing is true, but no DKMS/MOK signing key "
                                  "was found (/var/lib/shim-signed/mok/MOK.der or /var/lib/dkms/mok.pub)")
 
@@ -224,7 +260,7 @@ def plan_host(facts: Mapping, hostvars: Mapping | None = None, *, host: str = ""
     plan.hold = [plan.driver_package] + ([plan.fabricmanager_package] if plan.fabricmanager else [])
 
     # installed state
-    installed_pkgs = gf.get("packages") or {}
+    installed_pkgs = facts.get("packages") or {}
     wanted_installed = plan.driver_package in installed_pkgs
     if plan.installed_driver and _branch_of(plan.installed_driver) != branch:
         plan.warnings.append(f"driver {plan.installed_driver} is installed; the plan moves it to branch {branch}")
@@ -295,3 +331,20 @@ def _verdict(plan: HostGpuPlan) -> str:
         return (f"ready: driver {plan.installed_driver} ({plan.flavour}), {len(plan.gpus)} GPU(s) listed by "
                 f"nvidia-smi, image CUDA {plan.image_cuda} ok")
     return f"needs: {plan.driver_package} (branch {plan.branch}, {plan.flavour}){fm}"
+
+
+def driver_check(plan: HostGpuPlan, view: Mapping, expected_version: str = "") -> tuple[bool, str]:
+    """After an install: (ok, message): nvidia-smi answers and lists every GPU on the PCI bus (at
+    ``expected_version`` when given)."""
+    smi = view.get("nvidia_smi") or {}
+    pci = {g["address"] for g in plan.gpus}
+    listed = {g["bus_id"]: g["driver_version"] for g in smi.get("gpus") or []}
+    if smi.get("rc") != 0:
+        return False, f"nvidia-smi does not answer after the install: {smi_problem(smi)}"
+    if not pci <= set(listed):
+        return False, (f"nvidia-smi lists {len(pci & set(listed))} of {len(pci)} GPUs on the PCI bus; missing "
+                       f"{', '.join(sorted(pci - set(listed)))}")
+    if expected_version and any(v != expected_version for v in listed.values()):
+        return False, (f"nvidia-smi reports driver {sorted(set(listed.values()))}, expected {expected_version} "
+                       f"(a reboot is still pending?)")
+    return True, f"nvidia-smi lists all {len(pci)} GPUs at driver {next(iter(listed.values()))}"

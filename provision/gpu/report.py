@@ -1,38 +1,27 @@
-"""`provision facts --gpu`: per host the GPUs, the installed driver, what the host needs and a verdict."""
+"""`provision facts --gpu`: per host the GPUs, the driver in use (version, flavour, loaded, from apt or not), what
+the host needs and a verdict; as text, or as JSON (one object per host: facts, plan, verdict)."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterator, Mapping
 
-from provision.gpu.plan import HostGpuPlan, gpu_facts_of, plan_host
-from provision.gpu.probe import (gpus_from_pci, nvswitches_from_pci, parse_nvidia_smi, parse_secure_boot)
+from provision.gpu.plan import HostGpuPlan, gpu_view, plan_host
 from provision.gpu.table import load_table
 
 
-def normalize_facts(facts: Mapping) -> dict:
-    """Facts as the engine gathers them, or as provision.gpu.probe parses them → the probe's shape.
-
-    Accepts a 'gpu' sub-dict, raw PCI devices (list of {address, vendor, device, class}), raw nvidia-smi CSV text
-    and Secure Boot as a bool or mokutil text."""
-    gf = dict(gpu_facts_of(facts) or {})
-    for key in ("pci_devices", "pci", "secure_boot", "nvidia_smi", "packages", "kernel"):
-        if key not in gf and key in facts:
-            gf[key] = facts[key]
-    pci = gf.get("pci_devices", gf.get("pci")) or []
-    if "gpus" not in gf:
-        gf["gpus"] = [g.as_dict() for g in gpus_from_pci(pci)]
-    if "nvswitches" not in gf:
-        gf["nvswitches"] = nvswitches_from_pci(pci)
-    smi = gf.get("nvidia_smi")
-    if isinstance(smi, str):
-        rows = parse_nvidia_smi(smi)
-        gf["nvidia_smi"] = {"rc": 0 if rows else None, "gpus": [r.as_dict() for r in rows]}
-    sb = gf.get("secure_boot")
-    if isinstance(sb, dict):
-        sb = sb.get("enabled")
-    if isinstance(sb, str):
-        sb = parse_secure_boot(sb)
-    gf["secure_boot"] = sb
-    return gf
+def driver_line(plan: HostGpuPlan) -> str:
+    """'580.159.04 (open), loaded, pre-installed (not from apt), nvidia-smi lists 1 GPU(s)'."""
+    if not plan.installed_driver:
+        drv = "none"
+    else:
+        drv = plan.installed_driver + (f" ({plan.installed_flavour})" if plan.installed_flavour else "")
+        if plan.driver_source == "apt":
+            drv += f", package {plan.driver_package_installed}"
+        drv += ", loaded" if plan.driver_loaded else ", not loaded"
+        if plan.driver_source == "not apt":
+            drv += ", pre-installed (not from apt)"
+    if plan.smi_gpu_count is not None:
+        drv += f", nvidia-smi lists {plan.smi_gpu_count} GPU(s)"
+    return drv
 
 
 def host_lines(host: str, plan: HostGpuPlan) -> list[str]:
@@ -47,12 +36,7 @@ def host_lines(host: str, plan: HostGpuPlan) -> list[str]:
         lines.append("  GPUs:       none on the PCI bus")
     if plan.nvswitches:
         lines.append(f"  NVSwitch:   {len(plan.nvswitches)} on the PCI bus")
-    drv = plan.installed_driver or "none"
-    if plan.installed_driver and plan.installed_flavour:
-        drv += f" ({plan.installed_flavour})"
-    if plan.smi_gpu_count is not None:
-        drv += f", nvidia-smi lists {plan.smi_gpu_count} GPU(s)"
-    lines.append(f"  driver:     {drv}")
+    lines.append(f"  driver:     {driver_line(plan)}")
     sb = {True: "on", False: "off", None: "unknown"}[plan.secure_boot]
     lines.append(f"  secure boot: {sb}")
     if plan.gpus:
@@ -68,12 +52,24 @@ def host_lines(host: str, plan: HostGpuPlan) -> list[str]:
     return lines
 
 
-def gpu_report(facts_by_host: Mapping[str, Mapping], vars_by_host: Mapping[str, Mapping] | None = None) -> str:
+def host_plans(facts_by_host: Mapping[str, Mapping], vars_by_host: Mapping[str, Mapping] | None = None
+               ) -> Iterator[tuple[str, dict, HostGpuPlan]]:
+    """(host, GPU facts, plan) per host, sorted by name, from the fact sections gathered for each."""
     table = load_table()
-    out: list[str] = []
     for host in sorted(facts_by_host):
-        facts = facts_by_host[host] or {}
-        hv = (vars_by_host or {}).get(host) or facts.get("vars") or facts.get("hostvars") or {}
-        plan = plan_host(normalize_facts(facts), hv, host=host, table=table)
+        view = gpu_view(facts_by_host[host] or {}, table)
+        yield host, view, plan_host(view, (vars_by_host or {}).get(host) or {}, host=host, table=table)
+
+
+def gpu_report(facts_by_host: Mapping[str, Mapping], vars_by_host: Mapping[str, Mapping] | None = None) -> str:
+    out: list[str] = []
+    for host, _view, plan in host_plans(facts_by_host, vars_by_host):
         out.extend(host_lines(host, plan))
     return "\n".join(out) + ("\n" if out else "")
+
+
+def gpu_report_json(facts_by_host: Mapping[str, Mapping], vars_by_host: Mapping[str, Mapping] | None = None
+                    ) -> dict[str, dict]:
+    """{host: {"facts": GPU facts, "plan": the plan's variables, "verdict": one line}}."""
+    return {host: {"facts": view, "plan": plan.as_vars(), "verdict": plan.verdict}
+            for host, view, plan in host_plans(facts_by_host, vars_by_host)}

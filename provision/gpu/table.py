@@ -6,14 +6,15 @@ in the YAML file; this module only validates it and answers questions about it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import yaml
 
 from provision.errors import InputError
+from provision.facts.gpu import nvidia_on_bus
 
 TABLE_PATH = Path(__file__).with_name("gpus.yaml")
 OPEN_POLICIES = ("required", "allowed", "impossible")
@@ -148,3 +149,49 @@ def _load(path: Path) -> GpuTable:
 @lru_cache(maxsize=4)
 def load_table(path: str | None = None) -> GpuTable:
     return _load(Path(path) if path else TABLE_PATH)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU on a host's PCI bus, identified through the table (``arch`` None: a part the table does not know)."""
+    address: str
+    device_id: str
+    model: str
+    arch: str | None
+    cc: str | None
+    open_modules: str | None     # required | allowed | impossible | None (unknown part)
+    min_branch: int | None
+    nvswitch_board_count: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.arch is not None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def gpus_from_pci(devices: Iterable[Mapping], table: GpuTable | None = None) -> list[Gpu]:
+    """The NVIDIA GPUs among the ``pci`` fact's devices, identified through the table (unknown ids kept, marked
+    unknown)."""
+    table = table or load_table()
+    devices = list(devices)
+    on_bus = set(nvidia_on_bus(devices)["gpus"])
+    out = []
+    for d in devices:
+        address = str(d.get("address", "")).lower()
+        if address not in on_bus:
+            continue
+        dev = norm_id(d.get("device", ""))
+        m = table.gpu(dev)
+        if m:
+            out.append(Gpu(address, m.device_id, m.model, m.arch, m.cc, m.open_modules, m.min_branch,
+                           m.nvswitch_board_count))
+        else:
+            out.append(Gpu(address, dev, f"unknown NVIDIA GPU 10de:{dev}", None, None, None, None))
+    return sorted(out, key=lambda g: g.address)
+
+
+def nvswitches_from_pci(devices: Iterable[Mapping], table: GpuTable | None = None) -> list[str]:
+    """Addresses of the NVSwitches among the ``pci`` fact's devices."""
+    return nvidia_on_bus(devices, (table or load_table()).nvswitches)["nvswitches"]

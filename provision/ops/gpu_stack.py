@@ -1,28 +1,33 @@
-"""GPU-stack operations: gpu_plan, gpu_json_merge, gpu_image, gpu_devcontainer, gpu_validate.
+"""GPU-stack operations: gpu_plan, gpu_json_merge, gpu_image, gpu_devcontainer, gpu_validate, gpu_agent_install.
 
-The decisions live in provision/gpu/ (pure functions over gpus.yaml); these classes only probe the host, call them,
-and turn the answer into commands (check mode and --diff for free through provision.ops.core).
+The decisions live in provision/gpu/ (pure functions over gpus.yaml), the host's GPU state in the fact sections of
+provision/facts/gpu.py; these classes read them (``facts``, or a read-only probe where the state must be looked at
+again) and return plans of command objects that the executor's runner carries out. None runs a command itself.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Mapping
 
+from provision import facts as factmod
 from provision.errors import InputError
+from provision.facts.gpu import nvidia_smi_result, smi_problem
 from provision.gpu import devcontainer as dc
-from provision.gpu.images import SOURCES, ensure_image
+from provision.gpu.images import SOURCES, check_image_fits, save_on_controller, tarball_from_file
 from provision.gpu.jsonmerge import JsonMergeError, plan_merge
-from provision.gpu.plan import plan_host
-from provision.gpu.probe import GPU_FACTS_COMMAND, parse_gpu_facts
-from provision.ops.core import Cmd, Op, Plan, execute_plan
+from provision.gpu.plan import driver_check, gpu_view, plan_host
+from provision.ops.core import Op, OpError, parse_mode
+from provision.ops.plan import Cmd, FilePut, Plan
 from provision.ops.spec import ArgSpec, module
-from provision.results import HostResult
 
 q = shlex.quote
 PLAN_VARS = ("nvidia_driver_branch", "nvidia_driver_flavour", "nvidia_driver_source", "nvidia_driver_server",
              "nvidia_fabricmanager", "nvidia_module_signing", "gpu_image", "gpu_image_info",
              "gpufleet_simulated_gpus", "inventory_hostname")
+VERIFY_SECTIONS = ("pci", "nvidia_smi", "nvidia_module")   # looked at again after an install and a reboot
 SIMULATED = "skipped (simulated GPU)"
 
 
@@ -38,21 +43,8 @@ def _render_vars(ctx, names) -> dict:
     return out
 
 
-class _Conn:
-    """ctx as the small connector surface provision.gpu.images uses (run/put with become, logged in ctx.ran)."""
-
-    def __init__(self, ctx):
-        self.ctx, self.host = ctx, ctx.host
-
-    def run(self, cmd, *, stdin=None, timeout=None, become=None):
-        return self.ctx.run(cmd, stdin=stdin, timeout=timeout, become=become)
-
-    def put(self, path, data, *, mode=None, become=None):
-        m = f" && chmod {mode:o} {q(path)}" if mode is not None else ""
-        res = self.ctx.run(f"umask 077; cat > {q(path)}{m}", stdin=data, become=become,
-                           desc=f"upload {path} ({len(data) / 1e6:.1f} MB)")
-        if res.rc != 0:
-            raise RuntimeError(f"upload to {path} failed: {res.stderr.strip()[-200:]}")
+def _skip(msg: str) -> Plan:
+    return Plan(result=lambda results: {"skipped": True, "msg": msg})
 
 
 # ------------------------------------------------------------------------------------------------ gpu_plan
@@ -62,38 +54,29 @@ class _Conn:
     "expected_version": ArgSpec("str"),
 })
 class GpuPlan(Op):
-    """Probe the host's GPUs (PCI before any driver, nvidia-smi after), plan it from the group vars, and set the
-    facts ``gpu_plan`` (HostGpuPlan.as_vars()) and ``gpu_facts``. A refusal fails the host before anything changes.
-    verify_driver: fail unless nvidia-smi lists every GPU the PCI bus shows (at expected_version, if given)."""
+    """Plan the host's GPU stack from its GPU fact sections (PCI before any driver, nvidia-smi and the loaded
+    module after) and the group vars, and set the facts ``gpu_plan`` (HostGpuPlan.as_vars()) and ``gpu_facts``. A
+    refusal fails the host before anything changes. verify_driver: read nvidia-smi, the module and the PCI bus again
+    and fail unless nvidia-smi lists every GPU the PCI bus shows (at expected_version, if given)."""
+    facts = factmod.GPU_SECTIONS
 
-    def run(self, args, ctx) -> HostResult:
-        res = ctx.run(GPU_FACTS_COMMAND, desc="probe GPUs (PCI, nvidia-smi, Secure Boot, packages)")
-        facts = parse_gpu_facts(res.stdout)
-        plan = plan_host(facts, _render_vars(ctx, PLAN_VARS), host=ctx.host)
-        out = {"gpu_plan": plan.as_vars(), "gpu_facts": facts}
-        r = HostResult(ctx.host, msg=plan.verdict, extra={"ansible_facts": out, **out})
+    def probe(self, args, ctx):
+        return factmod.script(VERIFY_SECTIONS) if args.get("verify_driver") else None
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        if probe is not None:
+            facts = {**facts, **factmod.parse(probe.stdout, VERIFY_SECTIONS)}
+        view = gpu_view(facts)
+        plan = plan_host(view, _render_vars(ctx, PLAN_VARS), host=ctx.host)
+        out = {"gpu_plan": plan.as_vars(), "gpu_facts": view}
+        ok, msg = True, plan.verdict
         if args.get("verify_driver") and plan.has_gpus:
-            smi = facts["nvidia_smi"]
-            want = str(args.get("expected_version") or "").strip()
-            pci = {g["address"] for g in plan.gpus}
-            listed = {g["bus_id"]: g["driver_version"] for g in smi.get("gpus", [])}
-            if smi.get("rc") != 0:
-                r.failed, r.msg = True, f"nvidia-smi does not answer after the install: {smi.get('error') or smi}"
-            elif not pci <= set(listed):
-                missing = sorted(pci - set(listed))
-                r.failed, r.msg = True, (f"nvidia-smi lists {len(pci & set(listed))} of {len(pci)} GPUs on the PCI "
-                                         f"bus; missing {', '.join(missing)}")
-            elif want and any(v != want for v in listed.values()):
-                r.failed, r.msg = True, (f"nvidia-smi reports driver {sorted(set(listed.values()))}, expected "
-                                         f"{want} (a reboot is still pending?)")
-            else:
-                r.msg = f"nvidia-smi lists all {len(pci)} GPUs at driver {next(iter(listed.values()))}"
+            ok, msg = driver_check(plan, view, str(args.get("expected_version") or "").strip())
         elif args.get("fail_on_refusal", True) and plan.refusals:
-            r.failed = True
-            r.msg = "; ".join(plan.refusals)
-        if r.failed:       # keep a failure's output readable: the verdict, not the whole fact set
-            r.extra = {"verdict": plan.verdict}
-        return r
+            ok, msg = False, "; ".join(plan.refusals)
+        if not ok:       # keep a failure's output readable: the verdict, not the whole fact set
+            return Plan(failed=True, msg=msg, extra={"verdict": plan.verdict})
+        return Plan(noop=msg, msg=msg, extra={"ansible_facts": out, **out})
 
 
 # ------------------------------------------------------------------------------------------ gpu_json_merge
@@ -124,16 +107,16 @@ class GpuJsonMerge(Op):
         text = "" if probe.stdout.strip() == "@@absent@@" else probe.stdout
         try:
             before, after = plan_merge(text, content, path)
-        except JsonMergeError as err:
+            mode = parse_mode(args.get("mode") or "0644")
+        except (JsonMergeError, OpError) as err:
             return Plan(failed=True, msg=str(err))
         if after is None:
             return Plan(noop=f"{path}: already holds every key")
-        tmp = q(path + ".gpufleet-tmp")
-        cmds = [Cmd(f"mkdir -p $(dirname {q(path)})", counts=False)]
+        cmds: list = []
         if backup_needed := (args.get("backup") and text):
             cmds.append(Cmd(f"cp -p {q(path)} {q(path + '.gpufleet-bak')}", counts=False))
-        cmds.append(Cmd(f"cat > {tmp} && chmod {q(str(args.get('mode') or '0644'))} {tmp} && mv -f {tmp} {q(path)}",
-                        stdin=after.encode(), desc=f"merge into {path} ({len(after)} bytes)"))
+        cmds.append(FilePut(path, after.encode(), mode=mode, make_parent=True,
+                            desc=f"merge into {path} ({len(after)} bytes)"))
         diff = [{"before": before, "after": after, "before_header": path, "after_header": path}]
         old = json.loads(before) if before.strip() else {}
         new_keys = sorted(set(json.loads(after)) - set(old))
@@ -154,31 +137,97 @@ class GpuJsonMerge(Op):
 })
 class GpuImage(Op):
     """Check the host's driver and GPUs against the image BEFORE fetching it, then make it present: already there,
-    pulled, pulled through a lab mirror, or streamed from the controller (docker save tarball, sha256-checked)."""
+    pulled, pulled through a lab mirror, or streamed from the controller (docker save tarball, sha256-checked).
+    One read-only look first: nvidia-smi (the ``nvidia_smi`` fact section, read now: a driver may have been
+    installed since the facts were gathered) and the image's id on the host."""
 
-    def run(self, args, ctx) -> HostResult:
+    def probe(self, args, ctx):
+        parts = [("image", f"docker image inspect --format '{{{{.Id}}}}' {q(args['image'])}")]
+        if args.get("check_gpus", True):
+            parts.insert(0, ("nvidia_smi", factmod.FACTS["nvidia_smi"].command))
+        return factmod.section_script(parts)
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        tag = args["image"]
         info = args.get("image_info")
         if isinstance(info, str):
             import yaml
             try:
                 info = yaml.safe_load(info) if info.strip() else None
             except yaml.YAMLError:
-                return HostResult(ctx.host, failed=True, msg=f"image_info is not a mapping: {info[:80]!r}")
+                return Plan(failed=True, msg=f"image_info is not a mapping: {info[:80]!r}")
         if info is not None and not isinstance(info, Mapping):
-            return HostResult(ctx.host, failed=True, msg="image_info must be a mapping {cuda: '12.8', sm: [...]}")
+            return Plan(failed=True, msg="image_info must be a mapping {cuda: '12.8', sm: [...]}")
         if info and "cuda" not in info:
-            return HostResult(ctx.host, failed=True, msg="image_info needs at least cuda: 'X.Y'")
-        args = {**args, "image_info": info or None}
-        for k in ("tarball", "sha256", "mirror"):        # '' (an unset group var) means "not given"
-            if not str(args.get(k) or "").strip():
-                args[k] = None
-        try:
-            return ensure_image(_Conn(ctx), args["image"], source=args.get("source") or "auto",
-                                tarball=args.get("tarball"), sha256=args.get("sha256"), mirror=args.get("mirror"),
-                                check_gpus=args.get("check_gpus", True), image_info=args.get("image_info"),
-                                check=ctx.check, become=ctx.become)
-        except RuntimeError as err:
-            return HostResult(ctx.host, failed=True, msg=str(err))
+            return Plan(failed=True, msg="image_info needs at least cuda: 'X.Y'")
+        sections = factmod.split_sections(probe.stdout)
+        if args.get("check_gpus", True):
+            smi = nvidia_smi_result(sections.get("nvidia_smi", ""))
+            if smi["rc"] != 0 or not smi["gpus"]:
+                return Plan(failed=True, msg=f"refusing to fetch {tag}: nvidia-smi does not answer on this host "
+                                             f"({smi_problem(smi)})")
+            why = check_image_fits(tag, smi["gpus"][-1]["driver_version"],
+                                   [(g["compute_cap"], g["name"]) for g in smi["gpus"]], info or None)
+            if why:
+                return Plan(failed=True, msg=why)
+        image_id = sections.get("image", "").strip()
+        if image_id.startswith("sha256:"):
+            return Plan(noop=f"{tag} present ({image_id[:19]})")
+        source = args.get("source") or "auto"
+        if ctx.check:
+            return Plan(changed=True, msg=f"would fetch {tag} ({source})")
+        fetch = {k: str(args.get(k) or "").strip() or None for k in ("tarball", "sha256", "mirror")}
+        return _fetch_image(tag, source, **fetch)
+
+
+def _fetch_image(tag: str, source: str, *, tarball, sha256, mirror) -> Plan:
+    """Mirror (source mirror, or auto with a mirror) or registry (pull, or auto without one), falling back to
+    the stream from the controller where source is auto."""
+    if source == "stream":
+        return _stream_image(tag, tarball, sha256, [])
+    ref = f"{mirror.rstrip('/')}/{tag}" if mirror and source in ("mirror", "auto") else None
+    if source == "mirror" and not ref:
+        return Plan(failed=True, msg="source mirror needs a mirror")
+    pull = f"docker pull {q(ref)} && docker tag {q(ref)} {q(tag)}" if ref else f"docker pull {q(tag)}"
+
+    def pulled(facts, results) -> Plan:
+        r = results[0]
+        if r.rc == 0:
+            return Plan(changed=True, msg=f"{tag} pulled from the lab mirror {mirror}" if ref else f"{tag} pulled")
+        if source != "auto":
+            return Plan(failed=True, msg=f"docker pull {ref or tag}: {r.stderr.strip()[-200:]}")
+        return _stream_image(tag, tarball, sha256, [f"mirror failed ({r.stderr.strip()[-80:]})" if ref
+                                                    else "no registry access"])
+    return Plan([Cmd(pull, timeout=3600, ok_rc=None, counts=False)], then=pulled)
+
+
+def _stream_image(tag: str, tarball: str | None, sha256: str | None, notes: list[str]) -> Plan:
+    try:
+        tb = tarball_from_file(tarball, sha256) if tarball else save_on_controller(
+            tag, Path.home() / ".cache" / "gpufleet" / "images")
+    except Exception as err:  # noqa: BLE001 - one line for the user
+        return Plan(failed=True, msg=f"cannot stream {tag}: {err}")
+    remote = f"/var/tmp/gpufleet-image-{tb.sha256[:16]}" + (".tar.gz" if tb.path.name.endswith(".gz") else ".tar")
+    data = tb.path.read_bytes()
+    cmds = [FilePut(remote, data, mode=0o600, desc=f"upload {remote} ({len(data) / 1e6:.1f} MB)"),
+            Cmd(f"echo '{tb.sha256}  {remote}' | sha256sum -c --quiet - && docker load -i {remote}; rc=$?; "
+                f"rm -f {remote}; exit $rc", timeout=3600, ok_rc=None),
+            Cmd(f"docker image inspect --format '{{{{.Id}}}}' {q(tag)}", readonly=True, ok_rc=None)]
+
+    def loaded(facts, results) -> Plan:
+        load, inspect = results[1], results[2]
+        if load.rc != 0:
+            return Plan(failed=True, msg=f"streaming {tag} failed (checksum or docker load): "
+                                         f"{(load.stderr or load.stdout).strip()[-200:]}")
+        if inspect.rc != 0:
+            return Plan(failed=True, msg=f"{tb.path.name} loaded but holds no {tag}")
+        if tb.image_id and inspect.stdout.strip() != tb.image_id:
+            return Plan(failed=True, msg=f"{tag} on the host is {inspect.stdout.strip()}, the tarball's is "
+                                         f"{tb.image_id}")
+        why = f" ({'; '.join(notes)})" if notes else ""
+        return Plan(changed=True, msg=f"{tag} streamed from the controller{why}: {len(data) / 1e6:.0f} MB, sha256 "
+                                      f"{tb.sha256[:12]} verified")
+    return Plan(cmds, then=loaded)
 
 
 # ---------------------------------------------------------------------------------------- gpu_devcontainer
@@ -202,36 +251,44 @@ class GpuDevcontainer(Op):
     """A long-lived dev container (see provision/gpu/devcontainer.py). Respects the maintenance marker: while
     /etc/gpufleet/maintenance exists no dev container is started or recreated (the task says why)."""
 
-    def run(self, args, ctx) -> HostResult:
+    @staticmethod
+    def spec(args) -> dc.DevSpec:
+        return dc.DevSpec(name=args["name"], image=args["image"], user=args["user"], uid=int(args["uid"]),
+                          gpus=dc.normalize_gpus(args.get("gpus"), args.get("gpu_count")),
+                          jupyter_port=int(args["jupyter_port"]), ssh_port=int(args["ssh_port"]), bind=args["bind"],
+                          shm_size=args["shm_size"], runtime=args.get("runtime") or "", data_root=args["data_root"])
+
+    def probe(self, args, ctx):
         try:
-            spec = dc.DevSpec(name=args["name"], image=args["image"], user=args["user"], uid=int(args["uid"]),
-                              gpus=dc.normalize_gpus(args.get("gpus"), args.get("gpu_count")),
-                              jupyter_port=int(args["jupyter_port"]), ssh_port=int(args["ssh_port"]),
-                              bind=args["bind"], shm_size=args["shm_size"], runtime=args.get("runtime") or "",
-                              data_root=args["data_root"])
+            return dc.probe_command(self.spec(args))
+        except dc.SpecError:
+            return None       # plan() says why
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        try:
+            spec = self.spec(args)
             keys = dc.keys_text(args.get("authorized_keys"))
         except dc.SpecError as err:
-            return HostResult(ctx.host, failed=True, msg=str(err))
+            return Plan(failed=True, msg=str(err))
         if not keys:
-            return HostResult(ctx.host, failed=True, msg="authorized_keys: at least one public key is needed")
-        st = dc.parse_probe(ctx.run(dc.probe_command(spec), desc=f"probe dev container {spec.name}").stdout)
+            return Plan(failed=True, msg="authorized_keys: at least one public key is needed")
+        st = dc.parse_probe(probe.stdout)
         n = q(spec.name)
         if args.get("state") == "absent":
             if not st["container_status"]:
-                return HostResult(ctx.host, msg=f"{spec.name}: absent")
-            return execute_plan(Plan(commands=[Cmd(f"docker rm -f {n}")], msg=f"{spec.name}: removed"), ctx)
+                return Plan(noop=f"{spec.name}: absent")
+            return Plan(commands=[Cmd(f"docker rm -f {n}")], msg=f"{spec.name}: removed")
         if not st["image_id"]:
-            return HostResult(ctx.host, failed=True, msg=f"image {spec.image} is not on the host (run gpu_image "
-                                                         f"first): {st['image_error']}")
+            return Plan(failed=True, msg=f"image {spec.image} is not on the host (run gpu_image first): "
+                                         f"{st['image_error']}")
         h = dc.spec_hash(spec, st["image_id"])
-        cmds: list[Cmd] = []
+        cmds: list = []
         diff: list[dict] = []
         dirs = " ".join(q(spec.volume_dir(v)) for v in dc.VOLUMES)
         cmds.append(Cmd(f"mkdir -p {q(spec.dir)} {dirs} && chmod 0755 {q(spec.dir)} && "
                         f"chown {spec.uid}:{spec.uid} {dirs}", counts=False))
-        keys_sha = __import__("hashlib").sha256(keys.encode()).hexdigest()
-        if st["keys_sha"] != keys_sha:
-            # written in place (not renamed): the container's bind mount keeps seeing the same inode
+        if st["keys_sha"] != hashlib.sha256(keys.encode()).hexdigest():
+            # written in place, not put (a put renames): the container's single-file bind mount keeps its inode
             cmds.append(Cmd(f"touch {q(spec.keys_path)} && chmod 0644 {q(spec.keys_path)} && "
                             f"cat > {q(spec.keys_path)}", stdin=keys.encode(),
                             desc=f"write {spec.keys_path} ({keys.count(chr(10))} key(s))"))
@@ -240,9 +297,8 @@ class GpuDevcontainer(Op):
         token = None
         if not st["token_present"]:
             token = dc.new_token()
-            cmds.append(Cmd(f"umask 077; cat > {q(spec.token_path)} && chown {spec.uid}:{spec.uid} "
-                            f"{q(spec.token_path)} && chmod 0400 {q(spec.token_path)}", stdin=token.encode(),
-                            desc=f"write {spec.token_path} (Jupyter token, masked)"))
+            cmds.append(FilePut(spec.token_path, token.encode(), mode=0o400, owner=str(spec.uid),
+                                group=str(spec.uid), desc=f"write {spec.token_path} (Jupyter token, masked)"))
             diff.append({"before": "(absent)\n", "after": "******** (generated on the controller)\n",
                          "before_header": spec.token_path, "after_header": spec.token_path})
         elif st["token_mode"] != "400" or st["token_uid"] != spec.uid:
@@ -252,38 +308,48 @@ class GpuDevcontainer(Op):
         need_start = not need_run and st["container_status"] != "running"
         if (need_run or need_start) and st["maintenance"]:
             why = f" ({st['maintenance_reason']})" if st["maintenance_reason"] else ""
-            return HostResult(ctx.host, skipped=True,
-                              msg=f"{dc.MAINTENANCE_MARKER} is present{why}: not starting dev container "
-                                  f"{spec.name} during maintenance")
-        run_args = dc.docker_run_args(spec, h)
+            return _skip(f"{dc.MAINTENANCE_MARKER} is present{why}: not starting dev container {spec.name} during "
+                         f"maintenance")
         if need_run:
             if st["container_status"]:
                 cmds.append(Cmd(f"docker rm -f {n} >/dev/null", desc=f"remove {spec.name} (spec changed)"))
-            cmds.append(Cmd(" ".join(q(a) for a in run_args), timeout=300))
+            cmds.append(Cmd(" ".join(q(a) for a in dc.docker_run_args(spec, h)), timeout=300))
             diff.append({"before": f"{spec.name}: {st['container_status'] or 'absent'}\n",
                          "after": f"{spec.name}: running {spec.image} gpus={spec.gpus} jupyter={spec.bind}:"
                                   f"{spec.jupyter_port} ssh={spec.bind}:{spec.ssh_port}\n",
                          "before_header": "container", "after_header": "container"})
         elif need_start:
             cmds.append(Cmd(f"docker start {n}"))
-        plan = Plan(commands=cmds, diff=diff,
-                    msg=f"{spec.name}: " + ("started" if (need_run or need_start) else "running, unchanged"))
+        msg = f"{spec.name}: " + ("started" if (need_run or need_start) else "running, unchanged")
+        extra = {"devcontainer": {"name": spec.name, "gpus": spec.gpus, "jupyter_port": spec.jupyter_port,
+                                  "ssh_port": spec.ssh_port, "token_file": spec.token_path}}
         if not any(c.counts for c in cmds):
-            plan.noop = plan.msg
-        where = None
+            return Plan(noop=msg, msg=msg, extra=extra)
+        announce = None
         if token and not ctx.check:       # saved first: a failure after the host write must not lose it
             where = dc.save_controller_token(ctx.host, spec.name, token)
-        r = execute_plan(plan, ctx)
-        r.extra["devcontainer"] = {"name": spec.name, "gpus": spec.gpus, "jupyter_port": spec.jupyter_port,
-                                   "ssh_port": spec.ssh_port, "token_file": spec.token_path}
-        if where is not None and not r.failed:
-            shown = dc.show_once(ctx.host, spec.name, token, spec.jupyter_port)
-            r.msg += (f"; Jupyter token saved to {where} (0600)" + ("" if shown else "; no terminal to show it on"))
-        return r
+            announce = _announce_token(ctx.host, spec, token, where, msg)
+        return Plan(commands=cmds, diff=diff, msg=msg, extra=extra, result=announce)
+
+
+def _announce_token(host: str, spec: dc.DevSpec, token: str, where: Path, msg: str):
+    """The plan's result once the host write succeeded: the token on the controlling terminal, once."""
+    def result(results) -> dict:
+        seen = dc.show_once(host, spec.name, token, spec.jupyter_port)
+        return {"msg": f"{msg}; Jupyter token saved to {where} (0600)" + ("" if seen else "; no terminal to show it on")}
+    return result
 
 
 # -------------------------------------------------------------------------------------------- gpu_validate
 STEPS = ("nvidia_smi", "container", "torch", "nccl")
+TORCH_CHECK = ("import torch,json;a=torch.cuda.is_available();r={'torch':torch.__version__,'cuda':a,"
+               "'cuda_version':torch.version.cuda};"
+               "exec(\"if a:\\n x=torch.randn(1024,1024,device='cuda');y=(x@x).sum().item();"
+               "r['matmul']=y==y;r['devices']=torch.cuda.device_count()\");print(json.dumps(r))")
+ALLREDUCE = ("import os,torch,torch.distributed as d;d.init_process_group('nccl');r=d.get_rank();"
+             "torch.cuda.set_device(int(os.environ['LOCAL_RANK']));t=torch.ones(1<<20,device='cuda');"
+             "d.all_reduce(t);assert int(t[0].item())==d.get_world_size(),t[0];"
+             "print('ALLREDUCE_OK',r) if r==0 else None;d.destroy_process_group()")
 
 
 @module("gpu_validate", args={
@@ -298,72 +364,89 @@ class GpuValidate(Op):
     """One validation step. Steps that need a real GPU report 'skipped (simulated GPU)' on simulated hosts, with
     what could still be checked there (the stand-in nvidia-smi, the image's torch import), never ok."""
 
-    def run(self, args, ctx) -> HostResult:
+    def plan(self, args, facts, probe, ctx) -> Plan:
         step, n, sim = args["step"], int(args.get("gpu_count") or 0), bool(args.get("simulated"))
+        if n == 0:
+            return _skip("skipped (no GPU on this host)")
+        if step == "nccl" and n < 2:
+            return _skip("skipped (single GPU: no all-reduce to test)")
+        if step == "nccl" and sim:
+            return _skip(f"{SIMULATED}: NCCL all-reduce over {n} GPUs not run")
         img = q(args.get("image") or "")
         rt = f"--runtime {q(args['runtime'])} -e NVIDIA_VISIBLE_DEVICES=all" if args.get("runtime") else "--gpus all"
-        if n == 0:
-            return HostResult(ctx.host, skipped=True, msg="skipped (no GPU on this host)")
-        if ctx.check:
-            return HostResult(ctx.host, skipped=True, msg="skipped in check mode (validation runs workloads)")
-        tmo = int(args.get("timeout") or 600)
         if step == "nvidia_smi":
-            res = ctx.run("nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader", timeout=tmo)
-            rows = [l for l in res.stdout.splitlines() if l.strip()]
-            if res.rc != 0 or len(rows) != n:
-                return HostResult(ctx.host, failed=True, rc=res.rc,
-                                  msg=f"nvidia-smi lists {len(rows)} GPU(s), expected {n}: {res.stderr.strip()[-200:]}")
-            return HostResult(ctx.host, msg=f"nvidia-smi lists {n} GPU(s): {rows[0].split(',')[1].strip()}, driver "
-                                            f"{rows[0].split(',')[2].strip()}" + (" (stand-in nvidia-smi)" if sim else ""))
-        if step == "container":
+            cmd, result = factmod.FACTS["nvidia_smi"].command, _validate_smi(n, sim)
+        elif step == "container" and sim:
+            cmd, result = f"docker run --rm {rt} --entrypoint /bin/true {img}", _validate_runtime
+        elif step == "container":
+            cmd, result = f"docker run --rm {rt} --entrypoint nvidia-smi {img} -L", _validate_container(n)
+        elif step == "torch":
+            cmd, result = f"docker run --rm {rt} --entrypoint python {img} -c {q(TORCH_CHECK)}", _validate_torch(n, sim)
+        else:
+            script = f"printf %s {q(ALLREDUCE)} > /tmp/ar.py && torchrun --standalone --nproc_per_node={n} /tmp/ar.py"
+            cmd, result = f"docker run --rm {rt} --ipc=host --entrypoint sh {img} -c {q(script)}", _validate_nccl(n)
+        return Plan([Cmd(cmd, timeout=int(args.get("timeout") or 600), ok_rc=None, counts=False)], result=result,
+                    skip_in_check="skipped in check mode (validation runs workloads)")
+
+
+def _failed(msg: str, rc: int | None = None) -> dict:
+    return {"failed": True, "msg": msg, **({"rc": rc} if rc is not None else {})}
+
+
+def _validate_smi(n: int, sim: bool):
+    def result(results) -> dict:
+        smi = nvidia_smi_result(results[0].stdout)
+        rows = smi["gpus"]
+        if smi["rc"] != 0 or len(rows) != n:
+            why = f": {smi_problem(smi)}" if smi["rc"] != 0 or not rows else ""
+            return _failed(f"nvidia-smi lists {len(rows)} GPU(s), expected {n}{why}", smi["rc"])
+        return {"msg": f"nvidia-smi lists {n} GPU(s): {rows[0]['name']}, driver {rows[0]['driver_version']}"
+                       + (" (stand-in nvidia-smi)" if sim else "")}
+    return result
+
+
+def _validate_runtime(results) -> dict:
+    r = results[0]
+    if r.rc != 0:
+        return _failed(f"the nvidia runtime failed to start the image: {r.stderr.strip()[-200:]}", r.rc)
+    return {"skipped": True, "msg": f"{SIMULATED}: no GPU device nodes to see; the nvidia runtime starts the image"}
+
+
+def _validate_container(n: int):
+    def result(results) -> dict:
+        r = results[0]
+        seen = r.stdout.count("GPU ")
+        if r.rc != 0 or seen != n:
+            return _failed(f"a GPU container sees {seen} of {n} GPUs: {(r.stderr or r.stdout).strip()[-200:]}")
+        return {"msg": f"a GPU container sees all {n} GPUs"}
+    return result
+
+
+def _validate_torch(n: int, sim: bool):
+    def result(results) -> dict:
+        r = results[0]
+        try:
+            info = json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return _failed(f"torch check did not run: {r.stderr.strip()[-300:]}")
+        if not info.get("cuda"):
             if sim:
-                res = ctx.run(f"docker run --rm {rt} --entrypoint /bin/true {img}", timeout=tmo)
-                if res.rc != 0:
-                    return HostResult(ctx.host, failed=True, rc=res.rc, msg="the nvidia runtime failed to start "
-                                                                            f"the image: {res.stderr.strip()[-200:]}")
-                return HostResult(ctx.host, skipped=True,
-                                  msg=f"{SIMULATED}: no GPU device nodes to see; the nvidia runtime starts the image")
-            res = ctx.run(f"docker run --rm {rt} --entrypoint nvidia-smi {img} -L", timeout=tmo)
-            seen = res.stdout.count("GPU ")
-            if res.rc != 0 or seen != n:
-                return HostResult(ctx.host, failed=True, msg=f"a GPU container sees {seen} of {n} GPUs: "
-                                                             f"{(res.stderr or res.stdout).strip()[-200:]}")
-            return HostResult(ctx.host, msg=f"a GPU container sees all {n} GPUs")
-        if step == "torch":
-            code = ("import torch,json;a=torch.cuda.is_available();r={'torch':torch.__version__,'cuda':a,"
-                    "'cuda_version':torch.version.cuda};"
-                    "exec(\"if a:\\n x=torch.randn(1024,1024,device='cuda');y=(x@x).sum().item();"
-                    "r['matmul']=y==y;r['devices']=torch.cuda.device_count()\");print(json.dumps(r))")
-            res = ctx.run(f"docker run --rm {rt} --entrypoint python {img} -c {q(code)}", timeout=tmo)
-            try:
-                info = json.loads(res.stdout.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                return HostResult(ctx.host, failed=True, msg=f"torch check did not run: {res.stderr.strip()[-300:]}")
-            if not info.get("cuda"):
-                if sim:
-                    return HostResult(ctx.host, skipped=True,
-                                      msg=f"{SIMULATED}: torch {info['torch']} imports, cuda.is_available() False")
-                return HostResult(ctx.host, failed=True, msg=f"torch {info['torch']}: cuda.is_available() is False")
-            ok = info.get("matmul") and info.get("devices") == n
-            return HostResult(ctx.host, failed=not ok, msg=f"torch {info['torch']} (CUDA {info['cuda_version']}): "
-                                                           f"{info.get('devices')} device(s), 1024x1024 matmul "
-                                                           f"{'ok' if info.get('matmul') else 'FAILED'}")
-        # nccl
-        if n < 2:
-            return HostResult(ctx.host, skipped=True, msg="skipped (single GPU: no all-reduce to test)")
-        if sim:
-            return HostResult(ctx.host, skipped=True, msg=f"{SIMULATED}: NCCL all-reduce over {n} GPUs not run")
-        script = ("import os,torch,torch.distributed as d;d.init_process_group('nccl');r=d.get_rank();"
-                  "torch.cuda.set_device(int(os.environ['LOCAL_RANK']));t=torch.ones(1<<20,device='cuda');"
-                  "d.all_reduce(t);assert int(t[0].item())==d.get_world_size(),t[0];"
-                  "print('ALLREDUCE_OK',r) if r==0 else None;d.destroy_process_group()")
-        res = ctx.run(f"docker run --rm {rt} --ipc=host --entrypoint sh {img} -c "
-                      f"{q('printf %s ' + q(script) + ' > /tmp/ar.py && torchrun --standalone --nproc_per_node=' + str(n) + ' /tmp/ar.py')}",
-                      timeout=tmo)
-        if res.rc != 0 or "ALLREDUCE_OK" not in res.stdout:
-            return HostResult(ctx.host, failed=True, msg=f"NCCL all-reduce over {n} GPUs failed: "
-                                                         f"{(res.stderr or res.stdout).strip()[-300:]}")
-        return HostResult(ctx.host, msg=f"NCCL all-reduce over {n} GPUs (torchrun) ok")
+                return {"skipped": True, "msg": f"{SIMULATED}: torch {info['torch']} imports, cuda.is_available() "
+                                                "False"}
+            return _failed(f"torch {info['torch']}: cuda.is_available() is False")
+        ok = info.get("matmul") and info.get("devices") == n
+        return {"failed": not ok, "msg": f"torch {info['torch']} (CUDA {info['cuda_version']}): {info.get('devices')} "
+                                         f"device(s), 1024x1024 matmul {'ok' if info.get('matmul') else 'FAILED'}"}
+    return result
+
+
+def _validate_nccl(n: int):
+    def result(results) -> dict:
+        r = results[0]
+        if r.rc != 0 or "ALLREDUCE_OK" not in r.stdout:
+            return _failed(f"NCCL all-reduce over {n} GPUs failed: {(r.stderr or r.stdout).strip()[-300:]}")
+        return {"msg": f"NCCL all-reduce over {n} GPUs (torchrun) ok"}
+    return result
 
 
 # ------------------------------------------------------------------------------------------ gpu_agent_install
@@ -372,36 +455,34 @@ class GpuAgentInstall(Op):
     """This project's agent into /opt/gpufleet/agent (a venv) from a wheelhouse the controller builds with pip for
     the host's Python; nothing is fetched by the host. Unchanged when the host already has this bundle."""
 
-    def run(self, args, ctx) -> HostResult:
-        from pathlib import Path
-
+    def probe(self, args, ctx):
         from provision.gpu import agentpkg
-        res = ctx.run("python3 -c 'import platform; print(platform.python_version(), platform.machine())'; "
-                      f"cat {agentpkg.VENV}/.gpufleet-bundle 2>/dev/null || true", desc="probe python and agent")
-        lines = res.stdout.split("\n")
-        if res.rc != 0 or len(lines[0].split()) != 2:
-            return HostResult(ctx.host, failed=True, msg=f"python3 does not answer on the host: {res.stderr.strip()}")
+        return ("python3 -c 'import platform; print(platform.python_version(), platform.machine())'; "
+                f"cat {agentpkg.VENV}/.gpufleet-bundle 2>/dev/null || true")
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        from provision.gpu import agentpkg
+        lines = probe.stdout.split("\n")
+        if probe.rc != 0 or len(lines[0].split()) != 2:
+            return Plan(failed=True, msg=f"python3 does not answer on the host: {probe.stderr.strip()}")
         pyver, machine = lines[0].split()
         have = lines[1].strip() if len(lines) > 1 else ""
         cache = Path(args.get("cache") or Path.home() / ".cache" / "gpufleet")
         try:
             wheels, bundle = agentpkg.build_wheelhouse(pyver, machine, cache)
         except RuntimeError as err:
-            return HostResult(ctx.host, failed=True, msg=f"cannot build the agent's wheelhouse: {err}")
+            return Plan(failed=True, msg=f"cannot build the agent's wheelhouse: {err}")
         if have == bundle:
-            return HostResult(ctx.host, msg=f"agent bundle {bundle} already installed in {agentpkg.VENV}")
-        if ctx.check:
-            return HostResult(ctx.host, changed=True, msg=f"would install agent bundle {bundle} (have "
-                                                          f"{have or 'none'})")
-        data = agentpkg.tar_bytes(wheels)
+            return Plan(noop=f"agent bundle {bundle} already installed in {agentpkg.VENV}")
+        data = None if ctx.check else agentpkg.tar_bytes(wheels)
         w = f"{agentpkg.WHEELS}/{bundle}"
-        plan = Plan(commands=[
-            Cmd(f"mkdir -p {w} && tar -xzf - -C {w}", stdin=data,
-                desc=f"copy wheelhouse {bundle} ({len(data) / 1e6:.1f} MB) to {w}"),
+        size = f"{len(data) / 1e6:.1f} MB" if data is not None else "not built in check mode"
+        return Plan(commands=[
+            Cmd(f"mkdir -p {w} && tar -xzf - -C {w}", stdin=data, desc=f"copy wheelhouse {bundle} ({size}) to {w}"),
             Cmd(agentpkg.install_command(bundle), timeout=900, desc=f"install the agent into {agentpkg.VENV} "
                                                                     f"(pip --no-index from {w})"),
-        ], msg=f"agent bundle {bundle} installed in {agentpkg.VENV} (was {have or 'absent'})",
+        ], msg=(f"would install agent bundle {bundle} (have {have or 'none'})" if ctx.check else
+                f"agent bundle {bundle} installed in {agentpkg.VENV} (was {have or 'absent'})"),
             diff=[{"before": f"{have or '(absent)'}\n", "after": f"{bundle}\n",
                    "before_header": f"{agentpkg.VENV}/.gpufleet-bundle",
                    "after_header": f"{agentpkg.VENV}/.gpufleet-bundle"}])
-        return execute_plan(plan, ctx)

@@ -1,0 +1,193 @@
+"""GPU fact sections: the shell command of each and its pure parser (registered in :data:`provision.facts.FACTS`).
+
+The PCI scan is the ``pci`` section of :mod:`provision.facts.parsers` (every device; :func:`nvidia_on_bus` picks
+the GPUs and NVSwitches out of it), dpkg's packages and holds the ``packages`` section. Here:
+
+* ``nvidia_smi``: nvidia-smi looked up on PATH, then in /usr/bin and /usr/local/nvidia/bin (a driver mounted
+  read-only there, as on some cloud images); its rc and message are kept when it fails;
+* ``nvidia_module``: the loaded kernel module (/sys/module/nvidia/version, /proc/driver/nvidia/version): version,
+  and open or proprietary from the "Open Kernel Module" banner;
+* ``module_signing``, ``gpu_containers``, ``maintenance``.
+
+Nothing here touches a host: the parsers are tested on recorded output (tests/fixtures/gpu/).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping
+
+from agent.hostpaths import MAINTENANCE_MARKER
+from provision.versions import version_key
+
+NVIDIA_VENDOR = "10de"
+NVIDIA_SMI_FIELDS = ("index", "pci.bus_id", "name", "driver_version", "compute_cap", "uuid", "memory.total")
+NVIDIA_SMI_PATHS = ("/usr/bin/nvidia-smi", "/usr/local/nvidia/bin/nvidia-smi")   # after PATH, in this order
+MODULE_SIGNING_KEYS = ("/var/lib/shim-signed/mok/MOK.der", "/var/lib/dkms/mok.pub")
+
+NVIDIA_SMI_COMMAND = (
+    "p=$(command -v nvidia-smi); for c in " + " ".join(NVIDIA_SMI_PATHS) + "; do [ -n \"$p\" ] && break; "
+    "[ -x \"$c\" ] && p=$c; done; "
+    "if [ -z \"$p\" ]; then echo rc=127; else echo \"path=$p\"; t=; command -v timeout >/dev/null && t='timeout 60'; "
+    "$t \"$p\" --query-gpu=" + ",".join(NVIDIA_SMI_FIELDS) + " --format=csv,noheader,nounits 2>&1; "
+    "echo \"rc=$?\"; fi")
+NVIDIA_MODULE_COMMAND = ("[ -r /sys/module/nvidia/version ] && echo \"sys=$(cat /sys/module/nvidia/version)\"; "
+                         "head -n 1 /proc/driver/nvidia/version")
+MODULE_SIGNING_COMMAND = f"for f in {' '.join(MODULE_SIGNING_KEYS)}; do [ -e \"$f\" ] && echo \"$f\"; done"
+GPU_CONTAINERS_COMMAND = (
+    "command -v docker >/dev/null && docker ps -q | xargs -r docker inspect --format "
+    "'{{.Name}} {{.HostConfig.Runtime}} {{json .HostConfig.DeviceRequests}} {{range .Config.Env}}{{.}} {{end}}'")
+MAINTENANCE_COMMAND = f"[ -e {MAINTENANCE_MARKER} ] && {{ echo present; head -c 2000 {MAINTENANCE_MARKER}; }}"
+
+# Packages that belong to the GPU stack (what `provision facts --gpu` shows of dpkg's list)
+_GPU_PACKAGE = re.compile(r"^(nvidia|cuda-drivers|libnvidia|dkms|linux-headers|docker|containerd|gpu-agent)")
+# The package that installs the whole driver: Ubuntu's nvidia-driver-<br>[-server][-open], the CUDA repository's
+# nvidia-open-<br> / cuda-drivers-<br>, or their unversioned nvidia-open / cuda-drivers
+_DRIVER_PACKAGE = re.compile(r"^(nvidia-driver-|nvidia-open-|cuda-drivers-)\d{3}(-server)?(-open)?$"
+                             r"|^(nvidia-open|cuda-drivers)$")
+
+
+@dataclass(frozen=True)
+class SmiGpu:
+    index: int
+    bus_id: str
+    name: str
+    driver_version: str
+    compute_cap: str
+    uuid: str
+    memory_mib: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def norm_bus_id(bus: str) -> str:
+    """'00000000:17:00.0' (nvidia-smi) and '0000:17:00.0' (sysfs) -> '0000:17:00.0'."""
+    bus = bus.strip().lower()
+    dom, _, rest = bus.partition(":")
+    try:
+        return f"{int(dom or '0', 16):04x}:{rest}" if rest else bus
+    except ValueError:
+        return bus
+
+
+def parse_nvidia_smi(text: str) -> list[SmiGpu]:
+    """Rows of the ``--query-gpu`` CSV (noheader, nounits); lines that are not GPU rows (errors) are skipped."""
+    out = []
+    for row in csv.reader(io.StringIO(text)):
+        row = [c.strip() for c in row]
+        if len(row) != len(NVIDIA_SMI_FIELDS) or not row[0].isdigit():
+            continue
+        mem = int(row[6]) if row[6].isdigit() else None
+        out.append(SmiGpu(int(row[0]), norm_bus_id(row[1]), row[2], row[3], row[4], row[5], mem))
+    return out
+
+
+def nvidia_smi_result(text: str) -> dict:
+    """The ``nvidia_smi`` section -> {rc, path, gpus: [SmiGpu dicts], error}. rc 127: no nvidia-smi anywhere;
+    None: the section is missing. ``error`` is nvidia-smi's message when it failed (or answered no GPU rows)."""
+    rc, path, body = None, None, []
+    for line in text.splitlines():
+        if line.startswith("rc=") and line[3:].strip().isdigit():
+            rc = int(line[3:])
+        elif line.startswith("path=") and path is None:
+            path = line[5:].strip() or None
+        else:
+            body.append(line)
+    rows = parse_nvidia_smi("\n".join(body)) if rc == 0 else []
+    message = " ".join(ln.strip() for ln in body if ln.strip())[:300]
+    error = None if rc in (127, None) or (rc == 0 and (rows or not message)) else message or f"rc {rc}"
+    return {"rc": rc, "path": path, "gpus": [r.as_dict() for r in rows], "error": error}
+
+
+def smi_problem(smi: Mapping) -> str:
+    """Why an ``nvidia_smi`` result lists no GPU, in a few words."""
+    if smi.get("rc") == 127:
+        return "no nvidia-smi on PATH, in /usr/bin or /usr/local/nvidia/bin"
+    return smi.get("error") or (f"nvidia-smi exit {smi.get('rc')}" if smi.get("rc") else "nvidia-smi lists no GPU")
+
+
+def nvidia_module(text: str) -> dict:
+    """The ``nvidia_module`` section -> {loaded, version, flavour}: the version from /sys/module/nvidia/version,
+    else from the /proc/driver/nvidia/version banner; flavour open / proprietary from that banner (None without
+    it)."""
+    sys_version, banner = None, ""
+    for line in text.splitlines():
+        if line.startswith("sys="):
+            sys_version = line[4:].strip() or None
+        elif "Kernel Module" in line:
+            banner = line
+    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", banner)
+    flavour = ("open" if "open kernel module" in banner.lower() else "proprietary") if banner else None
+    version = sys_version or (m.group(1) if m else None)
+    return {"loaded": bool(version or banner), "version": version, "flavour": flavour}
+
+
+def module_signing_keys(text: str) -> list[str]:
+    """The ``module_signing`` section: the DKMS/MOK signing keys present (paths)."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def parse_gpu_containers(text: str) -> list[str]:
+    """Names of running containers that hold GPUs: the nvidia runtime (unless NVIDIA_VISIBLE_DEVICES is void/none)
+    or a GPU device request (--gpus). The env var alone does nothing under runc (CUDA images all set it)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        name, runtime, requests = parts[0].lstrip("/"), parts[1], parts[2]
+        env = [p for p in parts[3:] if p.startswith("NVIDIA_VISIBLE_DEVICES=")]
+        visible = env[-1].split("=", 1)[1] if env else ""
+        if (runtime == "nvidia" and visible not in ("void", "none")) or '"gpu"' in requests:
+            out.append(name)
+    return sorted(out)
+
+
+def maintenance_marker(text: str) -> dict:
+    """The ``maintenance`` section -> {maintenance: bool, maintenance_reason: the marker's text (JSON
+    {reason, by, since} when the upgrade wrote it)}."""
+    ls = text.splitlines()
+    present = bool(ls) and ls[0].strip() == "present"
+    return {"maintenance": present, "maintenance_reason": "\n".join(ls[1:]).strip() if present else ""}
+
+
+# ------------------------------------------------------------------------------------------ interpretation
+def nvidia_on_bus(pci_devices: Iterable[Mapping], nvswitch_ids: Iterable[str] = ()) -> dict[str, list[str]]:
+    """NVIDIA GPUs (display controllers, class 03xx) and NVSwitches (class 0680, or a known NVSwitch device id)
+    among the ``pci`` section's devices -> {"gpus": [address], "nvswitches": [address]}, sorted."""
+    ids = set(nvswitch_ids)
+    gpus, switches = [], []
+    for d in pci_devices:
+        if _hex(d.get("vendor", "")) != NVIDIA_VENDOR:
+            continue
+        cls = _hex(d.get("class", d.get("cls", "")))
+        if cls.startswith("03"):
+            gpus.append(str(d.get("address", "")).lower())
+        elif cls.startswith("0680") or _hex(d.get("device", "")) in ids:
+            switches.append(str(d.get("address", "")).lower())
+    return {"gpus": sorted(gpus), "nvswitches": sorted(switches)}
+
+
+def _hex(text) -> str:
+    return str(text).strip().lower().removeprefix("0x")
+
+
+def gpu_packages(packages: Mapping[str, str]) -> dict[str, str]:
+    """The GPU stack's packages (driver, libnvidia, dkms, headers, docker...) among dpkg's installed ones."""
+    return {p: v for p, v in sorted(packages.items()) if _GPU_PACKAGE.match(p)}
+
+
+def upstream_version(version: str) -> str:
+    """'580.95.05-1' -> '580.95.05'; '1:580.95.05-0ubuntu1' -> '580.95.05'."""
+    v = version.split(":", 1)[-1]
+    return v.rsplit("-", 1)[0] if "-" in v else v
+
+
+def installed_driver_package(packages: Mapping[str, str]) -> tuple[str, str] | None:
+    """(package, version) of the installed package that installs the whole driver (the newest when several are),
+    or None: a driver that is loaded then did not come from apt."""
+    mains = [(p, v) for p, v in packages.items() if _DRIVER_PACKAGE.match(p)]
+    return max(mains, key=lambda pv: version_key(pv[1])) if mains else None
