@@ -29,7 +29,7 @@ def sh(cmd: str, env: dict | None = None) -> str:
                           env={**os.environ, **(env or {})}).stdout
 
 
-def fake_smi(path: Path, body: str) -> Path:
+def fake_command(path: Path, body: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
@@ -48,7 +48,7 @@ def test_gpu_sections_run_here_and_each_parses():
 
 
 def test_nvidia_smi_found_on_path_rows_parsed(tmp_path):
-    fake_smi(tmp_path / "bin" / "nvidia-smi", f"echo '{SMI_ROW}'\n")
+    fake_command(tmp_path / "bin" / "nvidia-smi", f"echo '{SMI_ROW}'\n")
     got = g.nvidia_smi_result(sh(g.NVIDIA_SMI_COMMAND, {"PATH": f"{tmp_path}/bin:/usr/bin:/bin"}))
     assert got["rc"] == 0 and got["path"] == f"{tmp_path}/bin/nvidia-smi" and got["error"] is None
     assert [(r["bus_id"], r["driver_version"], r["memory_mib"]) for r in got["gpus"]] == \
@@ -57,7 +57,7 @@ def test_nvidia_smi_found_on_path_rows_parsed(tmp_path):
 
 def test_nvidia_smi_off_path_found_where_a_mounted_driver_keeps_it(tmp_path):
     """Not on PATH (an ssh session's PATH lacks /usr/local/nvidia/bin): the fixed places are tried in order."""
-    smi = fake_smi(tmp_path / "usr-local-nvidia-bin" / "nvidia-smi", f"echo '{SMI_ROW}'\n")
+    smi = fake_command(tmp_path / "usr-local-nvidia-bin" / "nvidia-smi", f"echo '{SMI_ROW}'\n")
     cmd = g.NVIDIA_SMI_COMMAND.replace(g.NVIDIA_SMI_PATHS[1], str(smi)).replace(g.NVIDIA_SMI_PATHS[0],
                                                                                str(tmp_path / "absent"))
     got = g.nvidia_smi_result(sh(cmd, {"PATH": "/usr/bin:/bin"}))
@@ -67,7 +67,7 @@ def test_nvidia_smi_off_path_found_where_a_mounted_driver_keeps_it(tmp_path):
 
 
 def test_nvidia_smi_failure_keeps_rc_and_message(tmp_path):
-    fake_smi(tmp_path / "bin" / "nvidia-smi", "echo \"NVIDIA-SMI has failed because it couldn't communicate with "
+    fake_command(tmp_path / "bin" / "nvidia-smi", "echo \"NVIDIA-SMI has failed because it couldn't communicate with "
                                               "the NVIDIA driver.\"; exit 9\n")
     got = g.nvidia_smi_result(sh(g.NVIDIA_SMI_COMMAND, {"PATH": f"{tmp_path}/bin:/usr/bin:/bin"}))
     assert got["rc"] == 9 and got["gpus"] == [] and got["error"].startswith("NVIDIA-SMI has failed")
@@ -101,6 +101,18 @@ def test_nvidia_on_bus_finds_gpus_and_nvswitches_by_class():
 ])
 def test_installed_driver_package(packages, want):
     assert g.installed_driver_package(packages) == want
+
+
+def test_gpu_containers_says_when_docker_cannot_list_them(tmp_path):
+    fake_command(tmp_path / "bin" / "docker", "echo 'permission denied while trying to connect to the Docker daemon "
+                                          "socket' >&2; exit 1\n")
+    got = g.gpu_containers(sh(g.GPU_CONTAINERS_COMMAND, {"PATH": f"{tmp_path}/bin:/usr/bin:/bin"}))
+    assert got == {"gpu_containers": [], "gpu_containers_error": "permission denied while trying to connect to "
+                                                                 "the Docker daemon socket"}
+    fake_command(tmp_path / "bin" / "docker", "[ \"$1\" = ps ] && echo c1 && exit 0\n"
+                                          "echo '/job nvidia null NVIDIA_VISIBLE_DEVICES=all'\n")
+    assert g.gpu_containers(sh(g.GPU_CONTAINERS_COMMAND, {"PATH": f"{tmp_path}/bin:/usr/bin:/bin"})) == \
+        {"gpu_containers": ["job"], "gpu_containers_error": None}
 
 
 def test_maintenance_marker():

@@ -319,11 +319,18 @@ def test_gpu_plan_op_reads_the_gpu_sections():
     h200 = json.loads((FIXTURES / "h200-2026-12-01-reconstructed.json").read_text())
     facts = factmod.parse(h200["sections_output"], factmod.GPU_SECTIONS)
     op = gs.GpuPlan()
-    assert op.probe({}, _ctx()) is None
-    plan = op.plan({"fail_on_refusal": True}, facts, None, _ctx())
+    assert op.probe({}, _ctx()) == factmod.script(("gpu_containers",))   # read with the task's become
+    none = _result(_sections(gpu_containers=""))
+    plan = op.plan({"fail_on_refusal": True}, facts, none, _ctx())
     assert not plan.failed and not plan.commands and plan.noop.startswith("ready: driver 580.159.04 (open)")
     assert plan.extra["gpu_plan"]["driver_source"] == "not apt" and plan.extra["ansible_facts"]["gpu_facts"]["gpus"]
-    refused = op.plan({"fail_on_refusal": True}, {**facts, "secure_boot": True}, None, _ctx())
+    job = op.plan({}, facts, _result(_sections(gpu_containers="/job nvidia null NVIDIA_VISIBLE_DEVICES=all")), _ctx())
+    assert job.extra["gpu_facts"]["gpu_containers"] == ["job"]
+    denied = op.plan({}, facts, _result(_sections(gpu_containers="error: permission denied while trying to connect "
+                                                                 "to the Docker daemon socket")), _ctx())
+    assert "cannot tell which containers hold GPUs: permission denied" in " ".join(
+        denied.extra["gpu_plan"]["warnings"])
+    refused = op.plan({"fail_on_refusal": True}, {**facts, "secure_boot": True}, none, _ctx())
     assert refused.failed and "Secure Boot is on" in refused.msg and set(refused.extra) == {"verdict"}
 
 
@@ -333,7 +340,7 @@ def test_gpu_plan_verify_reads_nvidia_smi_again():
     stale = factmod.parse(h200["sections_output"], factmod.GPU_SECTIONS)
     op, args = gs.GpuPlan(), {"verify_driver": True, "expected_version": "580.159.04"}
     probe = op.probe(args, _ctx())
-    assert probe == factmod.script(("pci", "nvidia_smi", "nvidia_module"))
+    assert probe == factmod.script(("gpu_containers", "pci", "nvidia_smi", "nvidia_module"))
     now = _sections(pci="0000:00:06.0 0x10de 0x2335 0x030200", nvidia_smi="path=/usr/bin/nvidia-smi\n"
                     "Failed to initialize NVML: Driver/library version mismatch\nrc=18", nvidia_module="")
     plan = op.plan(args, stale, _result(now), _ctx())

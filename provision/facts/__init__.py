@@ -56,7 +56,7 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
     Fact("nvidia_smi", g.NVIDIA_SMI_COMMAND, _one("nvidia_smi", g.nvidia_smi_result)),
     Fact("nvidia_module", g.NVIDIA_MODULE_COMMAND, _one("nvidia_module", g.nvidia_module)),
     Fact("module_signing", g.MODULE_SIGNING_COMMAND, _one("module_signing_keys", g.module_signing_keys)),
-    Fact("gpu_containers", g.GPU_CONTAINERS_COMMAND, _one("gpu_containers", g.parse_gpu_containers)),
+    Fact("gpu_containers", g.GPU_CONTAINERS_COMMAND, g.gpu_containers),
     Fact("maintenance", g.MAINTENANCE_COMMAND, g.maintenance_marker),
 ]}
 

@@ -37,8 +37,9 @@ NVIDIA_MODULE_COMMAND = ("[ -r /sys/module/nvidia/version ] && echo \"sys=$(cat 
                          "head -n 1 /proc/driver/nvidia/version")
 MODULE_SIGNING_COMMAND = f"for f in {' '.join(MODULE_SIGNING_KEYS)}; do [ -e \"$f\" ] && echo \"$f\"; done"
 GPU_CONTAINERS_COMMAND = (
-    "command -v docker >/dev/null && docker ps -q | xargs -r docker inspect --format "
-    "'{{.Name}} {{.HostConfig.Runtime}} {{json .HostConfig.DeviceRequests}} {{range .Config.Env}}{{.}} {{end}}'")
+    "command -v docker >/dev/null || exit 0; ids=$(docker ps -q 2>&1) || { echo \"error: $ids\" | head -n 1; exit 0; }; "
+    "[ -z \"$ids\" ] || docker inspect --format "
+    "'{{.Name}} {{.HostConfig.Runtime}} {{json .HostConfig.DeviceRequests}} {{range .Config.Env}}{{.}} {{end}}' $ids")
 MAINTENANCE_COMMAND = f"[ -e {MAINTENANCE_MARKER} ] && {{ echo present; head -c 2000 {MAINTENANCE_MARKER}; }}"
 
 # Packages that belong to the GPU stack (what `provision facts --gpu` shows of dpkg's list)
@@ -144,6 +145,13 @@ def parse_gpu_containers(text: str) -> list[str]:
         if (runtime == "nvidia" and visible not in ("void", "none")) or '"gpu"' in requests:
             out.append(name)
     return sorted(out)
+
+
+def gpu_containers(text: str) -> dict:
+    """The ``gpu_containers`` section -> {gpu_containers: names, gpu_containers_error: why docker could not list
+    them (not root nor in the docker group, say), else None}."""
+    error = next((ln[len("error: "):].strip() for ln in text.splitlines() if ln.startswith("error: ")), None)
+    return {"gpu_containers": parse_gpu_containers(text), "gpu_containers_error": error}
 
 
 def maintenance_marker(text: str) -> dict:

@@ -116,6 +116,7 @@ def gpu_view(facts: Mapping, table: GpuTable | None = None) -> dict:
         "packages": gpu_packages(facts.get("packages") or {}),
         "holds": sorted(facts.get("held_packages") or []),
         "gpu_containers": list(facts.get("gpu_containers") or []),
+        "gpu_containers_error": facts.get("gpu_containers_error"),
         "maintenance": bool(facts.get("maintenance")),
         "maintenance_reason": facts.get("maintenance_reason", ""),
     }
@@ -173,6 +174,8 @@ def plan_host(facts: Mapping, hostvars: Mapping | None = None, *, host: str = ""
     plan.secure_boot = facts.get("secure_boot")
     plan.simulated = lenient_bool(hv.get("gpufleet_simulated_gpus", False))
     _driver_in_use(plan, facts)
+    if facts.get("gpu_containers_error"):
+        plan.warnings.append(f"cannot tell which containers hold GPUs: {facts['gpu_containers_error']}")
     smi = (facts.get("nvidia_smi") or {}).get("gpus") or []
     plan.smi_gpu_count = len(smi) if (facts.get("nvidia_smi") or {}).get("rc") == 0 else None
 

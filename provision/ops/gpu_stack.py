@@ -56,16 +56,20 @@ def _skip(msg: str) -> Plan:
 class GpuPlan(Op):
     """Plan the host's GPU stack from its GPU fact sections (PCI before any driver, nvidia-smi and the loaded
     module after) and the group vars, and set the facts ``gpu_plan`` (HostGpuPlan.as_vars()) and ``gpu_facts``. A
-    refusal fails the host before anything changes. verify_driver: read nvidia-smi, the module and the PCI bus again
-    and fail unless nvidia-smi lists every GPU the PCI bus shows (at expected_version, if given)."""
+    refusal fails the host before anything changes. The running GPU containers are read by the probe, with the
+    task's become (Docker's socket is root's). verify_driver: read nvidia-smi, the module and the PCI bus again and
+    fail unless nvidia-smi lists every GPU the PCI bus shows (at expected_version, if given)."""
     facts = factmod.GPU_SECTIONS
 
+    @staticmethod
+    def looked_at(args) -> tuple:
+        return ("gpu_containers",) + (VERIFY_SECTIONS if args.get("verify_driver") else ())
+
     def probe(self, args, ctx):
-        return factmod.script(VERIFY_SECTIONS) if args.get("verify_driver") else None
+        return factmod.script(self.looked_at(args))
 
     def plan(self, args, facts, probe, ctx) -> Plan:
-        if probe is not None:
-            facts = {**facts, **factmod.parse(probe.stdout, VERIFY_SECTIONS)}
+        facts = {**facts, **factmod.parse(probe.stdout, self.looked_at(args))}
         view = gpu_view(facts)
         plan = plan_host(view, _render_vars(ctx, PLAN_VARS), host=ctx.host)
         out = {"gpu_plan": plan.as_vars(), "gpu_facts": view}
