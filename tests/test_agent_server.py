@@ -2,9 +2,8 @@
 and one-line errors for bad config files."""
 from __future__ import annotations
 
-import ipaddress
-
 import datetime
+import ipaddress
 import os
 import signal
 import socket
