@@ -60,9 +60,10 @@ def test_nvidia_smi_off_path_found_where_a_mounted_driver_keeps_it(tmp_path):
     smi = fake_command(tmp_path / "usr-local-nvidia-bin" / "nvidia-smi", f"echo '{SMI_ROW}'\n")
     cmd = g.NVIDIA_SMI_COMMAND.replace(g.NVIDIA_SMI_PATHS[1], str(smi)).replace(g.NVIDIA_SMI_PATHS[0],
                                                                                str(tmp_path / "absent"))
-    got = g.nvidia_smi_result(sh(cmd, {"PATH": "/usr/bin:/bin"}))
+    nowhere = {"PATH": str(tmp_path / "nowhere")}
+    got = g.nvidia_smi_result(sh(cmd, nowhere))
     assert got["path"] == str(smi) and got["rc"] == 0 and len(got["gpus"]) == 1
-    none = g.nvidia_smi_result(sh(cmd.replace(str(smi), str(tmp_path / "absent")), {"PATH": "/usr/bin:/bin"}))
+    none = g.nvidia_smi_result(sh(cmd.replace(str(smi), str(tmp_path / "absent")), nowhere))
     assert none == {"rc": 127, "path": None, "gpus": [], "error": None}
 
 
@@ -113,6 +114,19 @@ def test_gpu_containers_says_when_docker_cannot_list_them(tmp_path):
                                           "echo '/job nvidia null NVIDIA_VISIBLE_DEVICES=all'\n")
     assert g.gpu_containers(sh(g.GPU_CONTAINERS_COMMAND, {"PATH": f"{tmp_path}/bin:/usr/bin:/bin"})) == \
         {"gpu_containers": ["job"], "gpu_containers_error": None}
+
+
+def test_upgrade_sections_run_here_and_parse(tmp_path):
+    names = ("upgrade_state", "nvidia_devnodes", "docker_runtimes", "container_toolkit")
+    facts = factmod.parse(sh(factmod.script(names)), names)
+    assert set(facts) == set(names) and all(p.startswith("/dev/nvidia") for p in facts["nvidia_devnodes"])
+    assert g.json_document('{"state": "drained", "target": "580"}\n') == {"state": "drained", "target": "580"}
+    assert g.json_document("") is None and g.json_document("{half") is None
+    toolkit = factmod.script(["container_toolkit"])
+    assert factmod.parse(sh(toolkit, {"PATH": str(tmp_path)}), ["container_toolkit"]) == {"container_toolkit": []}
+    fake_command(tmp_path / "nvidia-ctk", "true\n")
+    assert factmod.parse(sh(toolkit, {"PATH": str(tmp_path)}), ["container_toolkit"]) == \
+        {"container_toolkit": [str(tmp_path / "nvidia-ctk")]}
 
 
 def test_maintenance_marker():

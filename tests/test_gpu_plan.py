@@ -370,25 +370,27 @@ def test_gpu_image_refuses_before_fetching_and_streams_after_a_failed_mirror(tmp
     gs = _ops()
     op = gs.GpuImage()
     newer = {"image": "pytorch/pytorch:2.9.0-cuda13.0-cudnn9-runtime", "source": "auto", "check_gpus": True}
-    assert "nvidia_smi" in op.probe(newer, _ctx()) and "docker image inspect" in op.probe(newer, _ctx())
-    plan = op.plan(newer, {}, _result(_sections(nvidia_smi=SMI_570_WS, image="")), _ctx())
+    assert op.probe(newer, _ctx()) == factmod.script(("nvidia_smi",))
+    smi = _result(_sections(nvidia_smi=SMI_570_WS))
+    plan = op.plan(newer, {}, smi, _ctx())
     assert plan.failed and "needs CUDA 13.0 (driver >= 580.65.06)" in plan.msg and "570.195.03" in plan.msg
+    assert not plan.commands      # refused before even looking at the image
     tag = "pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime"
-    present = op.plan({"image": tag, "check_gpus": True}, {}, _result(_sections(
-        nvidia_smi=SMI_570_WS, image="sha256:0123456789abcdef0123")), _ctx())
-    assert present.noop == f"{tag} present (sha256:0123456789ab)"
+    look = op.plan({"image": tag, "check_gpus": True}, {}, smi, _ctx())
+    assert [(c.cmd, c.readonly) for c in look.commands] == [(f"docker image inspect --format '{{{{.Id}}}}' {tag}", True)]
+    assert look.then({}, [_result("sha256:0123456789abcdef0123\n")]).noop == f"{tag} present (sha256:0123456789ab)"
     tarball = tmp_path / "img.tar"
     tarball.write_bytes(b"not really an image")
     args = {"image": tag, "source": "auto", "mirror": "127.0.0.1:1", "tarball": str(tarball), "check_gpus": True}
-    first = op.plan(args, {}, _result(_sections(nvidia_smi=SMI_570_WS, image="")), _ctx())
+    absent = [_result("", rc=1)]
+    first = op.plan(args, {}, smi, _ctx()).then({}, absent)
     assert [c.cmd for c in first.commands] == [f"docker pull 127.0.0.1:1/{tag} && docker tag 127.0.0.1:1/{tag} {tag}"]
     stream = first.then({}, [_result("", rc=1)])
     assert [type(c) for c in stream.commands] == [FilePut, Cmd, Cmd] and stream.commands[0].mode == 0o600
     assert stream.commands[0].content == b"not really an image" and stream.commands[2].readonly
     done = stream.then({}, [_result(""), _result("Loaded image"), _result("sha256:1\n")])
     assert done.changed and "streamed from the controller (mirror failed" in done.msg
-    assert op.plan(args, {}, _result(_sections(nvidia_smi=SMI_570_WS, image="")), _ctx(check=True)).msg == \
-        f"would fetch {tag} (auto)"
+    assert op.plan(args, {}, smi, _ctx(check=True)).then({}, absent).msg == f"would fetch {tag} (auto)"
 
 
 DEV_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHg0Yw== dev@example"

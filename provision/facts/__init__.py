@@ -55,9 +55,13 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
     # GPU sections (provision/facts/gpu.py); the PCI scan is "pci" above, dpkg's packages and holds "packages"
     Fact("nvidia_smi", g.NVIDIA_SMI_COMMAND, _one("nvidia_smi", g.nvidia_smi_result)),
     Fact("nvidia_module", g.NVIDIA_MODULE_COMMAND, _one("nvidia_module", g.nvidia_module)),
-    Fact("module_signing", g.MODULE_SIGNING_COMMAND, _one("module_signing_keys", g.module_signing_keys)),
+    Fact("module_signing", g.MODULE_SIGNING_COMMAND, _one("module_signing_keys", g.nonblank_lines)),
     Fact("gpu_containers", g.GPU_CONTAINERS_COMMAND, g.gpu_containers),
     Fact("maintenance", g.MAINTENANCE_COMMAND, g.maintenance_marker),
+    Fact("upgrade_state", g.UPGRADE_STATE_COMMAND, _one("upgrade_state", g.json_document)),
+    Fact("nvidia_devnodes", g.NVIDIA_DEVNODES_COMMAND, _one("nvidia_devnodes", g.nonblank_lines)),
+    Fact("docker_runtimes", g.DOCKER_RUNTIMES_COMMAND, _one("docker_runtimes", g.json_document)),
+    Fact("container_toolkit", g.CONTAINER_TOOLKIT_COMMAND, _one("container_toolkit", g.nonblank_lines)),
 ]}
 
 # what gather_facts collects (the GPU sections are gathered when an op asks for them)

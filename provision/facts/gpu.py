@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
-from agent.hostpaths import MAINTENANCE_MARKER
+from agent.hostpaths import MAINTENANCE_MARKER, UPGRADE_STATE_FILE
 from provision.versions import version_key
 
 NVIDIA_VENDOR = "10de"
@@ -41,6 +42,11 @@ GPU_CONTAINERS_COMMAND = (
     "[ -z \"$ids\" ] || docker inspect --format "
     "'{{.Name}} {{.HostConfig.Runtime}} {{json .HostConfig.DeviceRequests}} {{range .Config.Env}}{{.}} {{end}}' $ids")
 MAINTENANCE_COMMAND = f"[ -e {MAINTENANCE_MARKER} ] && {{ echo present; head -c 2000 {MAINTENANCE_MARKER}; }}"
+# what the rolling upgrade also looks at (read as root: Docker's socket is root's)
+UPGRADE_STATE_COMMAND = f"cat {UPGRADE_STATE_FILE}"
+NVIDIA_DEVNODES_COMMAND = "ls -d /dev/nvidia[0-9]*"
+DOCKER_RUNTIMES_COMMAND = "command -v docker >/dev/null && docker info --format '{{json .Runtimes}}'"
+CONTAINER_TOOLKIT_COMMAND = "command -v nvidia-ctk nvidia-container-runtime nvidia-container-cli"
 
 # Packages that belong to the GPU stack (what `provision facts --gpu` shows of dpkg's list)
 _GPU_PACKAGE = re.compile(r"^(nvidia|cuda-drivers|libnvidia|dkms|linux-headers|docker|containerd|gpu-agent)")
@@ -126,9 +132,17 @@ def nvidia_module(text: str) -> dict:
     return {"loaded": bool(version or banner), "version": version, "flavour": flavour}
 
 
-def module_signing_keys(text: str) -> list[str]:
-    """The ``module_signing`` section: the DKMS/MOK signing keys present (paths)."""
+def nonblank_lines(text: str) -> list[str]:
+    """A section that lists paths, one a line (module signing keys, device nodes, commands found)."""
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def json_document(text: str):
+    """A section that prints one JSON document (the upgrade's state file, Docker's runtimes); None if none."""
+    try:
+        return json.loads(text) if text.strip() else None
+    except ValueError:
+        return None
 
 
 def parse_gpu_containers(text: str) -> list[str]:

@@ -142,14 +142,11 @@ class GpuJsonMerge(Op):
 class GpuImage(Op):
     """Check the host's driver and GPUs against the image BEFORE fetching it, then make it present: already there,
     pulled, pulled through a lab mirror, or streamed from the controller (docker save tarball, sha256-checked).
-    One read-only look first: nvidia-smi (the ``nvidia_smi`` fact section, read now: a driver may have been
-    installed since the facts were gathered) and the image's id on the host."""
+    The look at the driver is the ``nvidia_smi`` fact section read by the probe (a driver may have been installed
+    since the facts were gathered); then one read-only look at the image on the host."""
 
     def probe(self, args, ctx):
-        parts = [("image", f"docker image inspect --format '{{{{.Id}}}}' {q(args['image'])}")]
-        if args.get("check_gpus", True):
-            parts.insert(0, ("nvidia_smi", factmod.FACTS["nvidia_smi"].command))
-        return factmod.section_script(parts)
+        return factmod.script(("nvidia_smi",)) if args.get("check_gpus", True) else None
 
     def plan(self, args, facts, probe, ctx) -> Plan:
         tag = args["image"]
@@ -164,9 +161,8 @@ class GpuImage(Op):
             return Plan(failed=True, msg="image_info must be a mapping {cuda: '12.8', sm: [...]}")
         if info and "cuda" not in info:
             return Plan(failed=True, msg="image_info needs at least cuda: 'X.Y'")
-        sections = factmod.split_sections(probe.stdout)
-        if args.get("check_gpus", True):
-            smi = nvidia_smi_result(sections.get("nvidia_smi", ""))
+        if probe is not None:
+            smi = factmod.parse(probe.stdout, ("nvidia_smi",))["nvidia_smi"]
             if smi["rc"] != 0 or not smi["gpus"]:
                 return Plan(failed=True, msg=f"refusing to fetch {tag}: nvidia-smi does not answer on this host "
                                              f"({smi_problem(smi)})")
@@ -174,14 +170,18 @@ class GpuImage(Op):
                                    [(g["compute_cap"], g["name"]) for g in smi["gpus"]], info or None)
             if why:
                 return Plan(failed=True, msg=why)
-        image_id = sections.get("image", "").strip()
-        if image_id.startswith("sha256:"):
-            return Plan(noop=f"{tag} present ({image_id[:19]})")
         source = args.get("source") or "auto"
-        if ctx.check:
-            return Plan(changed=True, msg=f"would fetch {tag} ({source})")
         fetch = {k: str(args.get(k) or "").strip() or None for k in ("tarball", "sha256", "mirror")}
-        return _fetch_image(tag, source, **fetch)
+
+        def present_or_fetch(facts, results) -> Plan:
+            image_id = results[0].stdout.strip() if results[0].rc == 0 else ""
+            if image_id:
+                return Plan(noop=f"{tag} present ({image_id[:19]})")
+            if ctx.check:
+                return Plan(changed=True, msg=f"would fetch {tag} ({source})")
+            return _fetch_image(tag, source, **fetch)
+        return Plan([Cmd(f"docker image inspect --format '{{{{.Id}}}}' {q(tag)}", readonly=True, ok_rc=None,
+                         counts=False)], then=present_or_fetch)
 
 
 def _fetch_image(tag: str, source: str, *, tarball, sha256, mirror) -> Plan:
