@@ -232,6 +232,22 @@ def test_secrets_masked_in_output_and_verbose_commands(tmp_path, inv, capsys):
     assert "<a> EXEC echo ********" in out.out
 
 
+
+def test_a_templated_secret_is_masked_as_rendered(tmp_path, inv, capsys):
+    """A secret-named variable built from others is masked by its rendered value (not its template text)."""
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          vars: {base_word: correcthorse, api_token: "{{ base_word }}-battery-staple"}
+          tasks:
+            - name: visible
+              shell: "echo token={{ api_token }} && echo {{ base_word }}-battery-staple"
+        """)
+    rc, out = run(capsys, "apply", inv, "-p", pb, "-vvv")
+    assert rc == 0
+    assert "correcthorse-battery-staple" not in out.out + out.err
+    assert "<a> EXEC echo token=******** && echo ********" in out.out
+
 def test_role_templates_files_defaults_and_handlers(tmp_path, inv, capsys):
     write(tmp_path, "roles/web/defaults/main.yaml", "port: 8080\n")
     write(tmp_path, "roles/web/templates/web.conf.j2", "port={{ port }}\n")

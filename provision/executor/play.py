@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
-from typing import Any, Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Callable, Mapping
 
 from provision import facts as factmod
 from provision import templating
@@ -90,34 +90,22 @@ class Executor(Reporting, Rolling):
         self.stats.connections_opened = self.pool.opened
         return self.stats
 
-    def gather_all(self, hosts: list, sections=None) -> dict[str, dict | str]:
-        """Facts per host (provision facts); an unreachable host maps to its error text."""
-        out: dict[str, Any] = {}
-        workers = ThreadPoolExecutor(max_workers=max(1, self.options.forks))
+    def gather_all(self, hosts: list, sections=None) -> dict[str, dict]:
+        """Facts per host, in one round trip each (provision facts); an unreachable host maps to
+        {unreachable: True, msg}."""
         names = tuple(sections or factmod.PLAY_FACTS)
 
-        def one(h):
+        def one(h, runner, ctx):
             try:
-                conn = self.pool.acquire(h)
-            except Unreachable as err:
-                return h.name, {"unreachable": True, "msg": str(err)}
-            try:
-                return h.name, factmod.gather(conn, names)
+                runner.refresh(names)
+                return ctx.facts
             except ConnectorError as err:
-                return h.name, {"unreachable": True, "msg": str(err)}
-            finally:
-                self.pool.release(h)
-                if self.pool.limit < len(hosts):
-                    self.pool.drop(h)
+                return {"unreachable": True, "msg": str(err)}
         try:
-            for fut in as_completed([workers.submit(one, h) for h in hosts]):
-                name, f = fut.result()
-                out[name] = f
+            return self.map_hosts(hosts, one)
         finally:
-            workers.shutdown(wait=True)
             self.pool.close_all()
-        self.stats.peak_connections = self.pool.peak
-        return {h.name: out[h.name] for h in hosts}
+            self.stats.peak_connections = self.pool.peak
 
     # -- plays ----------------------------------------------------------------------------------------
     def _play_hosts(self, play) -> list:

@@ -37,7 +37,6 @@ def prefetch(ex, s, play) -> None:
     """Run the read-only probes of the play's tasks, and the fact sections those tasks read, in ONE round trip
     per host (per become setting). A task later uses a probe's answer, or a prefetched fact, only if nothing
     ran on the host in between (OpContext.probe; both live in the probe cache that any change clears)."""
-    from provision.ops.spec import registry
     s.probe_cache = {}
     started = ex._started
     groups: dict[tuple, list[str]] = {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from provision import templating
+from provision.executor.state import HostState
 from provision.ops.core import MASK, SECRET_NAME, mask_text, secret_values, unified
 from provision.results import HostResult
 
