@@ -7,7 +7,9 @@ the GPUs and NVSwitches out of it), dpkg's packages and holds the ``packages`` s
   read-only there, as on some cloud images); its rc and message are kept when it fails;
 * ``nvidia_module``: the loaded kernel module (/sys/module/nvidia/version, /proc/driver/nvidia/version): version,
   and open or proprietary from the "Open Kernel Module" banner;
-* ``module_signing``, ``gpu_containers``, ``maintenance``.
+* ``module_signing``, ``gpu_containers`` (with the reason when docker cannot list them), ``maintenance``;
+* and what the rolling upgrade also reads: ``upgrade_state``, ``nvidia_devnodes``, ``docker_runtimes``,
+  ``container_toolkit``.
 
 Nothing here touches a host: the parsers are tested on recorded output (tests/fixtures/gpu/).
 """
