@@ -14,6 +14,7 @@ from provision.upgrade.budget import Budget, Count, next_batch, parse_count, pla
 from provision.upgrade.plan import Plan, plan_host
 from provision.upgrade.report import report_lines
 from provision.upgrade.statefile import HostRecord, StateFile
+from provision.facts import MARK
 from provision.upgrade.steps import parse_facts
 
 # ---------------------------------------------------------------------------------------------- transitions
@@ -130,27 +131,39 @@ def test_versions():
     assert version_key("580.95.05") > version_key("580.82.07") > version_key("570.195.03")
 
 
+def _sections(**parts) -> str:
+    """What the upgrade's facts script prints (the fact sections' protocol) for the given sections."""
+    return "".join(f"{MARK} {name}\n{text}\n" for name, text in parts.items()) + f"{MARK} end\n"
+
+
+def _smi_rows(*rows) -> str:
+    """nvidia-smi's --query-gpu CSV as the nvidia_smi section prints it: (bus id, driver) per GPU."""
+    return "path=/usr/bin/nvidia-smi\n" + "".join(f"{i}, {bus}, NVIDIA H100 80GB HBM3, {drv}, 9.0, GPU-{i}, 81559\n"
+                                                  for i, (bus, drv) in enumerate(rows))
+
+
 def test_parse_smi_ok_and_mismatch():
-    ok = R.parse_smi("00000000:17:00.0, 580.95.05\n00000000:2A:00.0, 580.95.05\nrc=0")
+    ok = parse_facts(_sections(nvidia_smi=_smi_rows(("00000000:17:00.0", "580.95.05"),
+                                                     ("00000000:2A:00.0", "580.95.05")) + "rc=0")).smi
     assert ok.ok and ok.driver_version == "580.95.05" and ok.bus_ids == ("0000:17:00.0", "0000:2a:00.0")
-    bad = R.parse_smi("Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 580.95\n"
-                      "rc=18")
+    bad = parse_facts(_sections(nvidia_smi="path=/usr/bin/nvidia-smi\nFailed to initialize NVML: Driver/library "
+                                           "version mismatch\nNVML library version: 580.95\nrc=18")).smi
     assert not bad.ok and bad.rc == 18 and "mismatch" in bad.message
-    assert R.parse_smi("rc=127").rc == 127
+    assert parse_facts(_sections(nvidia_smi="rc=127")).smi.rc == 127
 
 
 def test_parse_pci_finds_gpus_and_nvswitches():
-    pci = R.parse_pci("0000:17:00.0 0x10de 0x2330 0x030200\n0000:05:00.0 0x10de 0x22a3 0x068000\n"
-                      "0000:00:1f.0 0x8086 0x1234 0x060100\n")
+    pci = parse_facts(_sections(pci="0000:17:00.0 0x10de 0x2330 0x030200\n0000:05:00.0 0x10de 0x22a3 0x068000\n"
+                                    "0000:00:1f.0 0x8086 0x1234 0x060100")).pci
     assert pci.gpus == ("0000:17:00.0",) and pci.nvswitches == ("0000:05:00.0",)
 
 
 def test_find_driver_and_rename():
-    installed = R.parse_dpkg("nvidia-driver-570-open\t570.172.08-1\tii \n"
-                             "nvidia-fabricmanager-570\t570.172.08-1\thi \n"
-                             "libnvidia-compute-570\t570.172.08-1\tii \n"
-                             "nvidia-container-toolkit\t1.17.8-1\tii \n"
-                             "nvidia-driver-535\t535.1-1\trc \n")
+    installed = parse_facts(_sections(packages="nvidia-driver-570-open\t570.172.08-1\tinstall ok installed\n"
+                                                "nvidia-fabricmanager-570\t570.172.08-1\thold ok installed\n"
+                                                "libnvidia-compute-570\t570.172.08-1\tinstall ok installed\n"
+                                                "nvidia-container-toolkit\t1.17.8-1\tinstall ok installed\n"
+                                                "nvidia-driver-535\t535.1-1\tdeinstall ok config-files")).installed
     d = R.find_driver(installed)
     assert (d.package, d.branch, d.suffix, d.version) == ("nvidia-driver-570-open", "570", "-open", "570.172.08-1")
     assert "nvidia-container-toolkit" not in d.family and "libnvidia-compute-570" in d.family
@@ -216,15 +229,12 @@ def test_lock_reply():
 
 
 # ---------------------------------------------------------------------------------------------- plan
-def _facts(smi="00000000:17:00.0, 570.172.08\nrc=0", dpkg="nvidia-driver-570-open\t570.172.08-1\tii \n",
-           marker="", lock=""):
-    text = "\n".join([f"{R.SECTION} boot", "b1", f"{R.SECTION} now", "100", f"{R.SECTION} smi", smi,
-                      f"{R.SECTION} pci", "0000:17:00.0 0x10de 0x2330 0x030200", f"{R.SECTION} dpkg", dpkg,
-                      f"{R.SECTION} holds", "nvidia-driver-570-open", f"{R.SECTION} marker", marker,
-                      f"{R.SECTION} state", "", f"{R.SECTION} record", "", f"{R.SECTION} lock", lock,
-                      f"{R.SECTION} docker", "", f"{R.SECTION} toolkit", "", f"{R.SECTION} devnodes", "",
-                      f"{R.SECTION} end"])
-    return parse_facts(text)
+def _facts(smi=_smi_rows(("00000000:17:00.0", "570.172.08")) + "rc=0",
+           dpkg="nvidia-driver-570-open\t570.172.08-1\thold ok installed\n", marker="", lock=""):
+    return parse_facts(_sections(boot_id="b1", apt_cache="100 0", nvidia_smi=smi,
+                                 pci="0000:17:00.0 0x10de 0x2330 0x030200", packages=dpkg,
+                                 maintenance=f"present\n{marker}" if marker else "", upgrade_state="", record="",
+                                 lock=lock, docker_runtimes="", container_toolkit="", nvidia_devnodes=""))
 
 
 MADISON = (" nvidia-driver-580-open | 580.95.05-1 | file:/srv ./ Packages\n"
@@ -234,12 +244,13 @@ MADISON = (" nvidia-driver-580-open | 580.95.05-1 | file:/srv ./ Packages\n"
 def test_plan_upgrade_and_skip():
     p = plan_host("h", _facts(), MADISON, "580")
     assert p.action == "upgrade" and p.target == "580.95.05" and "nvidia-driver-580-open" in p.packages
-    at = _facts(smi="00000000:17:00.0, 580.95.05\nrc=0", dpkg="nvidia-driver-580-open\t580.95.05-1\tii \n")
+    at = _facts(smi=_smi_rows(("00000000:17:00.0", "580.95.05")) + "rc=0",
+                dpkg="nvidia-driver-580-open\t580.95.05-1\tinstall ok installed\n")
     s = plan_host("h", at, MADISON, "580.95.05")
     assert s.action == "skip" and "already at 580.95.05" in s.reason
     # installed but not yet rebooted into it: not at target
     pending = _facts(smi="Failed to initialize NVML: Driver/library version mismatch\nrc=18",
-                     dpkg="nvidia-driver-580-open\t580.95.05-1\tii \n")
+                     dpkg="nvidia-driver-580-open\t580.95.05-1\tinstall ok installed\n")
     assert plan_host("h", pending, MADISON, "580.95.05").action == "upgrade"
 
 

@@ -54,8 +54,8 @@ CONTAINER_TOOLKIT_COMMAND = "command -v nvidia-ctk nvidia-container-runtime nvid
 _GPU_PACKAGE = re.compile(r"^(nvidia|cuda-drivers|libnvidia|dkms|linux-headers|docker|containerd|gpu-agent)")
 # The package that installs the whole driver: Ubuntu's nvidia-driver-<br>[-server][-open], the CUDA repository's
 # nvidia-open-<br> / cuda-drivers-<br>, or their unversioned nvidia-open / cuda-drivers
-_DRIVER_PACKAGE = re.compile(r"^(nvidia-driver-|nvidia-open-|cuda-drivers-)\d{3}(-server)?(-open)?$"
-                             r"|^(nvidia-open|cuda-drivers)$")
+DRIVER_PACKAGE = re.compile(r"^(nvidia-driver-|nvidia-open-|cuda-drivers-)(?P<branch>\d{3})(?P<suffix>(-server)?(-open)?)$"
+                            r"|^(nvidia-open|cuda-drivers)(?P<suffix2>)$")
 
 
 @dataclass(frozen=True)
@@ -213,5 +213,5 @@ def upstream_version(version: str) -> str:
 def installed_driver_package(packages: Mapping[str, str]) -> tuple[str, str] | None:
     """(package, version) of the installed package that installs the whole driver (the newest when several are),
     or None: a driver that is loaded then did not come from apt."""
-    mains = [(p, v) for p, v in packages.items() if _DRIVER_PACKAGE.match(p)]
+    mains = [(p, v) for p, v in packages.items() if DRIVER_PACKAGE.match(p)]
     return max(mains, key=lambda pv: version_key(pv[1])) if mains else None

@@ -10,6 +10,7 @@ import shlex
 from dataclasses import dataclass
 
 from agent.hostpaths import MAINTENANCE_MARKER as MARKER, UPGRADE_STATE_FILE as STATE_FILE  # read by the agent
+from provision.facts.gpu import DRIVER_PACKAGE, upstream_version
 from provision.versions import version_key
 
 LOCK_DIR = "/var/lib/gpufleet/upgrade.lock"             # mkdir-atomic lock; owner JSON inside
@@ -20,15 +21,11 @@ MARKER_BY_PREFIX = "gpufleet-upgrade"                   # "by" of markers the up
 DEFAULT_AGENT_PORT = 10240                              # gpu-agent's default (docs/agent.md)
 XID_METRIC = "gpufleet_gpu_xid_errors_total"
 
-# Packages that move together with the driver: everything NVIDIA ships at the driver's exact version.
-# The package that installs the whole driver: Ubuntu style nvidia-driver-<br>[-server][-open], CUDA repo style
-# nvidia-open-<br> / cuda-drivers-<br>, or the CUDA repo's unversioned nvidia-open / cuda-drivers (newest wins).
-_DRIVER_PKG = re.compile(r"^(nvidia-driver-|nvidia-open-|cuda-drivers-)(?P<branch>\d{3})(?P<suffix>(-server)?(-open)?)$"
-                         r"|^(nvidia-open|cuda-drivers)(?P<suffix2>)$")
+# Packages that move together with the driver: everything NVIDIA ships at the driver's exact version. The package
+# that installs the whole driver is facts.gpu.DRIVER_PACKAGE (branch and flavour suffix as groups).
 _BRANCH_IN_NAME = re.compile(r"-(\d{3})(?=(-|$))")
 _NV_FAMILY = re.compile(r"^(nvidia-|libnvidia-|cuda-drivers|xserver-xorg-video-nvidia)")
 
-SECTION = "@@gpufleet@@"
 
 
 def q(s: str) -> str:
@@ -36,10 +33,7 @@ def q(s: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- versions
-def upstream(version: str) -> str:
-    """'580.95.05-1' -> '580.95.05'; '1:580.95.05-0ubuntu1' -> '580.95.05'."""
-    v = version.split(":", 1)[-1]
-    return v.rsplit("-", 1)[0] if "-" in v else v
+upstream = upstream_version        # '580.95.05-1' -> '580.95.05' (the one definition is in facts/gpu.py)
 
 
 def branch_of(version: str) -> str:
@@ -54,115 +48,6 @@ def matches_target(version: str | None, target: str) -> bool:
     if not version:
         return False
     return branch_of(version) == target if is_branch(target) else upstream(version) == target
-
-
-# --------------------------------------------------------------------------------------------------- facts
-FACTS_SCRIPT = r"""
-S=@@gpufleet@@
-echo "$S boot"; cat /proc/sys/kernel/random/boot_id 2>/dev/null
-echo "$S now"; date +%s
-echo "$S smi"; if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi --query-gpu=pci.bus_id,driver_version --format=csv,noheader 2>&1; echo "rc=$?"; else echo "rc=127"; fi
-echo "$S pci"; for d in /sys/bus/pci/devices/*; do [ -r "$d/vendor" ] && echo "${d##*/} $(cat $d/vendor) $(cat $d/device 2>/dev/null) $(cat $d/class 2>/dev/null)"; done
-echo "$S dpkg"; dpkg-query -W -f='${Package}\t${Version}\t${db:Status-Abbrev}\n' 'nvidia-*' 'libnvidia-*' 'cuda-drivers*' 2>/dev/null
-echo "$S holds"; apt-mark showhold 2>/dev/null
-echo "$S marker"; cat {MARKER} 2>/dev/null
-echo "$S state"; cat {STATE_FILE} 2>/dev/null
-echo "$S record"; cat {HOST_RECORD} 2>/dev/null
-echo "$S lock"; cat {LOCK_DIR}/owner 2>/dev/null
-echo "$S docker"; command -v docker >/dev/null 2>&1 && docker info --format '{{json .Runtimes}}' 2>/dev/null | head -c 2000
-echo "$S toolkit"; command -v nvidia-ctk nvidia-container-runtime nvidia-container-cli 2>/dev/null
-echo "$S devnodes"; ls /dev/nvidia[0-9]* 2>/dev/null
-echo "$S end"
-""".replace("{MARKER}", MARKER).replace("{STATE_FILE}", STATE_FILE).replace(
-    "{HOST_RECORD}", HOST_RECORD).replace("{LOCK_DIR}", LOCK_DIR)
-
-
-def split_sections(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    name = None
-    buf: list[str] = []
-    for line in text.splitlines():
-        if line.startswith(SECTION + " "):
-            if name is not None:
-                out[name] = "\n".join(buf).strip("\n")
-            name, buf = line[len(SECTION) + 1:].strip(), []
-        elif name is not None:
-            buf.append(line)
-    if name is not None and name not in out:
-        out[name] = "\n".join(buf).strip("\n")
-    return out
-
-
-@dataclass(frozen=True)
-class Smi:
-    rc: int
-    driver_version: str | None
-    bus_ids: tuple[str, ...]
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0 and self.driver_version is not None
-
-
-def norm_bus_id(bus: str) -> str:
-    """'00000000:17:00.0' and '0000:17:00.0' -> '0000:17:00.0' (lower case)."""
-    bus = bus.strip().lower()
-    if ":" not in bus:
-        return bus
-    dom, rest = bus.split(":", 1)
-    try:
-        return f"{int(dom, 16):04x}:{rest}"
-    except ValueError:
-        return bus
-
-
-def parse_smi(text: str) -> Smi:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    rc = 0
-    if lines and lines[-1].startswith("rc="):
-        rc = int(lines.pop()[3:] or 0)
-    buses, versions = [], []
-    for ln in lines:
-        parts = [p.strip() for p in ln.split(",")]
-        if len(parts) == 2 and re.fullmatch(r"[0-9A-Fa-f]+:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d", parts[0]) \
-                and re.fullmatch(r"\d+\.\d+(\.\d+)?", parts[1]):
-            buses.append(norm_bus_id(parts[0]))
-            versions.append(parts[1])
-    msg = "" if rc == 0 and versions else " ".join(lines)[:300]
-    if rc == 0 and not versions:
-        rc = 1 if lines else rc
-    return Smi(rc, versions[0] if versions else None, tuple(buses), msg)
-
-
-@dataclass(frozen=True)
-class Pci:
-    gpus: tuple[str, ...]
-    nvswitches: tuple[str, ...]
-
-
-def parse_pci(text: str) -> Pci:
-    gpus, switches = [], []
-    for ln in text.splitlines():
-        parts = ln.split()
-        if len(parts) < 4 or parts[1].lower() != "0x10de":
-            continue
-        cls = parts[3].lower()
-        if cls.startswith("0x0300") or cls.startswith("0x0302"):
-            gpus.append(norm_bus_id(parts[0]))
-        elif cls.startswith("0x0680"):
-            switches.append(norm_bus_id(parts[0]))
-    return Pci(tuple(sorted(gpus)), tuple(sorted(switches)))
-
-
-def parse_dpkg(text: str) -> dict[str, str]:
-    """Installed packages (status ii/hi) -> version."""
-    out = {}
-    for ln in text.splitlines():
-        parts = ln.split("\t")
-        if len(parts) >= 3 and parts[2].strip()[:2] in ("ii", "hi"):
-            out[parts[0]] = parts[1]
-    return out
 
 
 def parse_json(text: str):
@@ -184,7 +69,7 @@ class DriverInstall:
 
 
 def find_driver(installed: dict[str, str]) -> DriverInstall | None:
-    mains = [(p, m) for p in installed if (m := _DRIVER_PKG.match(p))]
+    mains = [(p, m) for p in installed if (m := DRIVER_PACKAGE.match(p))]
     if not mains:
         return None
     pkg, m = max(mains, key=lambda pm: version_key(upstream(installed[pm[0]])))
@@ -359,13 +244,6 @@ def parse_lock_reply(text: str) -> tuple[bool, dict, str]:
         if ln.startswith("GUARD"):
             return False, {}, "could not take the lock guard within 30 s"
     return False, {}, f"unexpected lock reply: {text[:200]}"
-
-
-def write_file_script(path: str, content: str, mode: str = "0644") -> str:
-    """Atomic write of a small text file on the host (tmp + fsync + rename)."""
-    d = path.rsplit("/", 1)[0]
-    return (f"mkdir -p {q(d)} && tmp=$(mktemp {q(path)}.XXXXXX) && printf '%s' {q(content)} > \"$tmp\" && "
-            f"chmod {mode} \"$tmp\" && sync \"$tmp\" 2>/dev/null; mv -f \"$tmp\" {q(path)}")
 
 
 def append_event_script(event: dict) -> str:

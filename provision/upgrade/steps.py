@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from provision import facts as factmod
+from provision.facts.gpu import nvidia_on_bus, smi_problem
 from provision.hostio import CommandResult, CommandTimeout, ConnectorError, Unreachable
 from provision.ops.plan import Cmd, FilePut, RebootAndWait
 from provision.upgrade import remote as R
@@ -48,12 +50,38 @@ class LockHeld(Exception):
         self.owner = owner
 
 
+@dataclass(frozen=True)
+class Smi:
+    """What the upgrade reads of the ``nvidia_smi`` section."""
+    rc: int
+    driver_version: str | None
+    bus_ids: tuple[str, ...]
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and self.driver_version is not None
+
+
+@dataclass(frozen=True)
+class Pci:
+    gpus: tuple[str, ...]
+    nvswitches: tuple[str, ...]
+
+
+# the fact sections the upgrade reads (provision/facts), plus its own two files, in one round trip
+SECTIONS = ("boot_id", "apt_cache", "nvidia_smi", "pci", "packages", "maintenance", "upgrade_state",
+            "docker_runtimes", "container_toolkit", "nvidia_devnodes")
+OWN_FILES = (("record", f"cat {R.HOST_RECORD}"), ("lock", f"cat {R.LOCK_DIR}/owner"))
+FACTS_SCRIPT = factmod.section_script([(n, factmod.FACTS[n].command) for n in SECTIONS] + list(OWN_FILES))
+
+
 @dataclass
 class Facts:
     boot_id: str
     now: int
-    smi: R.Smi
-    pci: R.Pci
+    smi: Smi
+    pci: Pci
     installed: dict
     holds: list
     marker_text: str
@@ -77,29 +105,33 @@ class Facts:
 
 
 def parse_facts(text: str) -> Facts:
-    sec = R.split_sections(text)
-    marker_text = sec.get("marker", "")
+    """The output of :data:`FACTS_SCRIPT` -> the upgrade's view of the host (pure)."""
+    f = factmod.parse(text, SECTIONS)
+    own = factmod.split_sections(text)
+    smi = f.get("nvidia_smi") or {}
+    gpus = smi.get("gpus") or []
+    rc = smi.get("rc") if smi.get("rc") is not None else 1
+    ok = rc == 0 and bool(gpus)
+    bus = nvidia_on_bus(f.get("pci_devices") or [])
+    marker_text = f.get("maintenance_reason", "") if f.get("maintenance") else ""
     marker = R.parse_json(marker_text) if marker_text.strip() else None
     if marker_text.strip() and not isinstance(marker, dict):
         marker = {"reason": marker_text.strip()[:200], "by": "unknown", "since": 0}
-    try:
-        now = int(sec.get("now", "0").strip() or 0)
-    except ValueError:
-        now = 0
     return Facts(
-        boot_id=sec.get("boot", "").strip(), now=now, smi=R.parse_smi(sec.get("smi", "")),
-        pci=R.parse_pci(sec.get("pci", "")), installed=R.parse_dpkg(sec.get("dpkg", "")),
-        holds=[x.strip() for x in sec.get("holds", "").splitlines() if x.strip()],
-        marker_text=marker_text, marker=marker, state=R.parse_json(sec.get("state", "")),
-        record=R.parse_json(sec.get("record", "")), lock=R.parse_json(sec.get("lock", "")),
-        docker=bool(sec.get("docker", "").strip()), toolkit=bool(sec.get("toolkit", "").strip()),
-        devnodes=bool(sec.get("devnodes", "").strip()))
+        boot_id=f.get("boot_id", ""), now=int(f.get("date_epoch") or 0),
+        smi=Smi(rc if not (rc == 0 and not gpus) else 1, gpus[0]["driver_version"] if ok else None,
+                tuple(g["bus_id"] for g in gpus), "" if ok else smi_problem(smi)),
+        pci=Pci(tuple(bus["gpus"]), tuple(bus["nvswitches"])), installed=dict(f.get("packages") or {}),
+        holds=list(f.get("held_packages") or []), marker_text=marker_text, marker=marker,
+        state=f.get("upgrade_state"), record=R.parse_json(own.get("record", "")),
+        lock=R.parse_json(own.get("lock", "")), docker=f.get("docker_runtimes") is not None,
+        toolkit=bool(f.get("container_toolkit")), devnodes=bool(f.get("nvidia_devnodes")))
 
 
 def gather(sh: Callable[..., CommandResult]) -> Facts:
     """The upgrade's facts in one round trip; ``sh(cmd, timeout=)`` runs a command (HostUpgrade.sh)."""
-    res = sh(R.FACTS_SCRIPT, timeout=60)
-    if "@@gpufleet@@ end" not in res.stdout:
+    res = sh(FACTS_SCRIPT, timeout=60)
+    if f"{factmod.MARK} end" not in res.stdout:
         raise StepFailed(f"cannot read host facts (rc {res.rc}): {res.stderr.strip()[:200]}")
     return parse_facts(res.stdout)
 
