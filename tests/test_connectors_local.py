@@ -5,7 +5,10 @@ import pytest
 
 from provision.connectors import ConnectOptions, connect
 from provision.connectors.base import CommandTimeout, ConnectorError
-from provision.executor import PROBE_MARK, split_probes
+from provision.executor import PROBE_MARK, ConnectionPool, split_probes
+from provision.executor.runner import HostRunner
+from provision.ops.core import OpContext
+from provision.ops.plan import FilePut
 
 
 class LocalHost:
@@ -14,20 +17,35 @@ class LocalHost:
     connection = "local"
 
 
-def test_local_run_env_stdin_deadline_put_get(tmp_path):
+def test_local_run_env_stdin_deadline_get(tmp_path):
     c = connect(LocalHost(), ConnectOptions())
     res = c.run('printf "%s" "$GREETING"; cat; echo err >&2; exit 4', stdin=b"-in", env={"GREETING": "hi there"})
     assert (res.rc, res.stdout, res.stderr) == (4, "hi there-in", "err\n")
     with pytest.raises(CommandTimeout):
         c.run("sleep 30", timeout=0.5)
     target = tmp_path / "f.bin"
-    c.put(str(target), b"\x00\x01data", mode=0o640)
-    assert target.read_bytes() == b"\x00\x01data" and oct(target.stat().st_mode & 0o777) == "0o640"
+    target.write_bytes(b"\x00\x01data")
     assert c.get(str(target)) == b"\x00\x01data"
-    c.put(str(target), b"new")                       # keeps the existing mode
-    assert oct(target.stat().st_mode & 0o777) == "0o640"
-    with pytest.raises(ConnectorError):
-        c.put(str(tmp_path / "missing-dir" / "x"), b"x")
+
+
+def test_file_put_is_written_by_the_runner(tmp_path):
+    """FilePut, the one way to write a file on a host, carried out by the executor's runner."""
+    pool = ConnectionPool(1, ConnectOptions())
+    runner = HostRunner(LocalHost(), pool)
+    ctx = OpContext(host="me", runner=runner)
+    try:
+        target = tmp_path / "f.bin"
+        assert runner.do(ctx, FilePut(str(target), b"\x00\x01data", mode=0o640)).rc == 0
+        assert target.read_bytes() == b"\x00\x01data" and oct(target.stat().st_mode & 0o777) == "0o640"
+        assert runner.do(ctx, FilePut(str(target), b"new")).rc == 0       # keeps the existing mode
+        assert target.read_bytes() == b"new" and oct(target.stat().st_mode & 0o777) == "0o640"
+        assert runner.do(ctx, FilePut(str(tmp_path / "missing-dir" / "x"), b"x")).rc != 0
+        made = tmp_path / "made" / "x"
+        assert runner.do(ctx, FilePut(str(made), b"x", make_parent=True, fsync=True)).rc == 0 and made.read_bytes() == b"x"
+        assert sorted(p.name for p in tmp_path.rglob(".provision.*")) == []     # no temp file left behind
+    finally:
+        runner.release()
+        pool.close_all()
 
 
 def test_unknown_connection_kind_is_refused():

@@ -1,4 +1,5 @@
-"""The connector contract: every way of reaching a host offers run/put/get/close.
+"""The connector contract: every way of reaching a host offers run/get/close (files are written by the executor's
+runner as a command: provision/executor/runner.py put_command).
 
 Connectors never decide anything; operations and the executor do. Deadlines are enforced by the connector
 itself (paramiko's timeouts are per read, so ``run`` keeps its own wall-clock deadline).
@@ -16,8 +17,6 @@ class Connector(Protocol):
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
             become: bool = False, env: Mapping[str, str] | None = None) -> CommandResult: ...
-
-    def put(self, path: str, data: bytes, *, mode: int | None = None, become: bool = False) -> None: ...
 
     def get(self, path: str, *, become: bool = False) -> bytes: ...
 

@@ -8,12 +8,11 @@ import shlex
 from typing import Mapping
 
 from provision.connectors._become import env_prefix
-from provision.connectors._put import ShellPut
 from provision.connectors._proc import result, run_process
 from provision.connectors.base import CommandResult, ConnectorError, Unreachable
 
 
-class DockerConnector(ShellPut):
+class DockerConnector:
     kind = "docker"
 
     def __init__(self, name: str, container: str, *, user: str | None = None,

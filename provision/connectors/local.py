@@ -6,12 +6,11 @@ import shlex
 from typing import Mapping
 
 from provision.connectors._become import env_prefix, strip_prompt, sudo_wrap
-from provision.connectors._put import ShellPut
 from provision.connectors._proc import result, run_process
 from provision.connectors.base import CommandResult, ConnectorError
 
 
-class LocalConnector(ShellPut):
+class LocalConnector:
     kind = "local"
 
     def __init__(self, host: str = "localhost", *, become_password: str | None = None,

@@ -25,7 +25,6 @@ from typing import Callable, Mapping
 
 import paramiko
 
-from provision.connectors._put import ShellPut
 from provision.connectors._become import env_prefix, strip_prompt, sudo_wrap
 from provision.connectors.base import (CommandResult, CommandTimeout, ConnectorError, HostKeyMismatch,
                                        Unreachable)
@@ -112,7 +111,7 @@ def _tcp_socket(address: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-class SSHConnector(ShellPut):
+class SSHConnector:
     kind = "ssh"
 
     def __init__(self, name: str, *, address: str, port: int | None = None, user: str | None = None,

@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import tarfile
@@ -19,10 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.gpu.table import load_table, version_at_least
-from provision.results import HostResult
 
 SOURCES = ("auto", "pull", "mirror", "stream")
-SMI = "nvidia-smi --query-gpu=driver_version,compute_cap,name --format=csv,noheader"
 
 
 @dataclass(frozen=True)
@@ -49,21 +46,6 @@ def check_image_fits(tag: str, driver: str | None, gpus: list[tuple[str, str]], 
             return (f"refusing to fetch {tag}: it has no kernels for compute capability {cc} ({name}); built for "
                     f"{', '.join(info.sm)}")
     return None
-
-
-def host_gpus(conn) -> tuple[str | None, list[tuple[str, str]], str]:
-    """(driver version, [(cc, name)], error) from nvidia-smi on the host."""
-    res = conn.run(SMI + " 2>&1")
-    if res.rc != 0:
-        lines = (res.stdout or res.stderr).strip().splitlines()
-        return None, [], lines[-1] if lines else f"nvidia-smi exit {res.rc}"
-    driver, gpus = None, []
-    for line in res.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 3:
-            driver = parts[0]
-            gpus.append((parts[1], parts[2]))
-    return driver, gpus, ""
 
 
 def controller_docker() -> str:
@@ -134,65 +116,3 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def ensure_image(conn, tag: str, *, source: str = "auto", tarball: str | None = None, sha256: str | None = None,
-                 mirror: str | None = None, check_gpus: bool = True, image_info=None, cache: Path | None = None,
-                 check: bool = False, become: bool = True) -> HostResult:
-    host = conn.host
-    if source not in SOURCES:
-        return HostResult(host=host, failed=True, msg=f"source must be one of {', '.join(SOURCES)}")
-    if check_gpus:
-        driver, gpus, err = host_gpus(conn)
-        if driver is None:
-            return HostResult(host=host, failed=True,
-                              msg=f"refusing to fetch {tag}: nvidia-smi does not answer on this host ({err})")
-        why = check_image_fits(tag, driver, gpus, image_info)
-        if why:
-            return HostResult(host=host, failed=True, msg=why)
-    q = shlex.quote(tag)
-    res = conn.run(f"docker image inspect --format '{{{{.Id}}}}' {q}", become=become)
-    if res.rc == 0:
-        return HostResult(host=host, msg=f"{tag} present ({res.stdout.strip()[:19]})")
-    if check:
-        return HostResult(host=host, changed=True, msg=f"would fetch {tag} ({source})")
-    notes = []
-    if source in ("mirror",) or (source == "auto" and mirror):
-        ref = f"{mirror.rstrip('/')}/{tag}"
-        r = conn.run(f"docker pull {shlex.quote(ref)} && docker tag {shlex.quote(ref)} {q}", become=become,
-                     timeout=3600)
-        if r.rc == 0:
-            return HostResult(host=host, changed=True, msg=f"{tag} pulled from the lab mirror {mirror}")
-        if source == "mirror":
-            return HostResult(host=host, failed=True, msg=f"docker pull {ref}: {r.stderr.strip()[-200:]}")
-        notes.append(f"mirror failed ({r.stderr.strip()[-80:]})")
-    if source in ("pull", "auto") and not mirror:
-        r = conn.run(f"docker pull {q}", become=become, timeout=3600)
-        if r.rc == 0:
-            return HostResult(host=host, changed=True, msg=f"{tag} pulled")
-        if source == "pull":
-            return HostResult(host=host, failed=True, msg=f"docker pull {tag}: {r.stderr.strip()[-200:]}")
-        notes.append("no registry access")
-    # stream from the controller
-    try:
-        tb = tarball_from_file(tarball, sha256) if tarball else save_on_controller(
-            tag, cache or Path.home() / ".cache" / "gpufleet" / "images")
-    except Exception as err:  # noqa: BLE001 - one line for the user
-        return HostResult(host=host, failed=True, msg=f"cannot stream {tag}: {err}")
-    remote = f"/var/tmp/gpufleet-image-{tb.sha256[:16]}" + (".tar.gz" if tb.path.name.endswith(".gz") else ".tar")
-    conn.put(remote, tb.path.read_bytes(), mode=0o600, become=become)
-    r = conn.run(f"echo '{tb.sha256}  {remote}' | sha256sum -c --quiet - && docker load -i {remote}; "
-                 f"rc=$?; rm -f {remote}; exit $rc", become=become, timeout=3600)
-    if r.rc != 0:
-        return HostResult(host=host, failed=True, msg=f"streaming {tag} failed (checksum or docker load): "
-                                                     f"{(r.stderr or r.stdout).strip()[-200:]}")
-    r = conn.run(f"docker image inspect --format '{{{{.Id}}}}' {q}", become=become)
-    if r.rc != 0:
-        return HostResult(host=host, failed=True, msg=f"{tb.path.name} loaded but holds no {tag}")
-    if tb.image_id and r.stdout.strip() != tb.image_id:
-        return HostResult(host=host, failed=True, msg=f"{tag} on the host is {r.stdout.strip()}, the tarball's "
-                                                     f"is {tb.image_id}")
-    size = tb.path.stat().st_size / 1e6
-    why = f" ({'; '.join(notes)})" if notes else ""
-    return HostResult(host=host, changed=True,
-                      msg=f"{tag} streamed from the controller{why}: {size:.0f} MB, sha256 {tb.sha256[:12]} verified")
