@@ -11,7 +11,7 @@ from provision.executor import batches, parse_extra_vars, tag_selected
 from provision.executor.runner import HostRunner
 from provision.hostio import CommandResult
 from provision.ops.apt import dearmor, one_line, parse_policy, parse_simulation, version_matches
-from provision.ops.core import (FileState, Op, OpContext, mask_text, normalize, parse_mode, parse_stat, secret_values,
+from provision.ops.core import (FileState, OpContext, mask_text, normalize, parse_mode, parse_stat, secret_values,
                                 write_file_plan)
 from provision.ops.files import edit_lines
 from provision.ops.spec import registry
@@ -224,7 +224,7 @@ def drive(module, raw, facts, answer, *, check=False, refreshed=None, search=())
     ctx = OpContext(host="h", check=check, diff=True, facts=facts, runner=runner, search_paths=search)
     spec = registry()[module]
     op, args = spec.impl(), normalize(spec, raw)
-    assert type(op).run is Op.run, f"{module} overrides run()"
+    assert not hasattr(op, "run"), f"{module} answers itself instead of planning"
     probe_cmd = op.probe(args, ctx)
     probe = ctx.probe(probe_cmd) if probe_cmd else None
     return runner.execute(op.plan(args, facts, probe, ctx), ctx), host.ran

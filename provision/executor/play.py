@@ -29,7 +29,7 @@ from provision.executor.rolling import Rolling
 from provision.executor.runner import HostRunner
 from provision.executor.state import HostState, batches, render_args, tag_selected, task_matches
 from provision.hostio import CommandTimeout, ConnectorError, Unreachable
-from provision.ops.core import Op, OpContext, OpError, normalize
+from provision.ops.core import OpContext, OpError, normalize
 from provision.results import SKIPPED_BY_WHEN, HostResult, RunStats
 
 
@@ -411,7 +411,7 @@ class Executor(Reporting, Rolling):
             start = time.monotonic()
             if op is None:                       # a plain function op: (args, facts, ctx) -> Plan
                 r = runner.execute(impl(args, s.facts, ctx), ctx)
-            elif type(op).run is not Op.run:     # an op that decides on the controller alone (debug, set_fact...)
+            elif controller:                     # decides on the controller alone (debug, set_fact...)
                 r = op.run(args, ctx)
             else:
                 probe_cmd = op.probe(args, ctx)

@@ -1,9 +1,10 @@
 """The operation model shared by every module.
 
 An operation decides from its arguments, the host's facts and (where needed) one read-only *probe* command what
-must change, and returns a :class:`Plan`: shell commands plus a diff, or a no-op with a reason. Check mode reports
-the plan without running it. Nothing is uploaded and executed on the host per task; file contents travel as the
-stdin of one command.
+must change, and returns a :class:`Plan` (provision/ops/plan.py): command objects plus a diff, or a no-op with a
+reason. It holds no connection: the executor's runner carries the plan out, and check mode is the runner running
+only what is read-only. Nothing is uploaded and executed on the host per task; file contents travel as the stdin
+of one command.
 
 To add a module::
 
@@ -13,7 +14,8 @@ To add a module::
         def probe(self, args, ctx): return "read-only shell"   # or None
         def plan(self, args, facts, probe, ctx): return Plan(...)
 
-Modules that run on the controller (debug, set_fact, ...) override :meth:`Op.run` and never touch ``ctx.conn``.
+Modules that run on the controller (debug, set_fact, ...) set ``controller = True`` and answer with
+``run(args, ctx) -> HostResult``; they never reach a host.
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ from typing import Any, Callable, Mapping
 from provision.hostio import CommandResult
 from provision.ops.plan import Cmd, FilePut, Plan  # noqa: F401 - the command objects ops build
 from provision.ops.spec import ArgSpec, ModuleSpec, check_args
-from provision.results import HostResult
 
 q = shlex.quote
 MASK = "********"
@@ -74,14 +75,11 @@ class OpContext:
             return CommandResult(rc, out, "", 0.0)
         return self.runner.shell(self, cmd, become=b, desc=desc, readonly=True)
 
-    def run(self, cmd: str, *, stdin: bytes | None = None, timeout: float | None = None,
-            become: bool | None = None, desc: str | None = None, readonly: bool = False) -> CommandResult:
-        """Transitional: a command run at planning time. New ops return commands in their plan instead."""
-        return self.runner.shell(self, cmd, stdin=stdin, timeout=timeout, become=become, desc=desc,
-                                 readonly=readonly)
-
 
 class Op:
+    """An operation plans (:meth:`plan`); the executor's runner carries the plan out. An op with ``controller =
+    True`` (debug, set_fact, assert, fail, meta) instead answers with ``run(args, ctx) -> HostResult`` and never
+    reaches a host."""
     facts: tuple = ()          # fact sections this op reads
     raw_args: tuple = ()       # arguments the executor must not template (assert: that, debug: var)
     controller: bool = False
@@ -95,17 +93,6 @@ class Op:
 
     def plan(self, args: dict, facts: Mapping, probe: CommandResult | None, ctx: OpContext) -> Plan:
         raise NotImplementedError
-
-    def run(self, args: dict, ctx: OpContext) -> HostResult:
-        probe_cmd = self.probe(args, ctx)
-        probe = ctx.probe(probe_cmd) if probe_cmd else None
-        plan = self.plan(args, ctx.facts, probe, ctx)
-        return execute_plan(plan, ctx)
-
-
-def execute_plan(plan: Plan, ctx: OpContext) -> HostResult:
-    """Transitional, for ops that still override run(): the executor's runner carries the plan out."""
-    return ctx.runner.execute(plan, ctx)
 
 
 # ------------------------------------------------------------------------------------------- arguments
