@@ -1,5 +1,5 @@
 """GPU fact sections (provision/facts/gpu.py): their shell commands run here, their parsers on recorded output,
-and `provision facts --gpu [--json]` on a (reconstructed) recording of the H200 machine: a driver loaded but not
+and `provision facts --gpu [--json]` on a recording of the H200 machine: a driver loaded but not
 installed through apt shows as such."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from provision.gpu.report import gpu_report, gpu_report_json
 from provision.hostio import CommandResult
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
-H200 = json.loads((FIXTURES / "h200-2026-12-01-reconstructed.json").read_text())
+H200 = json.loads((FIXTURES / "h200-2026-12-02.json").read_text())
 SMI_ROW = "0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 570.133.20, 9.0, GPU-1, 81559"
 
 
@@ -135,19 +135,21 @@ def test_maintenance_marker():
     assert g.maintenance_marker("") == {"maintenance": False, "maintenance_reason": ""}
 
 
-# ---- the H200 machine (reconstructed recording) -------------------------------------------------------------
+# ---- the H200 machine (recorded there) ----------------------------------------------------------------------
 def h200_facts() -> dict:
     return factmod.parse(H200["sections_output"], factmod.GPU_SECTIONS)
 
 
-def test_h200_recording_is_marked_reconstructed():
-    assert H200["reconstructed"].startswith("RECONSTRUCTED")
+def test_h200_recording_comes_from_the_gpu_machine():
+    """Recorded there with tests/fixtures/gpu/record.py (2026-12-02): its own nvidia-smi table is in it."""
+    assert H200["recorded_at"].startswith("2026-12-02") and "NVIDIA H200" in H200["nvidia_smi_table"]
+    assert "580.159.04" in H200["nvidia_smi_table"] and H200["verdict"].startswith("ready: driver 580.159.04")
 
 
 def test_h200_driver_loaded_open_and_not_from_apt():
     facts = h200_facts()
     assert facts["nvidia_module"] == {"loaded": True, "version": "580.159.04", "flavour": "open"}
-    assert facts["nvidia_smi"]["path"] == "/usr/bin/nvidia-smi"
+    assert facts["nvidia_smi"]["path"] == "/usr/local/nvidia/bin/nvidia-smi"   # the driver's read-only mount
     view = gpu_view(facts)
     assert view["packages"] == {} and "libnccl2" in view["holds"]
     assert [(x["model"], x["address"]) for x in view["gpus"]] == [("H200", "0000:00:06.0")]

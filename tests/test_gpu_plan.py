@@ -316,7 +316,7 @@ def test_gpu_ops_hold_no_connection_and_run_nothing():
 
 def test_gpu_plan_op_reads_the_gpu_sections():
     gs = _ops()
-    h200 = json.loads((FIXTURES / "h200-2026-12-01-reconstructed.json").read_text())
+    h200 = json.loads((FIXTURES / "h200-2026-12-02.json").read_text())
     facts = factmod.parse(h200["sections_output"], factmod.GPU_SECTIONS)
     op = gs.GpuPlan()
     assert op.probe({}, _ctx()) == factmod.script(("gpu_containers",))   # read with the task's become
@@ -336,7 +336,7 @@ def test_gpu_plan_op_reads_the_gpu_sections():
 
 def test_gpu_plan_verify_reads_nvidia_smi_again():
     gs = _ops()
-    h200 = json.loads((FIXTURES / "h200-2026-12-01-reconstructed.json").read_text())
+    h200 = json.loads((FIXTURES / "h200-2026-12-02.json").read_text())
     stale = factmod.parse(h200["sections_output"], factmod.GPU_SECTIONS)
     op, args = gs.GpuPlan(), {"verify_driver": True, "expected_version": "580.159.04"}
     probe = op.probe(args, _ctx())
