@@ -8,6 +8,7 @@ import argparse
 import getpass
 import os
 
+from provision.connectors import HOST_KEY_CHECKING
 from provision.errors import OptionError
 
 DEFAULT_PLAYBOOK = "playbooks/site.yaml"
@@ -22,7 +23,7 @@ def add_connection_args(p: argparse.ArgumentParser, *, inventory_positional: boo
     p.add_argument("-l", "--limit", help="host pattern: host, group, glob, a:b, a:&b, a:!b, @retry-file")
     p.add_argument("-f", "--forks", type=int, default=20,
                    help="parallel hosts and the most SSH connections open at once (default 20)")
-    p.add_argument("--host-key-checking", choices=("yes", "accept-new", "off"),
+    p.add_argument("--host-key-checking", choices=HOST_KEY_CHECKING,
                    default=os.environ.get("PROVISION_HOST_KEY_CHECKING", "yes"),
                    help="yes (default): refuse hosts missing from known_hosts; accept-new: add unknown keys "
                         "(warning); off: accept without saving (loud warning). A CHANGED key is always refused.")

@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 
 import paramiko
 
+from provision.connectors import HOST_KEY_CHECKING
 from provision.connectors._become import env_prefix, strip_prompt, sudo_wrap
 from provision.connectors.base import (CommandResult, CommandTimeout, ConnectorError, HostKeyMismatch,
                                        Unreachable)
@@ -139,7 +140,7 @@ class SSHConnector:
         if known_hosts_file is None and c.get("userknownhostsfile"):
             known_hosts_file = c["userknownhostsfile"].split()[0]
         self.known_hosts_file = os.path.expanduser(known_hosts_file or "~/.ssh/known_hosts")
-        if host_key_checking not in ("yes", "accept-new", "off"):
+        if host_key_checking not in HOST_KEY_CHECKING:
             raise ValueError(f"host_key_checking must be yes, accept-new or off, not {host_key_checking!r}")
 
         client = paramiko.SSHClient()

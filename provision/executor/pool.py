@@ -94,10 +94,6 @@ class ConnectionPool:
         if old is not None:
             self._close(old)
 
-    def open_count(self) -> int:
-        with self._cond:
-            return len(self._conns)
-
     @staticmethod
     def _close(conn) -> None:
         try:

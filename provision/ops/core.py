@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 from provision.hostio import CommandResult
 from provision.ops.plan import Cmd, FilePut, Plan  # noqa: F401 - the command objects ops build
-from provision.ops.spec import ArgSpec, ModuleSpec, check_args
+from provision.ops.spec import ModuleSpec, check_args
 
 q = shlex.quote
 MASK = "********"
@@ -324,11 +324,6 @@ def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, 
     return Plan(cmds, diff=diffs, extra={"dest": path, "checksum": sha256(data)})
 
 
-def _dirname(path: str) -> str:
-    import posixpath
-    return posixpath.dirname(path.rstrip("/")) or "/"
-
-
 # ------------------------------------------------------------------------------------------- masking
 
 def secret_values(variables: Mapping[str, Any] | None, extra: Mapping[str, Any] | None = None) -> list[str]:
@@ -377,7 +372,3 @@ def unified(d: dict) -> str:
         text = "".join(x if x.endswith("\n") else x + "\n" for x in lines)
         return text
     return f"--- before\n{before}\n+++ after\n{after}\n"
-
-
-def spec_args(**kw: ArgSpec) -> dict[str, ArgSpec]:
-    return dict(kw)
