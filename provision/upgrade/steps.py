@@ -110,8 +110,7 @@ def parse_facts(text: str) -> Facts:
     own = factmod.split_sections(text)
     smi = f.get("nvidia_smi") or {}
     gpus = smi.get("gpus") or []
-    rc = smi.get("rc") if smi.get("rc") is not None else 1
-    ok = rc == 0 and bool(gpus)
+    ok = smi.get("rc") == 0 and bool(gpus)
     bus = nvidia_on_bus(f.get("pci_devices") or [])
     marker_text = f.get("maintenance_reason", "") if f.get("maintenance") else ""
     marker = R.parse_json(marker_text) if marker_text.strip() else None
@@ -119,7 +118,7 @@ def parse_facts(text: str) -> Facts:
         marker = {"reason": marker_text.strip()[:200], "by": "unknown", "since": 0}
     return Facts(
         boot_id=f.get("boot_id", ""), now=int(f.get("date_epoch") or 0),
-        smi=Smi(rc if not (rc == 0 and not gpus) else 1, gpus[0]["driver_version"] if ok else None,
+        smi=Smi(0 if ok else (smi.get("rc") or 1), gpus[0]["driver_version"] if ok else None,   # no GPU row: rc 1
                 tuple(g["bus_id"] for g in gpus), "" if ok else smi_problem(smi)),
         pci=Pci(tuple(bus["gpus"]), tuple(bus["nvswitches"])), installed=dict(f.get("packages") or {}),
         holds=list(f.get("held_packages") or []), marker_text=marker_text, marker=marker,
