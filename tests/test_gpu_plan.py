@@ -13,7 +13,8 @@ from provision.facts.gpu import parse_nvidia_smi
 from provision.facts.parsers import secure_boot
 from provision.gpu.plan import driver_packages, gpu_view, plan_host
 from provision.gpu.report import gpu_report
-from provision.gpu.table import gpus_from_pci, load_table, nvswitches_from_pci, version_at_least
+from provision.gpu.table import gpus_from_pci, load_table, nvswitches_from_pci
+from provision.versions import version_at_least
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 

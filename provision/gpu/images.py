@@ -17,7 +17,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.gpu.table import load_table, version_at_least
+from provision.gpu.table import load_table
+from provision.versions import version_at_least
 
 SOURCES = ("auto", "pull", "mirror", "stream")
 

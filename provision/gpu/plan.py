@@ -26,9 +26,9 @@ from typing import Any, Mapping
 
 from provision.errors import InputError, closest
 from provision.facts.gpu import gpu_packages, installed_driver_package, smi_problem, upstream_version
-from provision.gpu.table import (GpuTable, gpus_from_pci, load_table, nvswitches_from_pci, parse_version,
-                                 version_at_least)
+from provision.gpu.table import GpuTable, gpus_from_pci, load_table, nvswitches_from_pci, parse_version
 from provision.truthy import lenient_bool
+from provision.versions import version_at_least
 
 FLAVOURS = ("auto", "open", "proprietary")
 SOURCES = ("cuda-repo", "distro")

@@ -28,10 +28,6 @@ def parse_version(text: str | int | float) -> tuple[int, ...]:
     return tuple(int(p) for p in s.split("."))
 
 
-def version_at_least(have: str, need: str) -> bool:
-    return parse_version(have) >= parse_version(need)
-
-
 def cc_tuple(cc: str) -> tuple[int, int]:
     major, _, minor = str(cc).partition(".")
     return int(major), int(minor or 0)
