@@ -11,7 +11,7 @@ from provision.upgrade import remote as R
 from provision.versions import version_key
 from provision.upgrade import states as S
 from provision.upgrade.budget import Budget, Count, next_batch, parse_count, plan_batches
-from provision.upgrade.plan import Plan, plan_host
+from provision.upgrade.plan import RolloutPlan, plan_upgrade
 from provision.upgrade.report import report_lines
 from provision.upgrade.statefile import HostRecord, StateFile
 from provision.facts import MARK
@@ -197,12 +197,12 @@ def _inspect(**kw):
     ({}, None),
 ])
 def test_gpu_containers(kw, why):
-    found = R.gpu_containers(json.dumps([_inspect(**kw)]))
+    found = R.containers_holding_gpus(json.dumps([_inspect(**kw)]))
     assert (found[0]["why"] if found else None) == why
 
 
 def test_gpu_containers_without_docker():
-    assert R.gpu_containers("NODOCKER") == []
+    assert R.containers_holding_gpus("NODOCKER") == []
 
 
 def test_parse_compute_apps():
@@ -242,35 +242,35 @@ MADISON = (" nvidia-driver-580-open | 580.95.05-1 | file:/srv ./ Packages\n"
 
 
 def test_plan_upgrade_and_skip():
-    p = plan_host("h", _facts(), MADISON, "580")
+    p = plan_upgrade("h", _facts(), MADISON, "580")
     assert p.action == "upgrade" and p.target == "580.95.05" and "nvidia-driver-580-open" in p.packages
     at = _facts(smi=_smi_rows(("00000000:17:00.0", "580.95.05")) + "rc=0",
                 dpkg="nvidia-driver-580-open\t580.95.05-1\tinstall ok installed\n")
-    s = plan_host("h", at, MADISON, "580.95.05")
+    s = plan_upgrade("h", at, MADISON, "580.95.05")
     assert s.action == "skip" and "already at 580.95.05" in s.reason
     # installed but not yet rebooted into it: not at target
     pending = _facts(smi="Failed to initialize NVML: Driver/library version mismatch\nrc=18",
                      dpkg="nvidia-driver-580-open\t580.95.05-1\tinstall ok installed\n")
-    assert plan_host("h", pending, MADISON, "580.95.05").action == "upgrade"
+    assert plan_upgrade("h", pending, MADISON, "580.95.05").action == "upgrade"
 
 
 def test_plan_admin_maintenance_and_foreign_lock():
     marker = json.dumps({"reason": "RMA", "since": 1, "by": "alice"})
-    p = plan_host("h", _facts(marker=marker), MADISON, "580.95.05")
+    p = plan_upgrade("h", _facts(marker=marker), MADISON, "580.95.05")
     assert p.in_maintenance and p.maintenance_by == "alice"
     lock = json.dumps({"controller": "other:1:r", "rollout": "r", "expires": 1000})
-    p = plan_host("h", _facts(lock=lock), MADISON, "580.95.05", controller="me:2:q")
+    p = plan_upgrade("h", _facts(lock=lock), MADISON, "580.95.05", controller="me:2:q")
     assert p.action == "skip" and "locked by other:1:r" in p.reason
     stale = json.dumps({"controller": "other:1:r", "rollout": "r", "expires": 50})
-    assert plan_host("h", _facts(lock=stale), MADISON, "580.95.05", controller="me").action == "upgrade"
+    assert plan_upgrade("h", _facts(lock=stale), MADISON, "580.95.05", controller="me").action == "upgrade"
 
 
 def test_plan_lines_say_what_stops():
     b = Budget(3, 1, 1, 0)
-    hosts = [plan_host(n, _facts(), MADISON, "580.95.05") for n in ("a", "b")]
-    hosts.append(plan_host("c", _facts(marker=json.dumps({"by": "bob", "reason": "x", "since": 1})), MADISON,
+    hosts = [plan_upgrade(n, _facts(), MADISON, "580.95.05") for n in ("a", "b")]
+    hosts.append(plan_upgrade("c", _facts(marker=json.dumps({"by": "bob", "reason": "x", "since": 1})), MADISON,
                            "580.95.05"))
-    plan = Plan("580.95.05", b, hosts).compute()
+    plan = RolloutPlan("580.95.05", b, hosts).compute()
     text = "\n".join(plan.lines())
     assert plan.batches == [["c"]] and "STOPS before a, b" in text and "max-unavailable 1" in text
 

@@ -16,7 +16,7 @@ from provision.ops.spec import ArgSpec, module
 from provision.upgrade import remote as R
 from provision.upgrade import states as S
 from provision.upgrade.statefile import HostRecord
-from provision.upgrade.steps import HostUpgrade, StepFailed, StepOptions, gather
+from provision.upgrade.steps import HostUpgrade, StepFailed, StepOptions, read_facts
 
 COMMON = {
     "to": ArgSpec("str", required=True),
@@ -74,7 +74,7 @@ class _StepOp(Op):
         hu._commit = lambda r: hu.save_record()
         if rec.state == S.REQUIRED:
             try:
-                f = gather(hu.sh)
+                f = read_facts(hu.sh)
                 tb = o.target if R.is_branch(o.target) else R.branch_of(o.target)
                 drv = f.driver
                 madison = hu.sh(f"apt-cache madison {R.q(R.rename_for_branch(drv.package, drv.branch, tb))}"

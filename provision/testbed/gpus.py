@@ -18,7 +18,7 @@ CLASS_BRIDGE_OTHER = 0x068000  # "Bridge: NVIDIA Corporation ... NVSwitch"
 
 
 @dataclass(frozen=True)
-class GpuModel:
+class SimulatedGpu:
     key: str             # the name used in specs and flags
     device_id: int
     name: str            # what nvidia-smi prints
@@ -29,20 +29,20 @@ class GpuModel:
     pci_class: int = CLASS_3D
 
 
-MODELS: dict[str, GpuModel] = {m.key: m for m in (
-    GpuModel("H100-SXM", 0x2330, "NVIDIA H100 80GB HBM3", 81559, "hopper", "9.0", sxm=True),
-    GpuModel("H100-PCIE", 0x2331, "NVIDIA H100 PCIe", 81559, "hopper", "9.0"),
-    GpuModel("H100-NVL", 0x2321, "NVIDIA H100 NVL", 95830, "hopper", "9.0"),
-    GpuModel("H200", 0x2335, "NVIDIA H200", 143771, "hopper", "9.0", sxm=True),
-    GpuModel("H200-NVL", 0x233B, "NVIDIA H200 NVL", 143771, "hopper", "9.0"),
-    GpuModel("A100-PCIE-80GB", 0x20B5, "NVIDIA A100 80GB PCIe", 81920, "ampere", "8.0"),
-    GpuModel("A100-PCIE-40GB", 0x20F1, "NVIDIA A100-PCIE-40GB", 40960, "ampere", "8.0"),
-    GpuModel("A100-SXM4-80GB", 0x20B2, "NVIDIA A100-SXM4-80GB", 81920, "ampere", "8.0", sxm=True),
-    GpuModel("A100-SXM4-40GB", 0x20B0, "NVIDIA A100-SXM4-40GB", 40960, "ampere", "8.0", sxm=True),
-    GpuModel("RTX-4090", 0x2684, "NVIDIA GeForce RTX 4090", 24564, "ada", "8.9", pci_class=CLASS_VGA),
-    GpuModel("L40S", 0x26B9, "NVIDIA L40S", 46068, "ada", "8.9"),
-    GpuModel("RTX-5090", 0x2B85, "NVIDIA GeForce RTX 5090", 32607, "blackwell", "12.0", pci_class=CLASS_VGA),
-    GpuModel("B200", 0x2901, "NVIDIA B200", 183359, "blackwell", "10.0", sxm=True),
+MODELS: dict[str, SimulatedGpu] = {m.key: m for m in (
+    SimulatedGpu("H100-SXM", 0x2330, "NVIDIA H100 80GB HBM3", 81559, "hopper", "9.0", sxm=True),
+    SimulatedGpu("H100-PCIE", 0x2331, "NVIDIA H100 PCIe", 81559, "hopper", "9.0"),
+    SimulatedGpu("H100-NVL", 0x2321, "NVIDIA H100 NVL", 95830, "hopper", "9.0"),
+    SimulatedGpu("H200", 0x2335, "NVIDIA H200", 143771, "hopper", "9.0", sxm=True),
+    SimulatedGpu("H200-NVL", 0x233B, "NVIDIA H200 NVL", 143771, "hopper", "9.0"),
+    SimulatedGpu("A100-PCIE-80GB", 0x20B5, "NVIDIA A100 80GB PCIe", 81920, "ampere", "8.0"),
+    SimulatedGpu("A100-PCIE-40GB", 0x20F1, "NVIDIA A100-PCIE-40GB", 40960, "ampere", "8.0"),
+    SimulatedGpu("A100-SXM4-80GB", 0x20B2, "NVIDIA A100-SXM4-80GB", 81920, "ampere", "8.0", sxm=True),
+    SimulatedGpu("A100-SXM4-40GB", 0x20B0, "NVIDIA A100-SXM4-40GB", 40960, "ampere", "8.0", sxm=True),
+    SimulatedGpu("RTX-4090", 0x2684, "NVIDIA GeForce RTX 4090", 24564, "ada", "8.9", pci_class=CLASS_VGA),
+    SimulatedGpu("L40S", 0x26B9, "NVIDIA L40S", 46068, "ada", "8.9"),
+    SimulatedGpu("RTX-5090", 0x2B85, "NVIDIA GeForce RTX 5090", 32607, "blackwell", "12.0", pci_class=CLASS_VGA),
+    SimulatedGpu("B200", 0x2901, "NVIDIA B200", 183359, "blackwell", "10.0", sxm=True),
 )}
 
 # NVSwitch bridge devices on HGX boards (class 0x068000). 0x1af1: A100-generation NVSwitch; 0x22a3: the Hopper

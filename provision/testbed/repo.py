@@ -59,7 +59,7 @@ CUDA_KEY = "cuda-archive-key.asc"        # under cuda_path()
 TOOLKIT_KEY = "libnvidia-container/gpgkey"
 
 
-def driver_packages(branch: str) -> dict[str, str]:
+def standin_driver_packages(branch: str) -> dict[str, str]:
     """Package name -> flavour, for every driver package name of a branch (each ships a complete driver)."""
     return {
         f"cuda-drivers-{branch}": "proprietary",      # CUDA repo
@@ -87,7 +87,7 @@ def _plan(deb_arch: str) -> list[dict]:
     unit = _standin("nvidia-standin-module.service")
     for branch, versions in DRIVER_VERSIONS.items():
         for v in versions:
-            names = dict(driver_packages(branch))
+            names = dict(standin_driver_packages(branch))
             names.update({"cuda-drivers": "proprietary", "nvidia-open": "open"})  # unversioned: newest wins
             for name, flavour in names.items():
                 desc = json.dumps({"version": v, "branch": branch, "flavour": flavour, "package": name,

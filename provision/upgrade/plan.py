@@ -19,7 +19,7 @@ class HostPlan:
     maintenance_by: str = ""
 
 
-def plan_host(name: str, facts, madison: str, target: str, controller: str = "") -> HostPlan:
+def plan_upgrade(name: str, facts, madison: str, target: str, controller: str = "") -> HostPlan:
     """Decide one host from its facts (steps.Facts) and `apt-cache madison` of its target packages."""
     marker = facts.marker
     in_maint = marker is not None
@@ -57,7 +57,7 @@ def plan_host(name: str, facts, madison: str, target: str, controller: str = "")
 
 
 @dataclass
-class Plan:
+class RolloutPlan:
     target: str
     budget: Budget
     hosts: list[HostPlan]
@@ -72,7 +72,7 @@ class Plan:
     def unavailable(self) -> set[str]:
         return {h.name for h in self.hosts if h.in_maintenance}
 
-    def compute(self) -> "Plan":
+    def compute(self) -> "RolloutPlan":
         self.batches, self.blocked = plan_batches(self.pending, self.unavailable(), self.budget)
         return self
 

@@ -9,7 +9,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from agent.hostpaths import MAINTENANCE_MARKER as MARKER, UPGRADE_STATE_FILE as STATE_FILE  # read by the agent
+from agent.hostpaths import MAINTENANCE_MARKER as MARKER, UPGRADE_STATE_FILE as STATE_FILE  # noqa: F401 - the agent reads them
 from provision.facts.gpu import DRIVER_PACKAGE, upstream_version
 from provision.versions import version_key
 
@@ -120,7 +120,7 @@ def _env_has_gpus(env: list[str] | None) -> bool:
     return False
 
 
-def gpu_containers(inspect_output: str) -> list[dict]:
+def containers_holding_gpus(inspect_output: str) -> list[dict]:
     """Running containers that hold GPUs: a DeviceRequest with the gpu capability, NVIDIA_VISIBLE_DEVICES, or the
     label gpufleet.gpus.  Returns [{'id', 'name', 'why'}] in a stable order."""
     if inspect_output.strip() == "NODOCKER":

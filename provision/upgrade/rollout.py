@@ -16,10 +16,10 @@ from provision.hostio import ConnectorError, Unreachable
 from provision.upgrade import remote as R
 from provision.upgrade import states as S
 from provision.upgrade.budget import Budget, Count, next_batch
-from provision.upgrade.plan import HostPlan, Plan, plan_host
+from provision.upgrade.plan import HostPlan, RolloutPlan, plan_upgrade
 from provision.upgrade.report import Progress
 from provision.upgrade.statefile import HostRecord, StateFile
-from provision.upgrade.steps import HostUpgrade, StepFailed, StepOptions, gather
+from provision.upgrade.steps import HostUpgrade, StepFailed, StepOptions, read_facts
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Rollout:
         return default_become(host, self.executor.options.connect.remote_user)
 
     # ------------------------------------------------------------------ plan
-    def gather_plan(self, controller: str, records: dict[str, HostRecord] | None = None) -> Plan:
+    def gather_plan(self, controller: str, records: dict[str, HostRecord] | None = None) -> RolloutPlan:
         """Facts from every selected host in parallel (read only: --check runs exactly this)."""
         records = records or {}
         budget = Budget.resolve(len(self.order), self.o.batch, self.o.max_unavailable, self.o.max_fail)
@@ -79,7 +79,7 @@ class Rollout:
                                 in_maintenance=rec.state == S.FAILED)
             hu = HostUpgrade(name, runner, ctx, HostRecord(name), self.o.steps)
             try:
-                f = gather(hu.sh)
+                f = read_facts(hu.sh)
                 if rec is not None and rec.state != S.REQUIRED:
                     return HostPlan(name, "resume", f"resumes in {rec.state}", rec.from_version, rec.target,
                                     in_maintenance=True)
@@ -89,7 +89,7 @@ class Rollout:
                     tb = self.o.target if R.is_branch(self.o.target) else R.branch_of(self.o.target)
                     pkg = R.rename_for_branch(drv.package, drv.branch, tb)
                     madison = hu.sh(f"apt-cache madison {R.q(pkg)} 2>/dev/null", timeout=60).stdout
-                return plan_host(name, f, madison, self.o.target, controller)
+                return plan_upgrade(name, f, madison, self.o.target, controller)
             except Unreachable as err:
                 if rec is not None and rec.state not in (S.REQUIRED,):
                     return HostPlan(name, "resume", f"resumes in {rec.state} (unreachable now: {err})",
@@ -100,13 +100,13 @@ class Rollout:
 
         by_name = self.executor.map_hosts([self.hosts[n] for n in self.order], one, become_default=self.become_default)
         plans = [by_name[n] for n in self.order]
-        plan = Plan(self.o.target, budget, plans)
+        plan = RolloutPlan(self.o.target, budget, plans)
         if records:
             plan.resumed = {n: r.state for n, r in records.items() if r.state not in S.TERMINAL | {S.REQUIRED}}
         return plan.compute()
 
     # ------------------------------------------------------------------ run
-    def run(self, sf: StateFile, plan: Plan) -> StateFile:
+    def run(self, sf: StateFile, plan: RolloutPlan) -> StateFile:
         doc = sf.doc
         steps = replace(self.o.steps, rollout=doc["rollout"], controller=doc["controller"])
         budget = plan.budget

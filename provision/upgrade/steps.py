@@ -127,7 +127,7 @@ def parse_facts(text: str) -> Facts:
         toolkit=bool(f.get("container_toolkit")), devnodes=bool(f.get("nvidia_devnodes")))
 
 
-def gather(sh: Callable[..., CommandResult]) -> Facts:
+def read_facts(sh: Callable[..., CommandResult]) -> Facts:
     """The upgrade's facts in one round trip; ``sh(cmd, timeout=)`` runs a command (HostUpgrade.sh)."""
     res = sh(FACTS_SCRIPT, timeout=60)
     if f"{factmod.MARK} end" not in res.stdout:
@@ -275,7 +275,7 @@ class HostUpgrade:
 
     def step_required(self) -> str:
         self.take_lock()
-        f = gather(self.sh)
+        f = read_facts(self.sh)
         if not self.rec.from_packages:
             drv = f.driver
             if drv is None:
@@ -293,13 +293,13 @@ class HostUpgrade:
         res = self.sh(R.GPU_CONTAINERS_SCRIPT, timeout=60)
         if res.rc != 0:
             raise StepFailed(f"cannot list containers (rc {res.rc}): {res.stderr.strip()[:200]}")
-        containers = R.gpu_containers(res.stdout)
+        containers = R.containers_holding_gpus(res.stdout)
         procs, why = R.parse_compute_apps(self.sh(R.COMPUTE_APPS_SCRIPT, timeout=60).stdout)
         return containers, procs or [], why
 
     def step_drain(self) -> str:
         if not self.rec.marker_checked:
-            f = gather(self.sh)
+            f = read_facts(self.sh)
             if f.marker is not None and not marker_is_ours(f.marker):
                 self.rec.admin_marker = f.marker
             elif f.marker is not None and f.record and f.record.get("admin_marker"):
@@ -397,7 +397,7 @@ class HostUpgrade:
         lockopt = f"-o DPkg::Lock::Timeout={int(self.o.apt_lock_timeout)}"
         self.sh(f"{APT_ENV} apt-get {lockopt} -q update", timeout=self.o.apt_lock_timeout + 600, check=True,
                 what="apt-get update")
-        f = gather(self.sh)
+        f = read_facts(self.sh)
         want, remove, up = self.wanted_packages(f)
         if self.rec.phase == "forward":
             self.rec.target = up
@@ -420,7 +420,7 @@ class HostUpgrade:
         if any(p.startswith("nvidia-fabricmanager") for p in want):
             # NVSwitch boards need the fabric manager running after the reboot, at the driver's version
             self.sh("systemctl enable nvidia-fabricmanager >/dev/null 2>&1 || true", timeout=60)
-        f = gather(self.sh)
+        f = read_facts(self.sh)
         wrong = {p: f.installed.get(p) for p, v in want.items() if f.installed.get(p) != v}
         if wrong:
             raise StepFailed(f"after install, packages are not at the wanted versions: {wrong}")
@@ -511,7 +511,7 @@ class HostUpgrade:
         fm_restarted = False
         checks: dict[str, str] = {}
         while True:
-            f = gather(self.sh)
+            f = read_facts(self.sh)
             missing = sorted(set(f.pci.gpus) - set(f.smi.bus_ids))
             if not f.smi.ok:
                 problem = f"nvidia-smi failed (rc {f.smi.rc}): {f.smi.message[:200]}"
