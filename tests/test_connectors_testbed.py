@@ -10,7 +10,11 @@ import pytest
 from provision.cli import main
 from provision.connectors import ConnectOptions, connect
 from provision.connectors.base import CommandTimeout, ConnectorError
+from provision.executor import ConnectionPool
+from provision.executor.runner import HostRunner
 from provision.inventory import load_inventory
+from provision.ops.core import OpContext
+from provision.ops.plan import FilePut
 from provision.testbed import HostSpec
 
 pytestmark = pytest.mark.testbed
@@ -80,13 +84,23 @@ def test_commands_run_when_the_controller_holds_more_than_1024_file_descriptors(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_put_get_binary_and_mode(conn):
-    data = bytes(range(256)) * 64
-    conn.put("/tmp/blob.bin", data, mode=0o600)
-    assert conn.get("/tmp/blob.bin") == data
-    assert conn.run("stat -c %a /tmp/blob.bin").stdout.strip() == "600"
-    with pytest.raises(ConnectorError):
-        conn.get("/nonexistent/file")
+def test_file_put_over_ssh_binary_mode_owner_and_get(tb):
+    """FilePut (the one way to write a file on a host) through the runner over real SSH, read back with get."""
+    inv = load_inventory(str(tb.inventory_path))
+    pool = ConnectionPool(1, ConnectOptions())
+    runner = HostRunner(inv.hosts["c1"], pool)
+    ctx = OpContext(host="c1", runner=runner)
+    try:
+        data = bytes(range(256)) * 64
+        assert runner.do(ctx, FilePut("/tmp/blob.bin", data, mode=0o600, owner="nobody")).rc == 0
+        conn = runner.connection()
+        assert conn.get("/tmp/blob.bin") == data
+        assert conn.run("stat -c '%a %U' /tmp/blob.bin").stdout.strip() == "600 nobody"
+        with pytest.raises(ConnectorError):
+            conn.get("/nonexistent/file")
+    finally:
+        runner.release()
+        pool.close_all()
 
 
 def test_one_connection_per_host_for_a_whole_run(tb, capsys):
