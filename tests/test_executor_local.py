@@ -437,3 +437,18 @@ def test_copy_into_a_folder_and_command_results_through_plans(tmp_path, inv, cap
     assert (tmp_path / "out.d" / "app.conf").read_text() == "x=1\n" and (tmp_path / "out.d" / "made").exists()
     rc, rep = report(capsys, "apply", inv, "-p", pb)
     assert rc == 0 and rep["stats"]["a"]["changed"] == 0, rep
+
+
+def test_wait_for_host_is_data_not_shell(tmp_path, inv, capsys):
+    """wait_for's host goes into bash's /dev/tcp path quoted: a $(...) in it is never run (it was, unquoted)."""
+    marker = tmp_path / "ran"
+    pb = write(tmp_path, "pb.yaml", f"""
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - wait_for: {{host: "127.0.0.1$(touch {marker})", port: 9, timeout: 1}}
+              ignore_errors: true
+        """)
+    rc, out = run(capsys, "apply", inv, "-p", pb, "--limit", "a")
+    assert rc == 0 and "Timeout when waiting for port 9" in out.out
+    assert not marker.exists()
