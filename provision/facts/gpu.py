@@ -54,8 +54,8 @@ CONTAINER_TOOLKIT_COMMAND = "command -v nvidia-ctk nvidia-container-runtime nvid
 _GPU_PACKAGE = re.compile(r"^(nvidia|cuda-drivers|libnvidia|dkms|linux-headers|docker|containerd|gpu-agent)")
 # The package that installs the whole driver: Ubuntu's nvidia-driver-<br>[-server][-open], the CUDA repository's
 # nvidia-open-<br> / cuda-drivers-<br>, or their unversioned nvidia-open / cuda-drivers
-DRIVER_PACKAGE = re.compile(r"^(nvidia-driver-|nvidia-open-|cuda-drivers-)(?P<branch>\d{3})(?P<suffix>(-server)?(-open)?)$"
-                            r"|^(nvidia-open|cuda-drivers)(?P<suffix2>)$")
+DRIVER_PACKAGE = re.compile(r"^(nvidia-driver-|nvidia-open-|cuda-drivers-)(?P<branch>\d{3})"
+                            r"(?P<suffix>(-server)?(-open)?)$|^(nvidia-open|cuda-drivers)(?P<suffix2>)$")
 
 
 @dataclass(frozen=True)

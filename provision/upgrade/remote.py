@@ -9,7 +9,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from agent.hostpaths import MAINTENANCE_MARKER as MARKER, UPGRADE_STATE_FILE as STATE_FILE  # noqa: F401 - the agent reads them
+# the maintenance marker and state file: the agent reads them too
+from agent.hostpaths import MAINTENANCE_MARKER as MARKER, UPGRADE_STATE_FILE as STATE_FILE  # noqa: F401
 from provision.facts.gpu import DRIVER_PACKAGE, upstream_version
 from provision.versions import version_key
 
