@@ -211,7 +211,10 @@ class HostRunner:
             results = self._run_commands(plan, ctx, r)
             if plan.result is not None and not r.failed:
                 for k, v in plan.result(results).items():
-                    setattr(r, k, v) if k != "extra" else r.extra.update(v)
+                    if k == "extra":
+                        r.extra.update(v)
+                    else:
+                        setattr(r, k, v)
             if r.failed or plan.then is None:
                 return r
             plan = plan.then(ctx.facts, results)
