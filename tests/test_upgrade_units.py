@@ -347,3 +347,25 @@ def test_a_reboot_already_asked_in_this_boot_is_found_in_the_event_log(tmp_path,
     mine = {"event": "reboot", "boot_id": "boot-1", "rollout": me.o.rollout}
     sh(f"printf '%s\\n' {R.q(json.dumps(mine, sort_keys=True))} >> {R.EVENT_LOG}")
     assert HostUpgrade.reboot_asked(me, "boot-1") and not HostUpgrade.reboot_asked(me, "boot-2")
+
+
+def test_upgrade_driver_takes_applys_connection_flags_and_refuses_bad_ones_in_one_line(tmp_path, capsys):
+    """-f, --connect-timeout, -e... are apply's flags (add_connection_args): bad values exit 5 before any host."""
+    from provision.cli import main
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    gpu1: {ansible_host: gpu1.invalid}\n")
+    for args, key in ((["-f", "0"], "--forks"), (["--connect-timeout", "-1"], "--connect-timeout"),
+                      (["-e", f"@{tmp_path}/missing.yaml"], "--extra-vars")):
+        capsys.readouterr()
+        rc = main(["upgrade-driver", str(inv), "--to", "580", "--check", *args])
+        err = capsys.readouterr().err
+        assert rc == 5 and key in err and len(err.strip().splitlines()) == 1, (args, err)
+    p = build_parser_for("upgrade-driver")
+    for flag in ("-K", "-b", "--become-user", "-F", "-u", "--connect-timeout", "--command-timeout", "-i", "-e"):
+        assert flag in p.format_help(), flag
+
+
+def build_parser_for(name):
+    from provision.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices[name]
