@@ -3,7 +3,7 @@
 * :mod:`.options`  RunOptions and -e extra vars
 * :mod:`.pool`     at most ``forks`` connections, one per host
 * :mod:`.prefetch` a play's read-only probes and facts in one round trip per host
-* :mod:`.runner`   carries out plans (shell, file put, reboot-and-wait, wait-until) on one host
+* :mod:`.runner`   carries out plans (shell, file put, reboot-and-wait, controller-side steps) on one host
 * :mod:`.play`     plays, batches (serial), tasks in lockstep, handlers, failure budget
 * :mod:`.rolling`  the rolling strategy: budgeted batches of per-host work with a hook at every transition
 * :mod:`.report`   masking and what the reporters are shown

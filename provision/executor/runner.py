@@ -2,7 +2,7 @@
 
 A :class:`HostRunner` holds one host's connection from the pool for as long as a task (or an upgrade step) needs it,
 and carries out the command objects of :mod:`provision.ops.plan`: shell commands (with the dpkg-lock retry), file
-puts (:func:`put_command`, the one way to write a file on a host), reboot-and-wait and wait-until.
+puts (:func:`put_command`, the one way to write a file on a host), reboot-and-wait and controller-side steps.
 :meth:`HostRunner.execute` runs a whole plan: check mode (only read-only commands run), failures, fact refreshes
 and the plan's continuation.
 """
@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from provision.hostio import CommandResult, ConnectorError
-from provision.ops.plan import Call, Cmd, FilePut, Plan, RebootAndWait, WaitUntil
+from provision.ops.plan import Call, Cmd, FilePut, Plan, RebootAndWait
 from provision.results import HostResult
 
 q = shlex.quote
@@ -112,8 +112,6 @@ class HostRunner:
                               stdin=c.content, become=c.become, desc=c.shown)
         if isinstance(c, RebootAndWait):
             return self._reboot(ctx, c)
-        if isinstance(c, WaitUntil):
-            return self._wait(ctx, c)
         if isinstance(c, Call):
             if ctx.probe_cache:
                 ctx.probe_cache.clear()
@@ -132,21 +130,6 @@ class HostRunner:
                 res = self.shell(ctx, c.cmd, stdin=c.stdin, timeout=c.timeout, become=c.become, desc=c.desc,
                                  readonly=c.readonly)
         return res
-
-    def _wait(self, ctx, c: WaitUntil) -> CommandResult:
-        deadline = time.monotonic() + max(0.0, c.timeout)
-        while True:
-            left = deadline - time.monotonic()
-            res = self.shell(ctx, c.probe, become=c.become, desc=c.desc, readonly=True,
-                             timeout=max(30.0, min(120.0, left + 30)))
-            if (c.done(res) if c.done else res.rc == 0):
-                return CommandResult(0, res.stdout, res.stderr, res.duration)
-            if time.monotonic() >= deadline:
-                return CommandResult(124, res.stdout, res.stderr or f"still not done after {c.timeout:g}s",
-                                     res.duration)
-            if c.on_wait:
-                c.on_wait(res)
-            self.sleep(max(0.05, min(c.interval, deadline - time.monotonic())))
 
     def _reboot(self, ctx, c: RebootAndWait) -> CommandResult:
         """Detached reboot (our command returns before the connection dies), then a fresh connection until the boot

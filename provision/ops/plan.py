@@ -7,7 +7,6 @@ The command objects (after pyinfra's StringCommand / FileUploadCommand / Functio
 * :class:`Cmd` a shell command (stdin, timeout, become override, read-only or not, dpkg-lock retry);
 * :class:`FilePut` content written to a path atomically, with mode and owner: the one way to write a file on a host;
 * :class:`RebootAndWait` reboot, then wait for a new boot id and a working test command;
-* :class:`WaitUntil` poll a read-only command until it says done, or a deadline passes;
 * :class:`Call` a controller-side step that issues command objects as it goes (the upgrade's states).
 
 A plan may go on after its commands ran: ``then(facts, results)`` is a pure function of the facts (re-read where
@@ -89,26 +88,6 @@ class RebootAndWait:
 
 
 @dataclass
-class WaitUntil:
-    """Run the read-only ``probe`` every ``interval`` seconds until ``done(result)`` (default: rc 0) or the
-    deadline; the last result is the command's result (rc 124 when the deadline passed). ``on_wait(result)`` is
-    told of each unfinished look (progress)."""
-    probe: str
-    timeout: float = 300.0
-    interval: float = 2.0
-    done: Callable[[CommandResult], bool] | None = None
-    on_wait: Callable[[CommandResult], None] | None = None
-    desc: str | None = None
-    become: bool | None = None
-    counts = False
-    readonly = True
-
-    @property
-    def shown(self) -> str:
-        return self.desc or f"wait until: {self.probe}"
-
-
-@dataclass
 class Call:
     """A step that must look at the host as it goes (pyinfra's FunctionCommand): ``function(runner, ctx)`` runs on
     the controller during execution and issues its own command objects through ``runner.do(ctx, command)``; it
@@ -125,7 +104,7 @@ class Call:
         return self.desc
 
 
-Command = Cmd | FilePut | RebootAndWait | WaitUntil | Call
+Command = Cmd | FilePut | RebootAndWait | Call
 
 
 @dataclass
