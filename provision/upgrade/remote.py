@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 # the maintenance marker and state file: the agent reads them too
 from agent.hostpaths import MAINTENANCE_MARKER as MARKER, UPGRADE_STATE_FILE as STATE_FILE  # noqa: F401
-from provision.facts.gpu import DRIVER_PACKAGE, upstream_version
+from provision.facts.gpu import DRIVER_PACKAGE, json_document, upstream_version
 from provision.versions import version_key
 
 LOCK_DIR = "/var/lib/gpufleet/upgrade.lock"             # mkdir-atomic lock; owner JSON inside
@@ -51,11 +51,7 @@ def matches_target(version: str | None, target: str) -> bool:
     return branch_of(version) == target if is_branch(target) else upstream(version) == target
 
 
-def parse_json(text: str):
-    try:
-        return json.loads(text) if text and text.strip() else None
-    except ValueError:
-        return None
+parse_json = json_document          # one JSON document or None (the one definition is in facts/gpu.py)
 
 
 @dataclass(frozen=True)
