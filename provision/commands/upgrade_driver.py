@@ -81,16 +81,15 @@ def _load_hosts(args):
     return inv, inv.limit(inv.select("all"), args.limit)
 
 
-def _executor(args, inv):
+def _executor(args, opts, inv):
     """The one engine, with apply's connection options (become password, ssh config, timeouts, -u, -b)."""
     from provision.executor import Executor
     from provision.output import make_reporter
-    opts = run_options(args)
     opts.connect.become_password = become_password(args)
     return Executor(inv, opts, make_reporter(args))
 
 
-def _break_locks(args, inv) -> int:
+def _break_locks(args, opts, inv) -> int:
     names = list(inv.hosts)
     for name in args.break_lock:
         if name not in inv.hosts:
@@ -104,7 +103,7 @@ def _break_locks(args, inv) -> int:
             return True, f"{host.name}: lock removed (was held by {owner})"
         except ConnectorError as err:
             return False, f"{host.name}: could not remove the lock: {err}"
-    ex = _executor(args, inv)
+    ex = _executor(args, opts, inv)
     done = ex.map_hosts([inv.hosts[n] for n in args.break_lock], one,
                         become_default=lambda h: default_become(h, ex.options.connect.remote_user))
     for name in args.break_lock:
@@ -141,8 +140,7 @@ def main(args) -> int:
     for key, val in (("--drain-timeout", args.drain_timeout), ("--reboot-timeout", args.reboot_timeout),
                      ("--validate-timeout", args.validate_timeout)):
         _positive(val, key)
-    if args.forks < 1:
-        raise OptionError(f"must be >= 1, got {args.forks}", key="--forks")
+    opts = run_options(args)                      # apply's connection flags: --forks, timeouts, -e
     batch = parse_count(args.batch, "--batch", allow_zero=False)
     max_unavail = parse_count(args.max_unavailable, "--max-unavailable", allow_zero=False)
     max_fail = parse_count(args.max_fail, "--max-fail")
@@ -150,7 +148,7 @@ def main(args) -> int:
         _check_target(args.to)
     inv, hosts = _load_hosts(args)
     if args.break_lock:
-        return _break_locks(args, inv)
+        return _break_locks(args, opts, inv)
     state_path = args.state_file or default_state_file(args.inventory)
 
     sf = None
@@ -193,7 +191,7 @@ def main(args) -> int:
                         force=args.force, rollback_on_failure=args.rollback_on_failure, lock_ttl=args.lock_ttl,
                         agent_port=args.agent_port, container_test_image=args.container_test_image)
     ropts = RolloutOptions(target=target, batch=batch, max_unavailable=max_unavail, max_fail=max_fail, steps=steps)
-    executor = _executor(args, inv)               # bad -e / timeouts: exit 5, before any connection
+    executor = _executor(args, opts, inv)
     progress = Progress(quiet=args.check)
     ro = Rollout(executor, hosts, ropts, progress)
     records = {r.name: r for r in sf.hosts()} if sf else None

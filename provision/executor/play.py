@@ -233,14 +233,9 @@ class Executor(Reporting, Rolling):
 
     # -- tasks ----------------------------------------------------------------------------------------
     def _gather_task(self, s: HostState) -> None:
+        runner = self.runner(s)
         try:
-            conn = self.pool.acquire(s.host)
-        except Unreachable as err:
-            return self._unreachable(s, str(err))
-        try:
-            f = factmod.gather(conn, factmod.PLAY_FACTS)
-            s.facts.update(f)
-            s.gathered.update(factmod.PLAY_FACTS)
+            runner.refresh(factmod.PLAY_FACTS)
             self._record(s, HostResult(s.name), None)
         except Unreachable as err:
             self._unreachable(s, str(err))
@@ -248,7 +243,7 @@ class Executor(Reporting, Rolling):
             s.failed = True
             self._record(s, HostResult(s.name, failed=True, msg=str(err)), None)
         finally:
-            self.pool.release(s.host)
+            runner.release()
 
     def _become(self, s: HostState, task, play) -> tuple[bool, str]:
         become = task.become
