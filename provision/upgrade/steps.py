@@ -216,41 +216,38 @@ class HostUpgrade:
         steps = {S.REQUIRED: self.step_required, S.DRAINING: self.step_drain, S.UPGRADING: self.step_upgrade,
                  S.REBOOTING: self.step_reboot, S.VALIDATING: self.step_validate, S.RESTORING: self.step_restore}
         retry_until: dict[str, float] = {}
-        try:
-            while self.rec.state in steps and self.rec.state not in stop_at:
-                try:
-                    event = steps[self.rec.state]()
-                except Unreachable as err:
-                    # a dropped or refused connection outside the reboot: every step is idempotent, so
-                    # re-enter it after reconnecting, for up to unreachable_retry seconds per state
-                    st = self.rec.state
-                    until = retry_until.setdefault(st, time.monotonic() + self.o.unreachable_retry)
-                    self.drop()
-                    if time.monotonic() < until:
-                        self._emit(self.name, f"connection problem in {st} ({err}); retrying the step")
-                        time.sleep(min(5.0, max(0.5, self.o.poll)))
-                        continue
-                    self.rec.error = f"{st}: unreachable: {err}"
-                    event = S.FAIL
-                except LockHeld as err:
-                    self.rec.state, self.rec.skip_reason = S.SKIPPED, str(err)
-                    self.rec.history.append([S.SKIPPED, round(time.time(), 3)])
-                    self.commit()
-                    self._emit(self.name, f"skipped: {err}")
-                    break
-                except (StepFailed, ConnectorError) as err:
-                    kind = "unreachable: " if isinstance(err, Unreachable) else \
-                        "timed out: " if isinstance(err, CommandTimeout) else ""
-                    self.rec.error = f"{self.rec.state}: {kind}{err}"
-                    self.drop()
-                    event = S.FAIL
-                if event is None:
-                    break
-                self.advance(event)
-            if self.rec.state == S.FAILED:
-                self._finish_failed()
-        finally:
-            self.drop()
+        while self.rec.state in steps and self.rec.state not in stop_at:
+            try:
+                event = steps[self.rec.state]()
+            except Unreachable as err:
+                # a dropped or refused connection outside the reboot: every step is idempotent, so
+                # re-enter it after reconnecting, for up to unreachable_retry seconds per state
+                st = self.rec.state
+                until = retry_until.setdefault(st, time.monotonic() + self.o.unreachable_retry)
+                self.drop()
+                if time.monotonic() < until:
+                    self._emit(self.name, f"connection problem in {st} ({err}); retrying the step")
+                    time.sleep(min(5.0, max(0.5, self.o.poll)))
+                    continue
+                self.rec.error = f"{st}: unreachable: {err}"
+                event = S.FAIL
+            except LockHeld as err:
+                self.rec.state, self.rec.skip_reason = S.SKIPPED, str(err)
+                self.rec.history.append([S.SKIPPED, round(time.time(), 3)])
+                self.commit()
+                self._emit(self.name, f"skipped: {err}")
+                break
+            except (StepFailed, ConnectorError) as err:
+                kind = "unreachable: " if isinstance(err, Unreachable) else \
+                    "timed out: " if isinstance(err, CommandTimeout) else ""
+                self.rec.error = f"{self.rec.state}: {kind}{err}"
+                self.drop()
+                event = S.FAIL
+            if event is None:
+                break
+            self.advance(event)
+        if self.rec.state == S.FAILED:
+            self._finish_failed()
         return self.rec
 
     def _finish_failed(self) -> None:
