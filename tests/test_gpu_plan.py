@@ -308,10 +308,13 @@ def test_gpu_ops_hold_no_connection_and_run_nothing():
     import inspect
 
     from provision.ops.core import Op
+    import provision.ops.gpu_devcontainer as gd
+    import provision.ops.gpu_image as gi
     gs = _ops()
-    ops = [gs.GpuPlan, gs.GpuJsonMerge, gs.GpuImage, gs.GpuDevcontainer, gs.GpuValidate, gs.GpuAgentInstall]
+    ops = [gs.GpuPlan, gs.GpuJsonMerge, gi.GpuImage, gd.GpuDevcontainer, gs.GpuValidate, gs.GpuAgentInstall]
     assert not any(hasattr(op, "run") for op in ops) and not hasattr(Op, "run")
-    assert "ctx.run(" not in inspect.getsource(gs) and "execute_plan" not in inspect.getsource(gs)
+    for mod in (gs, gi, gd):
+        assert "ctx.run(" not in inspect.getsource(mod) and "execute_plan" not in inspect.getsource(mod)
     assert gs.GpuPlan.facts == factmod.GPU_SECTIONS
 
 
@@ -368,8 +371,8 @@ def test_gpu_json_merge_puts_the_file():
 
 def test_gpu_image_refuses_before_fetching_and_streams_after_a_failed_mirror(tmp_path):
     from provision.ops.plan import Cmd, FilePut
-    gs = _ops()
-    op = gs.GpuImage()
+    from provision.ops.gpu_image import GpuImage
+    op = GpuImage()
     newer = {"image": "pytorch/pytorch:2.9.0-cuda13.0-cudnn9-runtime", "source": "auto", "check_gpus": True}
     assert op.probe(newer, _ctx()) == factmod.script(("nvidia_smi",))
     smi = _result(_sections(nvidia_smi=SMI_570_WS))
@@ -400,8 +403,8 @@ DEV_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHg0Yw== dev@example"
 def test_gpu_devcontainer_token_is_put_and_maintenance_skips(tmp_path, monkeypatch):
     from provision.ops.plan import FilePut
     monkeypatch.setenv("GPUFLEET_SECRETS_DIR", str(tmp_path))
-    gs = _ops()
-    op = gs.GpuDevcontainer()
+    from provision.ops.gpu_devcontainer import GpuDevcontainer
+    op = GpuDevcontainer()
     args = {"name": "dev", "image": "img:1", "user": "dev", "uid": 1000, "gpus": "all", "jupyter_port": 8888,
             "ssh_port": 2222, "bind": "127.0.0.1", "shm_size": "8g", "runtime": "nvidia", "data_root": "/srv/d",
             "authorized_keys": [DEV_KEY], "state": "started"}

@@ -3,7 +3,7 @@ controller generates, SSH with the users' keys only, volumes for data/models/che
 labels that the agent and the upgrade flow read.
 
 Pure: :func:`docker_run_args` and :func:`spec_hash` (what the container should be). The op (gpu_devcontainer in
-provision/ops/gpu_stack.py) probes the host once (:func:`probe_command`, in the sections of provision.facts) and
+provision/ops/gpu_devcontainer.py) probes the host once (:func:`probe_command`, in the sections of provision.facts) and
 turns the difference into commands.
 
 Secrets: the Jupyter token is generated on the controller (``secrets.token_urlsafe``), travels only as the stdin of

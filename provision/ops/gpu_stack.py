@@ -1,4 +1,5 @@
-"""GPU-stack operations: gpu_plan, gpu_json_merge, gpu_image, gpu_devcontainer, gpu_validate, gpu_agent_install.
+"""GPU-stack operations: gpu_plan, gpu_json_merge, gpu_validate, gpu_agent_install (gpu_image and
+gpu_devcontainer live in ops/gpu_image.py and ops/gpu_devcontainer.py).
 
 The decisions live in provision/gpu/ (pure functions over gpus.yaml), the host's GPU state in the fact sections of
 provision/facts/gpu.py; these classes read them (``facts``, or a read-only probe where the state must be looked at
@@ -6,7 +7,6 @@ again) and return plans of command objects that the executor's runner carries ou
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -15,8 +15,6 @@ from typing import Mapping
 from provision import facts as factmod
 from provision.errors import InputError
 from provision.facts.gpu import nvidia_smi_result, smi_problem
-from provision.gpu import devcontainer as dc
-from provision.gpu.images import SOURCES, check_image_fits, save_on_controller, tarball_from_file
 from provision.gpu.jsonmerge import JsonMergeError, plan_merge
 from provision.gpu.plan import driver_check, gpu_view, plan_host
 from provision.ops.core import Op, OpError, parse_mode
@@ -127,221 +125,6 @@ class GpuJsonMerge(Op):
         msg = f"{path}: merged" + (f"; new top-level keys {', '.join(new_keys)}" if new_keys else "") + \
             (f"; kept {len(old)} existing key(s)" if old else "") + ("; backup .gpufleet-bak" if backup_needed else "")
         return Plan(commands=cmds, diff=diff, msg=msg, changed=True)
-
-
-# ----------------------------------------------------------------------------------------------- gpu_image
-@module("gpu_image", args={
-    "image": ArgSpec("str", required=True, aliases=("name",)),
-    "source": ArgSpec("str", default="auto", choices=SOURCES),
-    "tarball": ArgSpec("path"),
-    "sha256": ArgSpec("str"),
-    "mirror": ArgSpec("str"),
-    "check_gpus": ArgSpec("bool", default=True),
-    "image_info": ArgSpec("dict"),
-})
-class GpuImage(Op):
-    """Check the host's driver and GPUs against the image BEFORE fetching it, then make it present: already there,
-    pulled, pulled through a lab mirror, or streamed from the controller (docker save tarball, sha256-checked).
-    The look at the driver is the ``nvidia_smi`` fact section read by the probe (a driver may have been installed
-    since the facts were gathered); then one read-only look at the image on the host."""
-
-    def probe(self, args, ctx):
-        return factmod.script(("nvidia_smi",)) if args.get("check_gpus", True) else None
-
-    def plan(self, args, facts, probe, ctx) -> Plan:
-        tag = args["image"]
-        info = args.get("image_info")
-        if isinstance(info, str):
-            import yaml
-            try:
-                info = yaml.safe_load(info) if info.strip() else None
-            except yaml.YAMLError:
-                return Plan(failed=True, msg=f"image_info is not a mapping: {info[:80]!r}")
-        if info is not None and not isinstance(info, Mapping):
-            return Plan(failed=True, msg="image_info must be a mapping {cuda: '12.8', sm: [...]}")
-        if info and "cuda" not in info:
-            return Plan(failed=True, msg="image_info needs at least cuda: 'X.Y'")
-        if probe is not None:
-            smi = factmod.parse(probe.stdout, ("nvidia_smi",))["nvidia_smi"]
-            if smi["rc"] != 0 or not smi["gpus"]:
-                return Plan(failed=True, msg=f"refusing to fetch {tag}: nvidia-smi does not answer on this host "
-                                             f"({smi_problem(smi)})")
-            why = check_image_fits(tag, smi["gpus"][-1]["driver_version"],
-                                   [(g["compute_cap"], g["name"]) for g in smi["gpus"]], info or None)
-            if why:
-                return Plan(failed=True, msg=why)
-        source = args.get("source") or "auto"
-        fetch = {k: str(args.get(k) or "").strip() or None for k in ("tarball", "sha256", "mirror")}
-
-        def present_or_fetch(facts, results) -> Plan:
-            image_id = results[0].stdout.strip() if results[0].rc == 0 else ""
-            if image_id:
-                return Plan(noop=f"{tag} present ({image_id[:19]})")
-            if ctx.check:
-                return Plan(changed=True, msg=f"would fetch {tag} ({source})")
-            return _fetch_image(tag, source, **fetch)
-        return Plan([Cmd(f"docker image inspect --format '{{{{.Id}}}}' {q(tag)}", readonly=True, ok_rc=None,
-                         counts=False)], then=present_or_fetch)
-
-
-def _fetch_image(tag: str, source: str, *, tarball, sha256, mirror) -> Plan:
-    """Mirror (source mirror, or auto with a mirror) or registry (pull, or auto without one), falling back to
-    the stream from the controller where source is auto."""
-    if source == "stream":
-        return _stream_image(tag, tarball, sha256, [])
-    ref = f"{mirror.rstrip('/')}/{tag}" if mirror and source in ("mirror", "auto") else None
-    if source == "mirror" and not ref:
-        return Plan(failed=True, msg="source mirror needs a mirror")
-    pull = f"docker pull {q(ref)} && docker tag {q(ref)} {q(tag)}" if ref else f"docker pull {q(tag)}"
-
-    def pulled(facts, results) -> Plan:
-        r = results[0]
-        if r.rc == 0:
-            return Plan(changed=True, msg=f"{tag} pulled from the lab mirror {mirror}" if ref else f"{tag} pulled")
-        if source != "auto":
-            return Plan(failed=True, msg=f"docker pull {ref or tag}: {r.stderr.strip()[-200:]}")
-        return _stream_image(tag, tarball, sha256, [f"mirror failed ({r.stderr.strip()[-80:]})" if ref
-                                                    else "no registry access"])
-    return Plan([Cmd(pull, timeout=3600, ok_rc=None, counts=False)], then=pulled)
-
-
-def _stream_image(tag: str, tarball: str | None, sha256: str | None, notes: list[str]) -> Plan:
-    try:
-        tb = tarball_from_file(tarball, sha256) if tarball else save_on_controller(
-            tag, Path.home() / ".cache" / "gpufleet" / "images")
-    except Exception as err:  # noqa: BLE001 - one line for the user
-        return Plan(failed=True, msg=f"cannot stream {tag}: {err}")
-    remote = f"/var/tmp/gpufleet-image-{tb.sha256[:16]}" + (".tar.gz" if tb.path.name.endswith(".gz") else ".tar")
-    data = tb.path.read_bytes()
-    cmds = [FilePut(remote, data, mode=0o600, desc=f"upload {remote} ({len(data) / 1e6:.1f} MB)"),
-            Cmd(f"echo '{tb.sha256}  {remote}' | sha256sum -c --quiet - && docker load -i {remote}; rc=$?; "
-                f"rm -f {remote}; exit $rc", timeout=3600, ok_rc=None),
-            Cmd(f"docker image inspect --format '{{{{.Id}}}}' {q(tag)}", readonly=True, ok_rc=None)]
-
-    def loaded(facts, results) -> Plan:
-        load, inspect = results[1], results[2]
-        if load.rc != 0:
-            return Plan(failed=True, msg=f"streaming {tag} failed (checksum or docker load): "
-                                         f"{(load.stderr or load.stdout).strip()[-200:]}")
-        if inspect.rc != 0:
-            return Plan(failed=True, msg=f"{tb.path.name} loaded but holds no {tag}")
-        if tb.image_id and inspect.stdout.strip() != tb.image_id:
-            return Plan(failed=True, msg=f"{tag} on the host is {inspect.stdout.strip()}, the tarball's is "
-                                         f"{tb.image_id}")
-        why = f" ({'; '.join(notes)})" if notes else ""
-        return Plan(changed=True, msg=f"{tag} streamed from the controller{why}: {len(data) / 1e6:.0f} MB, sha256 "
-                                      f"{tb.sha256[:12]} verified")
-    return Plan(cmds, then=loaded)
-
-
-# ---------------------------------------------------------------------------------------- gpu_devcontainer
-@module("gpu_devcontainer", args={
-    "name": ArgSpec("str", default="gpufleet-dev"),
-    "image": ArgSpec("str", required=True),
-    "user": ArgSpec("str", default="dev"),
-    "uid": ArgSpec("int", default=1000),
-    "gpus": ArgSpec("raw", default="all"),
-    "gpu_count": ArgSpec("int"),
-    "jupyter_port": ArgSpec("int", default=8888),
-    "ssh_port": ArgSpec("int", default=2222),
-    "bind": ArgSpec("str", default="0.0.0.0"),
-    "authorized_keys": ArgSpec("raw", required=True),
-    "shm_size": ArgSpec("str", default="8g"),
-    "runtime": ArgSpec("str", default="nvidia"),
-    "data_root": ArgSpec("path", default=dc.DATA_ROOT),
-    "state": ArgSpec("str", default="started", choices=("started", "absent")),
-})
-class GpuDevcontainer(Op):
-    """A long-lived dev container (see provision/gpu/devcontainer.py). Respects the maintenance marker: while
-    /etc/gpufleet/maintenance exists no dev container is started or recreated (the task says why)."""
-
-    @staticmethod
-    def spec(args) -> dc.DevSpec:
-        return dc.DevSpec(name=args["name"], image=args["image"], user=args["user"], uid=int(args["uid"]),
-                          gpus=dc.normalize_gpus(args.get("gpus"), args.get("gpu_count")),
-                          jupyter_port=int(args["jupyter_port"]), ssh_port=int(args["ssh_port"]), bind=args["bind"],
-                          shm_size=args["shm_size"], runtime=args.get("runtime") or "", data_root=args["data_root"])
-
-    def probe(self, args, ctx):
-        try:
-            return dc.probe_command(self.spec(args))
-        except dc.SpecError:
-            return None       # plan() says why
-
-    def plan(self, args, facts, probe, ctx) -> Plan:
-        try:
-            spec = self.spec(args)
-            keys = dc.keys_text(args.get("authorized_keys"))
-        except dc.SpecError as err:
-            return Plan(failed=True, msg=str(err))
-        if not keys:
-            return Plan(failed=True, msg="authorized_keys: at least one public key is needed")
-        st = dc.parse_probe(probe.stdout)
-        n = q(spec.name)
-        if args.get("state") == "absent":
-            if not st["container_status"]:
-                return Plan(noop=f"{spec.name}: absent")
-            return Plan(commands=[Cmd(f"docker rm -f {n}")], msg=f"{spec.name}: removed")
-        if not st["image_id"]:
-            return Plan(failed=True, msg=f"image {spec.image} is not on the host (run gpu_image first): "
-                                         f"{st['image_error']}")
-        h = dc.spec_hash(spec, st["image_id"])
-        cmds: list = []
-        diff: list[dict] = []
-        dirs = " ".join(q(spec.volume_dir(v)) for v in dc.VOLUMES)
-        cmds.append(Cmd(f"mkdir -p {q(spec.dir)} {dirs} && chmod 0755 {q(spec.dir)} && "
-                        f"chown {spec.uid}:{spec.uid} {dirs}", counts=False))
-        if st["keys_sha"] != hashlib.sha256(keys.encode()).hexdigest():
-            # written in place, not put (a put renames): the container's single-file bind mount keeps its inode
-            cmds.append(Cmd(f"touch {q(spec.keys_path)} && chmod 0644 {q(spec.keys_path)} && "
-                            f"cat > {q(spec.keys_path)}", stdin=keys.encode(),
-                            desc=f"write {spec.keys_path} ({keys.count(chr(10))} key(s))"))
-            diff.append({"before": "(absent)\n" if not st["keys_sha"] else "(other keys)\n",
-                         "after": keys, "before_header": spec.keys_path, "after_header": spec.keys_path})
-        token = None
-        if not st["token_present"]:
-            token = dc.new_token()
-            cmds.append(FilePut(spec.token_path, token.encode(), mode=0o400, owner=str(spec.uid),
-                                group=str(spec.uid), desc=f"write {spec.token_path} (Jupyter token, masked)"))
-            diff.append({"before": "(absent)\n", "after": "******** (generated on the controller)\n",
-                         "before_header": spec.token_path, "after_header": spec.token_path})
-        elif st["token_mode"] != "400" or st["token_uid"] != spec.uid:
-            cmds.append(Cmd(f"chown {spec.uid}:{spec.uid} {q(spec.token_path)} && chmod 0400 "
-                            f"{q(spec.token_path)}", desc=f"fix owner/mode of {spec.token_path}"))
-        need_run = st["container_spec"] != h or token is not None
-        need_start = not need_run and st["container_status"] != "running"
-        if (need_run or need_start) and st["maintenance"]:
-            why = f" ({st['maintenance_reason']})" if st["maintenance_reason"] else ""
-            return _skip(f"{dc.MAINTENANCE_MARKER} is present{why}: not starting dev container {spec.name} during "
-                         f"maintenance")
-        if need_run:
-            if st["container_status"]:
-                cmds.append(Cmd(f"docker rm -f {n} >/dev/null", desc=f"remove {spec.name} (spec changed)"))
-            cmds.append(Cmd(" ".join(q(a) for a in dc.docker_run_args(spec, h)), timeout=300))
-            diff.append({"before": f"{spec.name}: {st['container_status'] or 'absent'}\n",
-                         "after": f"{spec.name}: running {spec.image} gpus={spec.gpus} jupyter={spec.bind}:"
-                                  f"{spec.jupyter_port} ssh={spec.bind}:{spec.ssh_port}\n",
-                         "before_header": "container", "after_header": "container"})
-        elif need_start:
-            cmds.append(Cmd(f"docker start {n}"))
-        msg = f"{spec.name}: " + ("started" if (need_run or need_start) else "running, unchanged")
-        extra = {"devcontainer": {"name": spec.name, "gpus": spec.gpus, "jupyter_port": spec.jupyter_port,
-                                  "ssh_port": spec.ssh_port, "token_file": spec.token_path}}
-        if not any(c.counts for c in cmds):
-            return Plan(noop=msg, msg=msg, extra=extra)
-        announce = None
-        if token and not ctx.check:       # saved first: a failure after the host write must not lose it
-            where = dc.save_controller_token(ctx.host, spec.name, token)
-            announce = _announce_token(ctx.host, spec, token, where, msg)
-        return Plan(commands=cmds, diff=diff, msg=msg, extra=extra, result=announce)
-
-
-def _announce_token(host: str, spec: dc.DevSpec, token: str, where: Path, msg: str):
-    """The plan's result once the host write succeeded: the token on the controlling terminal, once."""
-    def result(results) -> dict:
-        seen = dc.show_once(host, spec.name, token, spec.jupyter_port)
-        return {"msg": f"{msg}; Jupyter token saved to {where} (0600)" + ("" if seen else "; no terminal to show it on")}
-    return result
 
 
 # -------------------------------------------------------------------------------------------- gpu_validate
