@@ -10,7 +10,8 @@ from provision.errors import OptionError
 from provision.executor import batches, parse_extra_vars, tag_selected
 from provision.executor.runner import HostRunner
 from provision.hostio import CommandResult
-from provision.ops.apt import dearmor, one_line, parse_policy, parse_simulation, version_matches
+from provision.ops.apt import parse_policy, parse_simulation, version_matches
+from provision.ops.apt_repo import dearmor, one_line
 from provision.ops.core import (FileState, OpContext, mask_text, normalize, parse_mode, parse_stat, secret_values,
                                 write_file_plan)
 from provision.ops.files import edit_lines

@@ -1,0 +1,201 @@
+"""apt_key (keyrings) and apt_repository: a key goes to its own keyring file referenced with signed-by, a
+repository to its own sources file; both written through write_file_plan like any other file."""
+from __future__ import annotations
+
+import base64
+import re
+from urllib.parse import urlparse
+
+from provision.ops.apt import UPDATE, update_one_source
+from provision.ops.core import (Cmd, Op, OpError, Plan, parse_mode, parse_stat, q, sha256, stat_probe,
+                                write_file_plan)
+from provision.ops.spec import ArgSpec, module
+
+
+def dearmor(data: bytes) -> bytes:
+    """An ASCII-armored OpenPGP block -> its binary form (what `gpg --dearmor` writes); binary passes through."""
+    text = data.decode("ascii", "replace")
+    if "-----BEGIN PGP" not in text:
+        return data
+    body, started, in_headers = [], False, False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("-----BEGIN PGP"):
+            started, in_headers = True, True
+            continue
+        if not started:
+            continue
+        if line.startswith("-----END PGP"):
+            break
+        if in_headers:
+            if not line:
+                in_headers = False
+            elif ":" in line:
+                continue
+            else:
+                in_headers = False
+                body.append(line)
+            continue
+        if line.startswith("="):
+            continue   # CRC24 checksum line
+        body.append(line)
+    try:
+        return base64.b64decode("".join(body))
+    except ValueError as err:
+        raise OpError(f"the key is not valid ASCII armor: {err}") from None
+
+
+def fetch_key(url: str) -> str:
+    """Read-only shell that downloads ``url`` on the host and prints it as base64 (the key then travels to the
+    controller, which dearmors it and writes it as any other file)."""
+    return (f't=$(mktemp) && trap \'rm -f "$t"\' EXIT && curl -fsSL --retry 3 {q(url)} -o "$t" && '
+            'base64 -w0 < "$t"')
+
+
+@module("apt_key", aliases=("keyring",), args={
+    "url": ArgSpec("str"), "data": ArgSpec("str"), "file": ArgSpec("path"),
+    "keyring": ArgSpec("path", aliases=("dest",)), "name": ArgSpec("str"), "id": ArgSpec("str"),
+    "state": ArgSpec("str", default="present", choices=("present", "absent")), "mode": ArgSpec("raw"),
+})
+class AptKey(Op):
+    """Keys go to a keyring file (/etc/apt/keyrings/NAME.gpg by default) referenced with signed-by, never to the
+    deprecated global trusted.gpg. ASCII armor is dearmored. A key from a url is downloaded by the host."""
+
+    def dest(self, args) -> str:
+        if args.get("keyring"):
+            return str(args["keyring"])
+        if args.get("name"):
+            return f"/etc/apt/keyrings/{args['name']}.gpg"
+        raise OpError("apt_key needs keyring (the destination file) or name")
+
+    def probe(self, args, ctx):
+        return stat_probe(self.dest(args), content=False)
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        dest = self.dest(args)
+        st = parse_stat(probe.stdout)
+        if args.get("state") == "absent":
+            return Plan(noop=f"{dest} is absent") if st.kind == "absent" else \
+                Plan([Cmd(f"rm -f {q(dest)}")], diff=[{"before_header": dest, "after_header": dest,
+                                                       "before": "keyring present\n", "after": "(absent)\n"}])
+        if args.get("url"):
+            url = str(args["url"])
+
+            def fetched(results) -> dict:
+                res = results[0]
+                if res.rc == 0 and res.stdout.strip():
+                    return {}
+                return {"failed": True, "rc": res.rc, "stderr": res.stderr,
+                        "msg": f"cannot fetch key {url}: {res.stderr.strip()[-500:]}"}
+
+            def then(_facts, results) -> Plan:
+                try:
+                    data = base64.b64decode(results[0].stdout.strip(), validate=True)
+                except ValueError:
+                    return Plan(failed=True, msg=f"cannot fetch key {url}: the download is not base64")
+                plan = self.put(args, dest, dearmor(data), st)
+                for d in plan.diff:
+                    if d["after_header"] == dest:
+                        d.update(before="old or no keyring\n", after=f"keyring from {url}\n")
+                return plan
+            return Plan([Cmd(fetch_key(url), timeout=300, desc=f"fetch {url} -> {dest}", readonly=True,
+                             counts=False, ok_rc=None)], result=fetched, then=then)
+        if args.get("data") is not None:
+            data = dearmor(str(args["data"]).encode())
+        elif args.get("file"):
+            from provision.ops.files import find_local
+            with open(find_local(args["file"], ctx, "files"), "rb") as fh:
+                data = dearmor(fh.read())
+        else:
+            raise OpError("apt_key needs url, data or file")
+        return self.put(args, dest, data, st)
+
+    def put(self, args, dest: str, data: bytes, st) -> Plan:
+        plan = write_file_plan(dest, data, st, mode=parse_mode(args.get("mode")) or 0o644, make_parent=True)
+        for d in plan.diff:   # keys are binary: show a fingerprint-like summary, not bytes (a mode diff stays)
+            if d["after_header"] == dest:
+                d.update(before="(absent)\n" if st.kind == "absent" else f"sha256 {st.sha256}\n",
+                         after=f"sha256 {sha256(data)}\n")
+        return plan
+
+
+def _repo_filename(uri: str) -> str:
+    u = urlparse(uri)
+    name = (u.netloc + u.path).strip("/")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "repo"
+
+
+def one_line(repo: str, signed_by: str | None) -> tuple[str, str]:
+    """Normalise a one-line repo; add [signed-by=...] when asked. Returns (line, uri)."""
+    parts = repo.split()
+    if not parts or parts[0] not in ("deb", "deb-src"):
+        raise OpError(f"repo {repo!r} must start with 'deb' or 'deb-src'")
+    opts = []
+    rest = parts[1:]
+    if rest and rest[0].startswith("["):
+        j = next(i for i, x in enumerate(rest) if x.endswith("]"))
+        opts = " ".join(rest[:j + 1])[1:-1].split()
+        rest = rest[j + 1:]
+    if signed_by and not any(o.startswith("signed-by=") for o in opts):
+        opts.append(f"signed-by={signed_by}")
+    if not rest:
+        raise OpError(f"repo {repo!r} has no URI")
+    line = " ".join([parts[0]] + ([f"[{' '.join(opts)}]"] if opts else []) + rest)
+    return line, rest[0]
+
+
+@module("apt_repository", args={
+    "repo": ArgSpec("str"), "filename": ArgSpec("str"),
+    "state": ArgSpec("str", default="present", choices=("present", "absent")),
+    "update_cache": ArgSpec("bool", default=True, aliases=("update-cache",)),
+    "signed_by": ArgSpec("str"), "format": ArgSpec("str", choices=("one-line", "deb822")),
+    "types": ArgSpec("list"), "uris": ArgSpec("list"), "suites": ArgSpec("list"), "components": ArgSpec("list"),
+    "architectures": ArgSpec("list"), "mode": ArgSpec("raw"),
+})
+class AptRepository(Op):
+    facts = ("apt_cache",)
+
+    def content(self, args) -> tuple[str, str, str]:
+        """-> (path, text, uri)"""
+        fmt = args.get("format") or ("deb822" if args.get("uris") else "one-line")
+        if fmt == "deb822":
+            uris = args.get("uris") or []
+            if not uris or not args.get("suites"):
+                raise OpError("deb822 repositories need uris and suites")
+            lines = [f"Types: {' '.join(args.get('types') or ['deb'])}", f"URIs: {' '.join(uris)}",
+                     f"Suites: {' '.join(args['suites'])}"]
+            if args.get("components"):
+                lines.append(f"Components: {' '.join(args['components'])}")
+            if args.get("architectures"):
+                lines.append(f"Architectures: {' '.join(args['architectures'])}")
+            if args.get("signed_by"):
+                lines.append(f"Signed-By: {args['signed_by']}")
+            uri = uris[0]
+            name = args.get("filename") or _repo_filename(uri)
+            return f"/etc/apt/sources.list.d/{name}.sources", "\n".join(lines) + "\n", uri
+        if not args.get("repo"):
+            raise OpError("apt_repository needs repo (one-line) or uris/suites (deb822)")
+        line, uri = one_line(str(args["repo"]), args.get("signed_by"))
+        name = args.get("filename") or _repo_filename(uri)
+        return f"/etc/apt/sources.list.d/{name}.list", line + "\n", uri
+
+    def probe(self, args, ctx):
+        return stat_probe(self.content(args)[0])
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        path, text, _ = self.content(args)
+        st = parse_stat(probe.stdout)
+        if args.get("state") == "absent":
+            plan = Plan(noop=f"{path} is absent") if st.kind == "absent" else Plan(
+                [Cmd(f"rm -f {q(path)}")], diff=[{"before_header": path, "after_header": path,
+                                                  "before": (st.content or b"").decode(errors="replace"),
+                                                  "after": ""}])
+        else:
+            plan = write_file_plan(path, text.encode(), st, mode=parse_mode(args.get("mode")) or 0o644)
+        if plan.commands and args.get("update_cache", True):
+            if args.get("state") == "absent":
+                plan.commands.append(Cmd(UPDATE, timeout=1800, counts=False, desc="apt-get update"))
+            else:
+                plan.commands.append(Cmd(update_one_source(path), timeout=600, counts=False,
+                                         desc=f"apt-get update ({path} only)"))
+        return plan
