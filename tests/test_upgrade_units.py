@@ -369,3 +369,54 @@ def build_parser_for(name):
     from provision.cli import build_parser
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     return sub.choices[name]
+
+
+# ---------------------------------------------------------------------------------------------- F5: unreadable state
+def _unreachable_inventory(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    gpu1: {ansible_host: 127.0.0.1, ansible_port: 1}\n")
+    return inv
+
+
+@pytest.mark.parametrize("content", [b'{"format": 1, "hosts": {"a": {"state": "drain', b"\xff\xfe\x00", b"[]"])
+def test_an_unreadable_state_file_stops_a_new_rollout_and_is_kept(tmp_path, capsys, content):
+    """A state file that cannot be read may hold an unfinished rollout's stopped containers, old packages and admin
+    markers: a new rollout stops with one line (exit 5) naming it, before any host, and leaves it as it was."""
+    from provision.cli import main
+    state = tmp_path / "state.json"
+    state.write_bytes(content)
+    rc = main(["upgrade-driver", str(_unreachable_inventory(tmp_path)), "--to", "580.95.05",
+               "--state-file", str(state)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 5 and len(err.splitlines()) == 1, err
+    assert str(state) in err and "cannot read the state file" in err and "--discard-state" in err
+    assert state.read_bytes() == content and sorted(os.listdir(tmp_path)) == ["inv.yaml", "state.json"]
+
+
+def test_discard_state_starts_over_and_keeps_the_old_file_beside(tmp_path, capsys):
+    from provision.cli import main
+    state = tmp_path / "state.json"
+    state.write_bytes(b"{not json")
+    rc = main(["upgrade-driver", str(_unreachable_inventory(tmp_path)), "--to", "580.95.05",
+               "--state-file", str(state), "--discard-state", "--connect-timeout", "2"])
+    capsys.readouterr()
+    kept = [f for f in os.listdir(tmp_path) if f.startswith("state.json.discarded-")]
+    assert rc == 2 and len(kept) == 1 and (tmp_path / kept[0]).read_bytes() == b"{not json"
+    assert StateFile.load(str(state)).doc["target"] == "580.95.05"
+
+
+def test_discard_state_is_refused_with_resume(tmp_path, capsys):
+    from provision.cli import main
+    rc = main(["upgrade-driver", str(_unreachable_inventory(tmp_path)), "--resume", "--discard-state"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 5 and "--discard-state" in err and len(err.splitlines()) == 1
+
+
+def test_set_aside_never_overwrites_an_earlier_discarded_file(tmp_path):
+    from provision.upgrade.statefile import set_aside
+    p = tmp_path / "s.json"
+    names = []
+    for i in range(2):
+        p.write_text(str(i))
+        names.append(set_aside(str(p), now=0))
+    assert len(set(names)) == 2 and [open(n).read() for n in names] == ["0", "1"]

@@ -22,7 +22,7 @@ from provision.upgrade.budget import parse_count
 from provision.upgrade.rollout import (Rollout, RolloutOptions, controller_id, default_become, default_state_file,
                                        new_rollout_id)
 from provision.upgrade.report import Progress, json_report, report_lines
-from provision.upgrade.statefile import HostRecord, StateFile
+from provision.upgrade.statefile import HostRecord, StateFile, set_aside
 from provision.upgrade.steps import StepOptions
 
 _VERSION = re.compile(r"^\d{3}(\.\d+){1,2}$")
@@ -50,6 +50,9 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue the rollout recorded in the state file")
     p.add_argument("--state-file", metavar="PATH",
                    help="controller state file (default ~/.local/state/gpufleet/upgrade-<inventory>.json)")
+    p.add_argument("--discard-state", action="store_true",
+                   help="start a new rollout although the state file holds an unfinished or unreadable one (the "
+                        "old file is kept beside it as PATH.discarded-<UTC time>)")
     p.add_argument("--rollback-on-failure", action="store_true", default=None,
                    help="reinstall the previous driver on a host that fails validation (it still counts as failed)")
     p.add_argument("--break-lock", action="append", metavar="HOST", default=[],
@@ -125,9 +128,24 @@ def _fill_options(args, saved: dict | None) -> None:
             setattr(args, key, (saved or {}).get(key, default))
 
 
+def _read_state(path: str, what_now: str) -> StateFile:
+    """The state file of an earlier rollout, or one line naming the file and what to do (exit 5): an unreadable
+    record of stopped containers, old packages and admin markers is never silently replaced."""
+    try:
+        return StateFile.load(path)
+    except OSError as err:
+        why = err.strerror or str(err)
+    except ValueError as err:
+        why = str(err)
+    raise InputError(f"cannot read the state file: {why}; it is kept: {what_now}", file=path,
+                     key="--state-file", exit_code=EXIT_OPTIONS)
+
+
 def main(args) -> int:
     # ---- every option checked before any host is contacted
     args.inventory = inventory_path(args)
+    if args.resume and args.discard_state:
+        raise OptionError("--discard-state starts a new rollout: it cannot go with --resume", key="--discard-state")
     saved = None
     if args.resume:
         path = args.state_file or default_state_file(args.inventory)
@@ -155,11 +173,7 @@ def main(args) -> int:
     if args.resume:
         if not os.path.exists(state_path):
             raise OptionError(f"no state file {state_path} to resume (give --state-file)", key="--resume")
-        try:
-            sf = StateFile.load(state_path)
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot read the state file: {err}", file=state_path, key="--state-file",
-                             exit_code=EXIT_OPTIONS) from None
+        sf = _read_state(state_path, "repair it or restore it from a backup, then --resume again")
         target = sf.doc["target"]
         if args.to and _check_target(args.to) != target:
             raise OptionError(f"the rollout in {state_path} goes to {target}, not {args.to}", key="--to")
@@ -173,16 +187,14 @@ def main(args) -> int:
         target = _check_target(args.to)
         if not hosts:
             raise OptionError(f"no host selected in {args.inventory}", key="--limit")
-        if os.path.exists(state_path) and not args.check:
-            try:
-                old = StateFile.load(state_path)
-                if old.unfinished() and old.doc.get("target"):
-                    raise OptionError(
-                        f"rollout {old.doc['rollout']} in {state_path} is unfinished "
-                        f"({', '.join(old.unfinished()[:5])}): continue it with --resume, or give another "
-                        "--state-file", key="--state-file")
-            except (OSError, ValueError):
-                pass
+        if os.path.exists(state_path) and not args.check and not args.discard_state:
+            old = _read_state(state_path, "repair it and --resume, or start over with --discard-state (the file is "
+                                          "then kept beside the new one)")
+            if old.unfinished() and old.doc.get("target"):
+                raise OptionError(
+                    f"rollout {old.doc['rollout']} in {state_path} is unfinished "
+                    f"({', '.join(old.unfinished()[:5])}): continue it with --resume, start over with "
+                    "--discard-state, or give another --state-file", key="--state-file")
         rollout = new_rollout_id()
         ctrl = controller_id(rollout)
 
@@ -217,6 +229,8 @@ def main(args) -> int:
         raise OptionError(f"another controller is running this rollout ({state_path}.lock is held)",
                           key="--state-file") from None
     try:
+        if sf is None and args.discard_state and os.path.exists(state_path):
+            progress.note(f"the earlier state file is kept as {set_aside(state_path)}")
         if sf is None:
             sf = StateFile.new(state_path, rollout_id=rollout, controller=ctrl, inventory=os.path.abspath(
                 args.inventory), target=target, options={k: getattr(args, k) for k in DEFAULTS},

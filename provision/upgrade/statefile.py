@@ -63,10 +63,15 @@ class StateFile:
 
     @classmethod
     def load(cls, path: str) -> "StateFile":
+        """Raises OSError (cannot open) or ValueError (not JSON, not UTF-8, not a state file of this format)."""
         with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT or "hosts" not in doc:
-            raise ValueError(f"{path}: not a gpufleet upgrade state file (format {FORMAT})")
+            try:
+                doc = json.load(fh)
+            except ValueError as err:
+                raise ValueError(f"not JSON ({err})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("hosts"), dict) \
+                or not isinstance(doc.get("order"), list):
+            raise ValueError(f"not a gpufleet upgrade state file (format {FORMAT})")
         return cls(path, doc)
 
     # ------------------------------------------------------------------ access
@@ -96,6 +101,18 @@ class StateFile:
     def unfinished(self) -> list[str]:
         with self._lock:
             return [n for n in self.doc["order"] if self.doc["hosts"][n]["state"] not in S.TERMINAL]
+
+
+def set_aside(path: str, now: float | None = None) -> str:
+    """Rename the state file of an earlier rollout to PATH.discarded-YYYYmmddTHHMMSSZ (never over another one) and
+    return the new name: starting over (--discard-state) keeps the old record beside the new one."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
+    dest, n = f"{path}.discarded-{stamp}", 1
+    while os.path.exists(dest):
+        n += 1
+        dest = f"{path}.discarded-{stamp}-{n}"
+    os.rename(path, dest)
+    return dest
 
 
 def atomic_write_json(path: str, doc: dict) -> None:
