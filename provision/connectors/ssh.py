@@ -27,6 +27,7 @@ import paramiko
 
 from provision.connectors import HOST_KEY_CHECKING
 from provision.connectors._become import env_prefix, strip_prompt, sudo_wrap
+from provision.connectors._proc import stdin_chunks
 from provision.connectors.base import (CommandResult, CommandTimeout, ConnectorError, HostKeyMismatch,
                                        Unreachable)
 
@@ -224,7 +225,7 @@ class SSHConnector:
             self._jump = None
 
     # -- execution ------------------------------------------------------------------------------------
-    def _exec(self, command: str, stdin: bytes | None, timeout: float | None, pty: bool = False):
+    def _exec(self, command: str, stdin, timeout: float | None, pty: bool = False):
         transport = self._client.get_transport() if self._client else None
         if transport is None or not transport.is_active():
             raise Unreachable(f"{self.host}: connection lost")
@@ -237,16 +238,8 @@ class SSHConnector:
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as err:
             raise Unreachable(f"{self.host}: connection lost: {err}") from None
-        writer = None
         if stdin:
-            def _feed():
-                try:
-                    chan.sendall(stdin)
-                    chan.shutdown_write()
-                except (OSError, paramiko.SSHException):
-                    pass
-            writer = threading.Thread(target=_feed, daemon=True)
-            writer.start()
+            threading.Thread(target=self._feed, args=(chan, stdin), daemon=True).start()
         else:
             chan.shutdown_write()
         out, err = [], []
@@ -286,6 +279,19 @@ class SSHConnector:
         if rc == -1 and not transport.is_active():
             raise Unreachable(f"{self.host}: connection lost while a command ran")
         return rc, b"".join(out), b"".join(err), time.monotonic() - start
+
+    def _feed(self, chan, stdin) -> None:
+        """Send the stdin in chunks (a file is read as it goes), then EOF. A source that fails part-way closes
+        the channel instead: the command must never take a truncated stream for a whole one."""
+        try:
+            for chunk in stdin_chunks(stdin):
+                chan.sendall(chunk)
+            chan.shutdown_write()
+        except (OSError, paramiko.SSHException, EOFError):
+            pass                     # the channel went away: the command's result says why
+        except Exception as err:  # noqa: BLE001 - the source failed: abort the command
+            self._warn(f"{self.host}: stdin failed part-way: {err}")
+            chan.close()
 
     def _sudo(self) -> str:
         if self._sudo_mode is None:
