@@ -29,11 +29,11 @@ def _need(binary: str) -> str:
 
 
 class Prom:
-    def __init__(self, targets: list[str], tmp: str):
+    def __init__(self, targets: list[str], tmp: str, discovery: dict | None = None):
         self.port = free_port()
         cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
                "rule_files": [RULES],
-               "scrape_configs": [{"job_name": "gpu-agent", "static_configs": [{"targets": targets}]}]}
+               "scrape_configs": [{"job_name": "gpu-agent", **(discovery or {"static_configs": [{"targets": targets}]})}]}
         path = os.path.join(tmp, "prometheus.yml")
         with open(path, "w") as f:
             yaml.safe_dump(cfg, f)

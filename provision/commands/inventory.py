@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     mode.add_argument("--list", action="store_true", help="JSON like `ansible-inventory --list`")
     mode.add_argument("--graph", nargs="?", const="all", metavar="GROUP", help="a tree of groups and hosts")
     mode.add_argument("--host", metavar="NAME", help="JSON of one host's merged variables")
+    mode.add_argument("--prometheus-sd", metavar="FILE",
+                      help="write Prometheus file_sd targets for every host running gpu-agent, with the inventory's "
+                           "groups as labels ('-' prints them); see docs/agent.md")
     p.add_argument("-l", "--limit", metavar="PATTERN",
                    help="restrict to hosts matching an Ansible pattern (host, group, *, ~regex, a:b, a:&b, a:!b, "
                         "@retry-file)")
@@ -103,7 +106,10 @@ def run(args) -> int:
     selected = None
     if args.limit is not None:
         selected = {h.name for h in inv.limit(list(inv.hosts.values()), args.limit)}
-    if args.list:
+    if args.prometheus_sd:
+        from provision.inventory.prometheus_sd import file_sd, write_file_sd
+        write_file_sd(args.prometheus_sd, file_sd(inv, selected))
+    elif args.list:
         print(_json(list_inventory(inv, selected)))
     elif args.host is not None:
         if args.host not in inv.hosts or (selected is not None and args.host not in selected):
