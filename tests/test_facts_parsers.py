@@ -91,3 +91,48 @@ def test_script_has_one_section_per_fact_and_missing_sections_are_absent():
     assert s.count(facts.MARK) == 3   # two facts + end marker
     assert facts.parse(f"{facts.MARK} kernel\n6.1.0\n", ["kernel", "boot_id"]) == {"kernel": "6.1.0",
                                                                                     "boot_id": ""}
+
+
+def test_dmi_facts_use_ansible_names_and_na_for_what_cannot_be_read():
+    got = p.dmi("product_name=DGX H100\nsys_vendor=NVIDIA\nproduct_serial=\nbios_version=1.2\n")
+    assert got["product_name"] == "DGX H100" and got["system_vendor"] == "NVIDIA" and got["bios_version"] == "1.2"
+    assert got["product_serial"] == "NA" and got["board_name"] == "NA"    # empty (root only) or missing: NA
+    assert p.dmi("")["product_name"] == "NA"                               # no /sys/class/dmi (a container)
+
+
+def test_environment_keeps_values_with_newlines_and_equals():
+    assert p.environment("HOME=/root\nX=a=b\x01c\nEMPTY=\n") == {"env": {"HOME": "/root", "X": "a=b\nc",
+                                                                         "EMPTY": ""}}
+
+
+def test_local_facts_json_ini_and_broken():
+    import base64
+    enc = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    files = {"nv_os_release": '{"nv_os_release": "ubuntu22.04"}', "site": "[general]\nrack = r12\n",
+             "bad": "not json and no section"}
+    text = "".join(f"{name}\t{enc(body)}\n" for name, body in files.items())
+    got = p.local_facts(text)["local"]
+    assert got["nv_os_release"] == {"nv_os_release": "ubuntu22.04"}
+    assert got["site"] == {"general": {"rack": "r12"}}
+    assert got["bad"].startswith("error loading fact")
+    assert p.local_facts("") == {"local": {}}
+
+
+def test_new_sections_run_in_the_one_script(tmp_path):
+    """dmi, env and local are sections of the play's one fact script; run here through sh, the local section finds
+    a plain JSON fact, an executable one (its output) and an INI one."""
+    import subprocess
+    d = tmp_path / "facts.d"
+    d.mkdir()
+    (d / "plain.fact").write_text('{"a": 1}')
+    exe = d / "run.fact"
+    exe.write_text("#!/bin/sh\necho '{\"ran\": true}'\n")
+    exe.chmod(0o755)
+    (d / "ini.fact").write_text("[s]\nk=v\n")
+    assert {"dmi", "env", "local"} <= set(facts.PLAY_FACTS)
+    script = facts.script(["env", "local"]).replace("/etc/ansible/facts.d", str(d))
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin",
+                                                                                      "MARKER": "x\ny"}).stdout
+    got = facts.parse(out, ["env", "local"])
+    assert got["env"]["MARKER"] == "x\ny"
+    assert got["local"] == {"plain": {"a": 1}, "run": {"ran": True}, "ini": {"s": {"k": "v"}}}

@@ -52,6 +52,13 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
                      "dpkg-query -W -f='${Package}\\t${Version}\\t${Status}\\n'", p.dpkg_packages),
     Fact("apt_cache", "echo $(date +%s) $(stat -c %Y /var/lib/apt/periodic/provision-update-stamp 2>/dev/null || "
                       "stat -c %Y /var/cache/apt/pkgcache.bin 2>/dev/null)", p.apt_cache),
+    Fact("dmi", "cd /sys/class/dmi/id && for f in " + " ".join(p.DMI_FILES) + "; do "
+                "printf '%s=%s\\n' $f \"$(cat $f 2>/dev/null)\"; done", p.dmi),
+    Fact("env", "env -0 | tr '\\n\\0' '\\001\\n'", p.environment),
+    # Ansible's local facts: each /etc/ansible/facts.d/NAME.fact read (JSON or INI), or run when executable
+    Fact("local", "for f in /etc/ansible/facts.d/*.fact; do [ -f \"$f\" ] || continue; n=${f##*/}; "
+                  "if [ -x \"$f\" ]; then o=$(timeout 10 \"$f\" | base64 -w0); else o=$(base64 -w0 < \"$f\"); fi; "
+                  "printf '%s\\t%s\\n' \"${n%.fact}\" \"$o\"; done", p.local_facts),
     # GPU sections (provision/facts/gpu.py); the PCI scan is "pci" above, dpkg's packages and holds "packages"
     Fact("nvidia_smi", g.NVIDIA_SMI_COMMAND, _one("nvidia_smi", g.nvidia_smi_result)),
     Fact("nvidia_module", g.NVIDIA_MODULE_COMMAND, _one("nvidia_module", g.nvidia_module)),
@@ -66,7 +73,7 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
 
 # what gather_facts collects (the GPU sections are gathered when an op asks for them)
 PLAY_FACTS = ("os", "kernel", "arch", "hostname", "cpus", "memory", "boot_id", "init", "pkg_mgr", "secure_boot",
-              "pci", "packages", "apt_cache")
+              "pci", "packages", "apt_cache", "dmi", "env", "local")
 # what the GPU plan reads: `provision facts --gpu` and the gpu_plan op gather exactly these
 GPU_SECTIONS = ("pci", "nvidia_smi", "nvidia_module", "packages", "secure_boot", "module_signing", "kernel", "os",
                 "gpu_containers", "maintenance")

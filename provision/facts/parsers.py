@@ -131,3 +131,64 @@ def apt_cache(text: str) -> dict:
     now = int(parts[0]) if parts and parts[0].isdigit() else 0
     mtime = max([int(p) for p in parts[1:] if p.isdigit()] or [0])
     return {"date_epoch": now, "apt_cache_mtime": mtime}
+
+
+DMI_FILES = ("product_name", "product_version", "product_serial", "product_uuid", "sys_vendor", "bios_vendor",
+             "bios_version", "bios_date", "board_name", "board_vendor", "chassis_vendor")
+# Ansible's fact names for the DMI files whose fact is not the file's own name
+_DMI_FACT = {"sys_vendor": "system_vendor", "board_vendor": "board_vendor", "chassis_vendor": "chassis_vendor"}
+
+
+def dmi(text: str) -> dict:
+    """'FILE=VALUE' lines from /sys/class/dmi/id -> Ansible's DMI facts (product_name, system_vendor...); a file
+    that is missing or unreadable (product_serial as a plain user) gives "NA", as Ansible's."""
+    seen = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k in DMI_FILES:
+            seen[k] = v.strip()
+    return {_DMI_FACT.get(k, k): seen.get(k) or "NA" for k in DMI_FILES}
+
+
+def environment(text: str) -> dict:
+    """``env -0 | tr '\\n\\0' '\\1\\n'`` (one variable a line, newlines inside values as \\x01) -> {"env": {...}}."""
+    env = {}
+    for line in text.split("\n"):
+        k, sep, v = line.partition("=")
+        if sep and k:
+            env[k] = v.replace("\x01", "\n")
+    return {"env": env}
+
+
+def local_fact(text: str):
+    """One /etc/ansible/facts.d file's content (or an executable one's output) as Ansible reads it: JSON, else
+    INI ({section: {key: value}}), else Ansible's 'error loading fact' string."""
+    import configparser
+    import json
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    cp = configparser.ConfigParser()
+    try:
+        cp.read_string(text)
+    except configparser.Error:
+        return "error loading fact - please check content"
+    return {s: dict(cp.items(s)) for s in cp.sections()}
+
+
+def local_facts(text: str) -> dict:
+    """'NAME<TAB>BASE64' lines, one per /etc/ansible/facts.d/NAME.fact -> {"local": {NAME: fact}} (empty when the
+    folder is missing, as Ansible's ``ansible_local``)."""
+    import base64
+    out: dict = {}
+    for line in text.splitlines():
+        name, sep, data = line.partition("\t")
+        if not sep or not name:
+            continue
+        try:
+            body = base64.b64decode(data.strip()).decode("utf-8", "replace")
+        except ValueError:
+            body = ""
+        out[name] = local_fact(body)
+    return {"local": out}

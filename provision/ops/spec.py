@@ -41,11 +41,13 @@ _REGISTRY: dict[str, ModuleSpec] = {}
 
 def module(name: str, *, args: Mapping[str, ArgSpec] | None = None, free_form: bool = False,
            runs_on_controller: bool = False, aliases: tuple = ()):
-    """Decorator registering an operation implementation under ``name`` (and ``ansible.builtin.name``)."""
+    """Decorator registering an operation implementation under ``name`` and its short ``aliases``, each also as
+    ``ansible.builtin.<n>`` and ``ansible.legacy.<n>`` (the names Ansible resolves them by)."""
 
     def wrap(fn):
-        spec = ModuleSpec(name, dict(args or {}), free_form, runs_on_controller,
-                          tuple(aliases) + (f"ansible.builtin.{name}",), fn)
+        short = (name, *aliases)
+        fqcn = tuple(f"{ns}.{n}" for n in short for ns in ("ansible.builtin", "ansible.legacy"))
+        spec = ModuleSpec(name, dict(args or {}), free_form, runs_on_controller, tuple(aliases) + fqcn, fn)
         for n in (name, *spec.aliases):
             _REGISTRY[n] = spec
         return fn
