@@ -156,14 +156,16 @@ def test_h200_driver_loaded_open_and_not_from_apt():
     assert [(s["memory_mib"], s["bus_id"]) for s in view["nvidia_smi"]["gpus"]] == [(143771, "0000:00:06.0")]
     plan = plan_host(view, {}, host="h200")
     assert (plan.installed_driver, plan.installed_flavour, plan.driver_loaded) == ("580.159.04", "open", True)
-    assert plan.driver_source == "not apt" and plan.driver_package_installed is None
-    assert plan.verdict.startswith("ready: driver 580.159.04 (open), 1 GPU(s)")
+    assert plan.driver_origin == "preinstalled" and plan.driver_package_installed is None
+    assert plan.verdict == "ready (driver kept: preinstalled 580.159.04)" and plan.driver_kept
+    assert plan.packages == [] and plan.driver_package is None and plan.hold == []
 
 
 def test_h200_report_tells_the_driver_in_use():
     text = gpu_report({"h200": h200_facts()})
-    assert "driver:     none" not in text and "needs: nvidia-open-580" not in text
-    assert "  driver:     580.159.04 (open), loaded, pre-installed (not from apt), nvidia-smi lists 1 GPU(s)" in text
+    assert "driver:     none" not in text and "nvidia-open-580" not in text
+    assert ("  driver:     580.159.04 (open), loaded, origin preinstalled (not from apt), kept, nvidia-smi lists 1 "
+            "GPU(s)") in text
     assert "1x H200 (Hopper, CC 9.0)" in text
 
 
@@ -171,21 +173,21 @@ def test_apt_driver_not_yet_loaded_says_so():
     facts = {**h200_facts(), "nvidia_module": g.nvidia_module(""),
              "nvidia_smi": g.nvidia_smi_result("rc=127\n"), "packages": {"nvidia-open-580": "580.95.05-1"}}
     plan = plan_host(gpu_view(facts), {})
-    assert (plan.installed_driver, plan.driver_source, plan.driver_loaded) == ("580.95.05", "apt", False)
+    assert (plan.installed_driver, plan.driver_origin, plan.driver_loaded) == ("580.95.05", "apt", False)
     assert "580.95.05 (open), package nvidia-open-580=580.95.05-1, not loaded" in gpu_report({"h": facts})
 
 
 def test_loaded_driver_older_than_its_package_warns_of_the_reboot():
     facts = {**h200_facts(), "packages": {"nvidia-open-580": "580.95.05-1"}}
     plan = plan_host(gpu_view(facts), {})
-    assert plan.installed_driver == "580.159.04" and plan.driver_source == "apt"
+    assert plan.installed_driver == "580.159.04" and plan.driver_origin == "apt"
     assert any("package nvidia-open-580 is at 580.95.05-1" in w for w in plan.warnings)
 
 
 def test_json_report_one_object_per_host():
     doc = gpu_report_json({"h200": h200_facts()})
     assert set(doc) == {"h200"} and set(doc["h200"]) == {"facts", "plan", "verdict"}
-    assert doc["h200"]["plan"]["driver_source"] == "not apt"
+    assert doc["h200"]["plan"]["driver_origin"] == "preinstalled" and doc["h200"]["plan"]["driver_kept"]
     json.dumps(doc)   # JSON-able
 
 
@@ -218,16 +220,16 @@ def test_cli_facts_gpu_json_gathers_the_gpu_sections_in_one_round_trip(tmp_path,
     assert rc == 0 and recorded_h200 == [factmod.script(factmod.GPU_SECTIONS)]
     h = doc["h200"]
     assert h["facts"]["kernel_module_version"] == "580.159.04" and h["facts"]["kernel_module_flavour"] == "open"
-    assert (h["plan"]["installed_driver"], h["plan"]["driver_source"]) == ("580.159.04", "not apt")
-    assert h["verdict"] == h["plan"]["verdict"] and h["verdict"].startswith("ready: driver 580.159.04 (open)")
+    assert (h["plan"]["installed_driver"], h["plan"]["driver_origin"]) == ("580.159.04", "preinstalled")
+    assert h["verdict"] == h["plan"]["verdict"] == "ready (driver kept: preinstalled 580.159.04)"
 
 
 def test_cli_facts_gpu_text(tmp_path, capsys, recorded_h200):
     capsys.readouterr()
     assert main(["facts", "-i", write_inventory(tmp_path), "--gpu", "-e", "nvidia_driver_branch=570"]) == 0
     out = capsys.readouterr().out
-    assert "driver:     580.159.04 (open), loaded, pre-installed (not from apt)" in out
-    assert "needs:      branch 570 open (nvidia-open-570)" in out
+    assert "driver:     580.159.04 (open), loaded, origin preinstalled (not from apt), kept" in out
+    assert "needs:      nothing: the driver is kept (branch 570 or newer wanted)" in out
 
 
 def test_cli_facts_gpu_json_on_this_machine(tmp_path, capsys):

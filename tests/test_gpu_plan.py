@@ -9,7 +9,7 @@ import pytest
 from provision import facts as factmod
 from provision.errors import InputError
 from provision.facts import MARK
-from provision.facts.gpu import parse_nvidia_smi
+from provision.facts.gpu import nvidia_module, nvidia_smi_result, parse_nvidia_smi
 from provision.facts.parsers import secure_boot
 from provision.gpu.plan import driver_packages, gpu_view, plan_host
 from provision.gpu.report import gpu_report
@@ -260,12 +260,11 @@ def test_recorded_real_h100(name):
     assert len(smi) == 1 and smi[0]["bus_id"] == facts["gpus"][0]["address"] and smi[0]["compute_cap"] == "9.0"
     assert facts["kernel_module_flavour"] == "open"
     plan = plan_host(facts, rec["vars"], host="device-h100")
-    assert plan.verdict == rec["verdict"]
-    if rec["vars"].get("nvidia_driver_branch") == 535:
-        assert plan.verdict.startswith("REFUSED: image pytorch/pytorch:2.7.0-cuda12.8")
-    else:
-        assert plan.verdict.startswith("ready: driver 580.159.04 (open)")
-        assert not plan.fabricmanager       # a single PCIe-attached H100 SXM: no NVSwitch on its bus
+    # recorded before driver origins: the driver there came from no package, and it satisfies branch 535 and 580
+    # alike (>=) and the image's CUDA 12.8: kept, where the recording's plan refused (535) or said "ready: driver"
+    assert rec["verdict"].startswith(("REFUSED: image pytorch/pytorch:2.7.0-cuda12.8", "ready: driver 580.159.04"))
+    assert plan.verdict == "ready (driver kept: preinstalled 580.159.04)" and plan.packages == []
+    assert not plan.fabricmanager       # a single PCIe-attached H100 SXM: no NVSwitch on its bus
 
 
 def test_report_reads_facts_as_the_engine_gathers_them():
@@ -326,16 +325,21 @@ def test_gpu_plan_op_reads_the_gpu_sections():
     assert op.probe({}, _ctx()) == factmod.script(("gpu_containers",))   # read with the task's become
     none = _result(_sections(gpu_containers=""))
     plan = op.plan({"fail_on_refusal": True}, facts, none, _ctx())
-    assert not plan.failed and not plan.commands and plan.noop.startswith("ready: driver 580.159.04 (open)")
-    assert plan.extra["gpu_plan"]["driver_source"] == "not apt" and plan.extra["ansible_facts"]["gpu_facts"]["gpus"]
+    assert not plan.failed and not plan.commands and plan.noop == "ready (driver kept: preinstalled 580.159.04)"
+    assert plan.extra["gpu_plan"]["driver_origin"] == "preinstalled"
+    assert plan.extra["ansible_facts"]["gpu_facts"]["gpus"]
     job = op.plan({}, facts, _result(_sections(gpu_containers="/job nvidia null NVIDIA_VISIBLE_DEVICES=all")), _ctx())
     assert job.extra["gpu_facts"]["gpu_containers"] == ["job"]
     denied = op.plan({}, facts, _result(_sections(gpu_containers="error: permission denied while trying to connect "
                                                                  "to the Docker daemon socket")), _ctx())
     assert "cannot tell which containers hold GPUs: permission denied" in " ".join(
         denied.extra["gpu_plan"]["warnings"])
-    refused = op.plan({"fail_on_refusal": True}, {**facts, "secure_boot": True}, none, _ctx())
+    # Secure Boot matters where a driver is to be installed (the H200's own, loaded and kept, needs no signing)
+    bare = {**facts, "secure_boot": True, "nvidia_module": nvidia_module(""), "nvidia_smi": nvidia_smi_result("rc=127")}
+    refused = op.plan({"fail_on_refusal": True}, bare, none, _ctx())
     assert refused.failed and "Secure Boot is on" in refused.msg and set(refused.extra) == {"verdict"}
+    kept = op.plan({"fail_on_refusal": True}, {**facts, "secure_boot": True}, none, _ctx())
+    assert not kept.failed and kept.noop == "ready (driver kept: preinstalled 580.159.04)"
 
 
 def test_gpu_plan_verify_reads_nvidia_smi_again():

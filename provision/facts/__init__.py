@@ -62,6 +62,7 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
     # GPU sections (provision/facts/gpu.py); the PCI scan is "pci" above, dpkg's packages and holds "packages"
     Fact("nvidia_smi", g.NVIDIA_SMI_COMMAND, _one("nvidia_smi", g.nvidia_smi_result)),
     Fact("nvidia_module", g.NVIDIA_MODULE_COMMAND, _one("nvidia_module", g.nvidia_module)),
+    Fact("nvidia_runfile", g.NVIDIA_RUNFILE_COMMAND, _one("nvidia_runfile", g.nvidia_runfile)),
     Fact("module_signing", g.MODULE_SIGNING_COMMAND, _one("module_signing_keys", g.nonblank_lines)),
     Fact("gpu_containers", g.GPU_CONTAINERS_COMMAND, g.gpu_containers),
     Fact("maintenance", g.MAINTENANCE_COMMAND, g.maintenance_marker),
@@ -75,8 +76,8 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
 PLAY_FACTS = ("os", "kernel", "arch", "hostname", "cpus", "memory", "boot_id", "init", "pkg_mgr", "secure_boot",
               "pci", "packages", "apt_cache", "dmi", "env", "local")
 # what the GPU plan reads: `provision facts --gpu` and the gpu_plan op gather exactly these
-GPU_SECTIONS = ("pci", "nvidia_smi", "nvidia_module", "packages", "secure_boot", "module_signing", "kernel", "os",
-                "gpu_containers", "maintenance")
+GPU_SECTIONS = ("pci", "nvidia_smi", "nvidia_module", "nvidia_runfile", "packages", "secure_boot", "module_signing",
+                "kernel", "os", "gpu_containers", "maintenance")
 
 
 def section_script(parts: Iterable[tuple[str, str]]) -> str:

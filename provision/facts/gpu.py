@@ -7,6 +7,8 @@ the GPUs and NVSwitches out of it), dpkg's packages and holds the ``packages`` s
   read-only there, as on some cloud images); its rc and message are kept when it fails;
 * ``nvidia_module``: the loaded kernel module (/sys/module/nvidia/version, /proc/driver/nvidia/version): version,
   and open or proprietary from the "Open Kernel Module" banner;
+* ``nvidia_runfile``: the .run installer's traces (``nvidia-uninstall`` on PATH or in /usr/bin, its log
+  /var/log/nvidia-installer.log and the version it names);
 * ``module_signing``, ``gpu_containers`` (with the reason when docker cannot list them), ``maintenance``;
 * and what the rolling upgrade also reads: ``upgrade_state``, ``nvidia_devnodes``, ``docker_runtimes``,
   ``container_toolkit``.
@@ -36,6 +38,13 @@ NVIDIA_SMI_COMMAND = (
     "if [ -z \"$p\" ]; then echo rc=127; else echo \"path=$p\"; t=; command -v timeout >/dev/null && t='timeout 60'; "
     "$t \"$p\" --query-gpu=" + ",".join(NVIDIA_SMI_FIELDS) + " --format=csv,noheader,nounits 2>&1; "
     "echo \"rc=$?\"; fi")
+RUNFILE_UNINSTALLER = "/usr/bin/nvidia-uninstall"
+RUNFILE_LOG = "/var/log/nvidia-installer.log"
+NVIDIA_RUNFILE_COMMAND = (
+    f"p=$(command -v nvidia-uninstall); [ -z \"$p\" ] && [ -x {RUNFILE_UNINSTALLER} ] && p={RUNFILE_UNINSTALLER}; "
+    f"[ -n \"$p\" ] && echo \"uninstaller=$p\"; "
+    f"[ -e {RUNFILE_LOG} ] && {{ echo \"log={RUNFILE_LOG}\"; "
+    f"head -n 20 {RUNFILE_LOG} | grep -m 1 'installer version'; }}")
 NVIDIA_MODULE_COMMAND = ("[ -r /sys/module/nvidia/version ] && echo \"sys=$(cat /sys/module/nvidia/version)\"; "
                          "head -n 1 /proc/driver/nvidia/version")
 MODULE_SIGNING_COMMAND = f"for f in {' '.join(MODULE_SIGNING_KEYS)}; do [ -e \"$f\" ] && echo \"$f\"; done"
@@ -134,6 +143,20 @@ def nvidia_module(text: str) -> dict:
     return {"loaded": bool(version or banner), "version": version, "flavour": flavour}
 
 
+def nvidia_runfile(text: str) -> dict:
+    """The ``nvidia_runfile`` section -> {uninstaller: path, log: path, version: the installer's} (None each when
+    absent): what the .run installer leaves behind (NVIDIA GPU Operator's driver detection looks at the same)."""
+    out: dict = {"uninstaller": None, "log": None, "version": None}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key in ("uninstaller", "log") and value.strip():
+            out[key] = value.strip()
+        elif "installer version" in line.lower():
+            m = re.search(r"(\d+\.\d+(?:\.\d+)?)", line)
+            out["version"] = m.group(1) if m else None
+    return out
+
+
 def nonblank_lines(text: str) -> list[str]:
     """A section that lists paths, one a line (module signing keys, device nodes, commands found)."""
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -215,3 +238,29 @@ def installed_driver_package(packages: Mapping[str, str]) -> tuple[str, str] | N
     or None: a driver that is loaded then did not come from apt."""
     mains = [(p, v) for p, v in packages.items() if DRIVER_PACKAGE.match(p)]
     return max(mains, key=lambda pv: version_key(pv[1])) if mains else None
+
+
+# Where the driver in use came from: its dpkg package, the .run installer (its uninstaller or log is there), or
+# pre-installed by other means (a cloud image, a read-only mount such as /usr/local/nvidia, a driver container)
+DRIVER_ORIGINS = ("apt", "runfile", "preinstalled", "none")
+ORIGIN_WORDS = {"runfile": "installed by the .run installer", "preinstalled": "pre-installed by other means"}
+
+
+def driver_origin(packages: Mapping[str, str], running_version: str | None, runfile: Mapping | None) -> str:
+    """One of :data:`DRIVER_ORIGINS`: ``apt`` when a package installs the whole driver; else ``runfile`` when the
+    .run installer's traces are there; else ``preinstalled`` when a driver runs (``running_version``: the loaded
+    module's or nvidia-smi's); else ``none``."""
+    if installed_driver_package(packages):
+        return "apt"
+    runfile = runfile or {}
+    if runfile.get("uninstaller") or runfile.get("log"):
+        return "runfile"
+    return "preinstalled" if running_version else "none"
+
+
+def non_apt_reason(origin: str, version: str | None, problem: str = "") -> str:
+    """Why no packaged driver goes onto a host whose driver apt did not install (and, with ``problem``, why that
+    driver does not do): one line, the same in the site plan and the rolling upgrade."""
+    why = f" and does not do here: {problem};" if problem else ":"
+    return (f"driver {version or '?'} was {ORIGIN_WORDS.get(origin, origin)}, not from apt,{why} "
+            f"gpufleet does not stack a packaged driver on it (nvidia_driver_replace: true replaces it)")

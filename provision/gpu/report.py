@@ -9,16 +9,20 @@ from provision.gpu.table import load_table
 
 
 def driver_line(plan: HostGpuPlan) -> str:
-    """'580.159.04 (open), loaded, pre-installed (not from apt), nvidia-smi lists 1 GPU(s)'."""
+    """'580.159.04 (open), loaded, origin preinstalled (not from apt), kept, nvidia-smi lists 1 GPU(s)'."""
     if not plan.installed_driver:
         drv = "none"
     else:
         drv = plan.installed_driver + (f" ({plan.installed_flavour})" if plan.installed_flavour else "")
-        if plan.driver_source == "apt":
+        if plan.driver_origin == "apt":
             drv += f", package {plan.driver_package_installed}"
         drv += ", loaded" if plan.driver_loaded else ", not loaded"
-        if plan.driver_source == "not apt":
-            drv += ", pre-installed (not from apt)"
+        if plan.driver_origin != "apt":
+            drv += f", origin {plan.driver_origin} (not from apt)"
+        if plan.driver_kept:
+            drv += ", kept"
+        elif plan.driver_replace:
+            drv += f", replaced ({plan.driver_uninstaller} --silent, then the package)"
     if plan.smi_gpu_count is not None:
         drv += f", nvidia-smi lists {plan.smi_gpu_count} GPU(s)"
     return drv
@@ -39,9 +43,13 @@ def host_lines(host: str, plan: HostGpuPlan) -> list[str]:
     lines.append(f"  driver:     {driver_line(plan)}")
     sb = {True: "on", False: "off", None: "unknown"}[plan.secure_boot]
     lines.append(f"  secure boot: {sb}")
-    if plan.gpus:
+    if plan.gpus and plan.driver_kept:
+        lines.append(f"  needs:      nothing: the driver is kept (branch {plan.branch} or newer wanted)")
+    elif plan.gpus:
         fm = f"; fabric manager {plan.fabricmanager_package}" if plan.fabricmanager else "; no fabric manager"
-        lines.append(f"  needs:      branch {plan.branch} {plan.flavour} ({plan.driver_package}){fm}")
+        repo = f"; CUDA repository {plan.cuda_repo_distro}" if plan.source == "cuda-repo" else ""
+        lines.append(f"  needs:      branch {plan.branch} {plan.flavour} ({', '.join(plan.packages)}){fm}{repo}")
+    if plan.gpus:
         lines.append(f"  image:      {plan.image} (CUDA {plan.image_cuda or '?'}, driver >= "
                      f"{plan.image_min_driver or '?'})")
     for w in plan.warnings:

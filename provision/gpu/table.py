@@ -75,6 +75,7 @@ class GpuTable:
     images: Mapping[str, ImageInfo]
     default_image: str
     sources: Mapping[str, str] = field(default_factory=dict)
+    distributions: Mapping[str, Mapping] = field(default_factory=dict)
 
     def gpu(self, device_id: str) -> GpuModel | None:
         return self.gpus.get(norm_id(device_id))
@@ -83,6 +84,10 @@ class GpuTable:
         if cuda in self.cuda_min_driver:
             return self.cuda_min_driver[cuda]
         return None
+
+    def distribution(self, os_id: str, version_id: str) -> Mapping | None:
+        """{cuda_repo, signed_modules} of a distribution (os-release ID, VERSION_ID), None when not listed."""
+        return self.distributions.get(f"{str(os_id).strip().lower()} {str(version_id).strip()}")
 
     def image(self, tag: str, overrides: Mapping | None = None) -> ImageInfo | None:
         """The image's CUDA and architectures: per-group overrides, then the table, then the tag itself."""
@@ -139,6 +144,7 @@ def _load(path: Path) -> GpuTable:
         images=images,
         default_image=raw["default_image"],
         sources=raw.get("sources") or {},
+        distributions={str(k): dict(v) for k, v in (raw.get("distributions") or {}).items()},
     )
 
 

@@ -23,7 +23,7 @@ from provision.ops.spec import ArgSpec, module
 
 q = shlex.quote
 PLAN_VARS = ("nvidia_driver_branch", "nvidia_driver_flavour", "nvidia_driver_source", "nvidia_driver_server",
-             "nvidia_fabricmanager", "nvidia_module_signing", "gpu_image", "gpu_image_info",
+             "nvidia_fabricmanager", "nvidia_module_signing", "nvidia_driver_replace", "gpu_image", "gpu_image_info",
              "gpufleet_simulated_gpus", "inventory_hostname")
 VERIFY_SECTIONS = ("pci", "nvidia_smi", "nvidia_module")   # looked at again after an install and a reboot
 SIMULATED = "skipped (simulated GPU)"
