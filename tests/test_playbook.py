@@ -12,7 +12,8 @@ from provision.errors import InputError
 from provision.inventory import load_inventory
 from provision.ops import spec as spec_mod
 from provision.ops.spec import ArgSpec, module
-from provision.playbook import Play, Task, find_file, load_playbook, role_path, search_paths, split_args, validate
+from provision.playbook import (Play, Task, find_file, load_included, load_playbook, role_path, search_paths,
+                                split_args, validate)
 from provision.yamlsrc import SourcePos
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -178,7 +179,10 @@ def test_import_playbook_and_include_role(tmp_path):
     path = write(tmp_path, "- import_playbook: other.yaml\n- hosts: all\n  tasks: []\n")
     pb = load_playbook(path)
     assert [p.hosts for p in pb.plays] == ["gpu", "all"]
-    assert (pb.plays[0].tasks[0].role, pb.plays[0].tasks[0].when) == ("r", ("x",))
+    inc = pb.plays[0].tasks[0]   # include_role is dynamic (as Ansible's): its role is read when the task runs
+    assert (inc.module, inc.when, dict(inc.args)) == ("include_role", ("x",), {"name": "r"})
+    got = load_included(inc, inc.args)
+    assert [(t.role, t.module, t.when) for t in got.tasks] == [("r", "debug", ())]
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -373,20 +377,19 @@ LOAD_BAD = [
             - debug: msg=x
               loop: {a: 1}
      """, 4, "loop", "loop expects a list, got a mapping (use '| dict2items')"),
-    ("rescue not supported", """
+    ("rescue not a list", """
         - hosts: all
           tasks:
             - block:
                 - debug: msg=x
-              rescue:
-                - debug: msg=y
-     """, 5, "rescue", "'rescue' sections are not supported yet"),
-    ("delegate_to not supported", """
+              rescue: {debug: msg=y}
+     """, 5, "rescue", "rescue must be a list of tasks, got a mapping"),
+    ("unknown connection", """
         - hosts: all
           tasks:
             - debug: msg=x
-              delegate_to: localhost
-     """, 4, "delegate_to", "delegation is not supported"),
+              connection: locla
+     """, 4, "connection", "unknown connection 'locla' (ssh, paramiko, smart, local, docker) (did you mean 'local'?)"),
     ("duplicate key", """
         - hosts: all
           tasks:

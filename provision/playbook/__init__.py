@@ -13,10 +13,10 @@ check against the module's spec) and :mod:`.static` (``validate``).
 """
 from __future__ import annotations
 
-from provision.playbook.loader import load_playbook
+from provision.playbook.loader import Included, load_included, load_playbook
 from provision.playbook.models import Play, Playbook, Task, find_file, role_path, search_paths
 from provision.playbook.module_args import _parse_kv, _split_free_form, check_module_args, split_args
 from provision.playbook.static import MAGIC_VARS, validate
 
-__all__ = ["MAGIC_VARS", "Play", "Playbook", "Task", "_parse_kv", "_split_free_form", "check_module_args",
-           "find_file", "load_playbook", "role_path", "search_paths", "split_args", "validate"]
+__all__ = ["Included", "MAGIC_VARS", "Play", "Playbook", "Task", "_parse_kv", "_split_free_form", "check_module_args",
+           "find_file", "load_included", "load_playbook", "role_path", "search_paths", "split_args", "validate"]

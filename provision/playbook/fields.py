@@ -15,31 +15,31 @@ from provision.yamlsrc import LineDict, LineList, SourcePos, describe
 PLAY_KEYS = (
     "name", "hosts", "vars", "vars_files", "become", "become_user", "become_method", "gather_facts", "serial",
     "max_fail_percentage", "any_errors_fatal", "tasks", "pre_tasks", "post_tasks", "handlers", "roles", "tags",
-    "environment", "ignore_errors", "no_log", "strategy",
+    "environment", "ignore_errors", "no_log", "strategy", "remote_user", "connection",
 )
 TASK_KEYS = (
     "name", "when", "loop", "with_items", "with_list", "with_dict", "loop_control", "register", "notify", "tags",
     "become", "become_user", "become_method", "ignore_errors", "changed_when", "failed_when", "until", "retries",
-    "delay", "no_log", "environment", "vars", "args", "check_mode",
+    "delay", "no_log", "environment", "vars", "args", "check_mode", "run_once", "delegate_to", "delegate_facts",
+    "remote_user", "connection", "with_first_found", "with_fileglob",
 )
 HANDLER_KEYS = TASK_KEYS + ("listen",)
 BLOCK_KEYS = ("block", "name", "when", "tags", "become", "become_user", "become_method", "ignore_errors", "no_log",
-              "environment", "vars", "rescue", "always", "check_mode")
-IMPORT_KEYS = {"import_tasks", "include_tasks", "import_role", "include_role",
-               "ansible.builtin.import_tasks", "ansible.builtin.include_tasks", "ansible.builtin.import_role",
-               "ansible.builtin.include_role"}
+              "environment", "vars", "rescue", "always", "check_mode", "run_once", "delegate_to", "remote_user",
+              "connection")
+IMPORT_KEYS = {"import_tasks", "include_tasks", "import_role", "include_role"}   # short names: see action_name
+INCLUDE_KEYS = ("include_tasks", "include_role")   # dynamic: loaded per host when the task runs
+# the collections whose names resolve to gpufleet's modules and keywords (ansible.builtin.apt -> apt)
+FQCN_PREFIXES = ("ansible.builtin.", "ansible.legacy.", "community.general.", "ansible.posix.")
 ROLE_KEYS = ("role", "name", "vars", "tags", "when", "become", "become_user", "environment")
 LOOP_CONTROL_KEYS = ("loop_var", "index_var", "label", "pause", "extended")
 UNSUPPORTED = {
-    "delegate_to": "delegation is not supported",
     "local_action": "local_action is not supported; use a 'local' connection host",
     "action": "write the module name as the key (e.g. 'apt:') instead of 'action:'",
-    "run_once": "run_once is not supported",
     "async": "async tasks are not supported",
     "poll": "async tasks are not supported",
     "throttle": "throttle is not supported",
     "any_errors_fatal": "any_errors_fatal is a play key here",
-    "with_fileglob": "with_fileglob is not supported; use loop with a list",
     "with_together": "with_together is not supported; use loop with the zip filter",
     "with_nested": "with_nested is not supported",
     "with_subelements": "with_subelements is not supported",
@@ -49,6 +49,15 @@ UNSUPPORTED = {
 }
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def action_name(key: str) -> str:
+    """A task key as gpufleet names it: ``ansible.builtin.X``, ``ansible.legacy.X`` (and the collections in
+    FQCN_PREFIXES) -> ``X``; anything else unchanged."""
+    for p in FQCN_PREFIXES:
+        if isinstance(key, str) and key.startswith(p):
+            return key[len(p):]
+    return key
 
 
 def _err(msg: str, pos: SourcePos, key: str | None = None, **kw) -> InputError:

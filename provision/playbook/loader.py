@@ -3,26 +3,44 @@ serial and roles; roles (meta dependencies, defaults, vars, tasks, handlers); ta
 task is read by :mod:`provision.playbook.tasks`."""
 from __future__ import annotations
 
+import glob
+import itertools
 import os
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
 
 from provision import yamlsrc
 from provision.errors import closest
 from provision.ops.spec import VAR_NAME
-from provision.playbook.fields import (BLOCK_KEYS, IMPORT_KEYS, PLAY_KEYS, ROLE_KEYS, TASK_KEYS, UNSUPPORTED,
-                                       _PERCENT, _bool, _check_keys, _conditions, _err, _kpos, _mapping, _number,
-                                       _str, _str_list)
-from provision.playbook.models import Play, Playbook, Task, _freeze
-from provision.playbook.tasks import _check_notify, _Ctx, _environment, _inherit, _task
+from provision.playbook.fields import (BLOCK_KEYS, IMPORT_KEYS, INCLUDE_KEYS, PLAY_KEYS, ROLE_KEYS, TASK_KEYS,
+                                       UNSUPPORTED, _PERCENT, _bool, _check_keys, _conditions, _err, _kpos, _mapping,
+                                       _number, _str, _str_list, action_name)
+from provision.playbook.models import BlockFrame, Play, Playbook, Task, _freeze
+from provision.playbook.tasks import _check_notify, _Ctx, _environment, _inherit, _merge_env, _task
 from provision.yamlsrc import LineDict, LineList, SourcePos, describe
+
+_BLOCK_IDS = itertools.count(1)   # block ids unique in the process (included files are read while a run goes on)
+INCLUDE_ROLE_KEYS = ("name", "tasks_from", "vars_from", "defaults_from", "handlers_from", "apply", "public",
+                     "allow_duplicates", "rolespec_validate")
+APPLY_KEYS = ("when", "tags", "become", "become_user", "environment", "vars", "ignore_errors", "no_log",
+              "check_mode", "remote_user", "connection", "delegate_to", "run_once")
+
+
+@dataclass(frozen=True)
+class Included:
+    """What an ``include_tasks``/``include_role`` brings in for one host: its tasks, and an included role's
+    defaults and handlers."""
+    tasks: tuple[Task, ...]
+    role_defaults: Mapping
+    handlers: tuple[Task, ...]
 
 
 class _Loader:
-    def __init__(self, path: str):
+    def __init__(self, path: str, roles_path: tuple[str, ...] = ()):
         self.path = path
         self.playbook_dir = os.path.dirname(os.path.abspath(path))
         self.roles_dir = os.path.join(self.playbook_dir, "roles")
+        self.roles_path = tuple(roles_path)   # ansible.cfg roles_path / ANSIBLE_ROLES_PATH, after roles/
         self.role_defaults: dict = {}
         self.role_handlers: list[Task] = []
         self.roles_loaded: list[str] = []
@@ -123,9 +141,11 @@ class _Loader:
                            "max_fail_percentage")
         any_fatal = _bool(data.get("any_errors_fatal", False), kp("any_errors_fatal"), "any_errors_fatal")
 
-        ctx = _Ctx(file=path, playbook_dir=self.playbook_dir, base_dir=os.path.dirname(os.path.abspath(path)))
+        ctx = _Ctx(file=path, playbook_dir=self.playbook_dir, base_dir=os.path.dirname(os.path.abspath(path)),
+                   roles_path=self.roles_path)
         ctx.tags = _str_list(data.get("tags"), kp("tags"), "tags", split_commas=True)
         ctx.environment = _environment(data.get("environment"), kp("environment"))
+        ctx = _inherit({k: data[k] for k in ("remote_user", "connection") if k in data}, pos, ctx)
         if "ignore_errors" in data:
             ctx.ignore_errors = _bool(data["ignore_errors"], kp("ignore_errors"), "ignore_errors")
         if "no_log" in data:
@@ -149,7 +169,8 @@ class _Loader:
                     become=become, become_user=become_user, gather_facts=gather, serial=serial,
                     max_fail_percentage=mfp, any_errors_fatal=any_fatal, tasks=tuple(tasks),
                     handlers=tuple(handlers), source=pos, playbook_dir=self.playbook_dir,
-                    roles=tuple(self.roles_loaded), positions=_freeze(positions))
+                    roles=tuple(self.roles_loaded), positions=_freeze(positions), remote_user=ctx.remote_user,
+                    connection=ctx.connection)
 
     def _vars_files(self, v: Any, pos: SourcePos, path: str):
         if v is None:
@@ -206,18 +227,30 @@ class _Loader:
 
     # -------------------------------------------------------------- roles
     def _find_role(self, name: str, pos: SourcePos, key: str) -> str:
+        """A role by name (roles/ beside the playbook, then roles_path, then the playbook's own folder) or by
+        path (``../roles/x``, ``/abs/x``: relative to the playbook)."""
         if "{{" in name:
             raise _err("templated role names are not supported", pos, key)
-        d = os.path.join(self.roles_dir, name)
-        if not os.path.isdir(d):
-            existing = sorted(os.listdir(self.roles_dir)) if os.path.isdir(self.roles_dir) else []
-            raise _err(f"role '{name}' not found in {self.roles_dir}", pos, key, hint=closest(name, existing))
-        return d
+        name = os.path.expanduser(name)
+        if os.sep in name or name.startswith("."):
+            d = os.path.normpath(os.path.join(self.playbook_dir, name))
+            if os.path.isdir(d):
+                return d
+            raise _err(f"role '{name}' not found ({d} is not a folder)", pos, key)
+        dirs = [self.roles_dir, *self.roles_path, self.playbook_dir]
+        for base in dirs:
+            d = os.path.join(base, name)
+            if os.path.isdir(d) and (base != self.playbook_dir or os.path.isdir(os.path.join(d, "tasks"))):
+                return d
+        existing = sorted(os.listdir(self.roles_dir)) if os.path.isdir(self.roles_dir) else []
+        where = self.roles_dir + "".join(f", {p}" for p in self.roles_path)
+        raise _err(f"role '{name}' not found in {where}", pos, key, hint=closest(name, existing))
 
     @staticmethod
-    def _main(d: str, sub: str) -> str | None:
-        for ext in ("yaml", "yml", "json"):
-            p = os.path.join(d, sub, f"main.{ext}")
+    def _main(d: str, sub: str, name: str = "main") -> str | None:
+        """roles/X/SUB/NAME with .yaml, .yml or .json (or NAME as given, with its extension)."""
+        for cand in (name, *(f"{name}.{ext}" for ext in ("yaml", "yml", "json"))):
+            p = os.path.join(d, sub, cand)
             if os.path.isfile(p):
                 return p
         return None
@@ -247,7 +280,7 @@ class _Loader:
             elif k == "become_user":
                 sub.become_user = _str(v, kp(k), k)
             elif k == "environment":
-                sub.environment = {**ctx.environment, **_environment(v, kp(k))}
+                sub.environment = _merge_env(ctx.environment, _environment(v, kp(k)))
             elif k in UNSUPPORTED or k in TASK_KEYS:
                 raise _err(UNSUPPORTED.get(k, f"'{k}' is not supported on a role entry"), kp(k), str(k))
             else:  # Ansible's role parameters: any other key is a variable for the role
@@ -256,8 +289,16 @@ class _Loader:
                 params[k] = v
         return self._load_role(name, kp("role") if "role" in entry else kp("name"), sub, params, "role")
 
-    def _load_role(self, name: str, pos: SourcePos, ctx: _Ctx, params: dict, key: str) -> list[Task]:
+    def _load_role(self, name: str, pos: SourcePos, ctx: _Ctx, params: dict, key: str,
+                   files: Mapping[str, str] | None = None) -> list[Task]:
+        """The role's tasks (its meta dependencies' first); its defaults and handlers join the play's. ``files``:
+        include_role/import_role's tasks_from, vars_from, defaults_from, handlers_from (file names in the role)."""
+        files = files or {}
         d = self._find_role(name, pos, key)
+        name = os.path.basename(os.path.normpath(name)) if os.sep in name else name
+        for k, f in files.items():
+            if self._main(d, k[:-len("_from")], f) is None:
+                raise _err(f"role '{name}' has no {k[:-len('_from')]}/{f}", pos, k)
         if name in self.role_stack:
             raise _err(f"role dependency loop: {' -> '.join(self.role_stack + [name])}", pos, key)
         self.role_stack.append(name)
@@ -272,21 +313,21 @@ class _Loader:
                     if isinstance(dep, str) and dep in self.roles_loaded:
                         continue
                     tasks += self._role_entry(dep, dpos, replace(ctx, vars={}, role=None, role_path=None))
-            defaults = self._main(d, "defaults")
+            defaults = self._main(d, "defaults", files.get("defaults_from", "main"))
             if defaults:
                 ddata = yamlsrc.load(defaults, what="role defaults file")
                 self.role_defaults.update(_mapping(ddata, SourcePos(defaults, 1), "defaults"))
             role_vars: dict = {}
-            vfile = self._main(d, "vars")
+            vfile = self._main(d, "vars", files.get("vars_from", "main"))
             if vfile:
                 role_vars.update(_mapping(yamlsrc.load(vfile, what="role vars file"), SourcePos(vfile, 1), "vars"))
             role_vars.update(params)
             rctx = replace(ctx, role=name, role_path=d, base_dir=os.path.join(d, "tasks"),
                            vars={**ctx.vars, **role_vars})
-            tfile = self._main(d, "tasks")
+            tfile = self._main(d, "tasks", files.get("tasks_from", "main"))
             if tfile:
                 tasks += self._task_file(tfile, rctx)
-            hfile = self._main(d, "handlers")
+            hfile = self._main(d, "handlers", files.get("handlers_from", "main"))
             if hfile and name not in self.roles_loaded:
                 self.role_handlers += self._task_file(hfile, replace(rctx, handler=True,
                                                                      base_dir=os.path.join(d, "handlers")))
@@ -324,15 +365,60 @@ class _Loader:
         kp = lambda k: _kpos(data, k, pos)  # noqa: E731
         if "block" in data:
             _check_keys(data, BLOCK_KEYS, pos, "block")
-            for k in ("rescue", "always"):
-                if k in data:
-                    raise _err(f"'{k}' sections are not supported yet; use ignore_errors/failed_when", kp(k), k)
             sub = _inherit(data, pos, ctx)
-            return self._task_list(data["block"], kp("block"), sub, "block")
-        imp = next((k for k in data if k in IMPORT_KEYS), None)
+            bid = next(_BLOCK_IDS)
+            rescue, always = bool(data.get("rescue")), bool(data.get("always"))
+            out: list[Task] = []
+            for sec in ("block", "rescue", "always"):
+                frame = BlockFrame(bid, sec, rescue, always)
+                out += self._task_list(data.get(sec), kp(sec), replace(sub, frames=ctx.frames + (frame,)), sec)
+            return out
+        imp = next((k for k in data if action_name(k) in IMPORT_KEYS), None)
+        if imp and action_name(imp) in INCLUDE_KEYS:
+            return [self._include(data, pos, ctx, imp)]
         if imp:
             return self._import(data, pos, ctx, imp)
-        return [_task(data, pos, ctx, self.registry)]
+        return [self._scanned(_task(data, pos, ctx, self.registry))]
+
+    def _scanned(self, task: Task) -> Task:
+        """include_vars: the names its files may define, for the static check (the files are read per host)."""
+        if task.module != "include_vars":
+            return task
+        dirs = [os.path.join(task.role_path, "vars")] if task.role_path else []
+        dirs.append(os.path.join(task.playbook_dir, "vars"))
+        return replace(task, defines=_scan_defines([os.path.join(d, "*") for d in dirs], top_keys=True))
+
+    def _include(self, data: LineDict, pos: SourcePos, ctx: _Ctx, imp: str) -> Task:
+        """include_tasks / include_role: one task whose file is read per host when it runs (a file included only
+        for RedHat is never read for a Debian host); ``apply`` gives the included tasks keywords."""
+        t = _task(data, pos, ctx, self.registry)
+        mpos = t.positions.get("module", pos)
+        args = dict(t.args)
+        if "_raw_params" in args:
+            args["file" if t.module == "include_tasks" else "name"] = args.pop("_raw_params")
+        valid = ("file", "apply") if t.module == "include_tasks" else INCLUDE_ROLE_KEYS
+        _check_keys(args, valid, mpos, t.module)
+        target = args.get("file" if t.module == "include_tasks" else "name")
+        if not isinstance(target, str) or not target:
+            raise _err(f"{t.module} needs a {'file' if t.module == 'include_tasks' else 'role'} name", mpos, imp)
+        inc = replace(ctx, vars=dict(t.vars))
+        if args.get("apply") is not None:
+            apply = _mapping(args["apply"], mpos, "apply")
+            _check_keys(apply, APPLY_KEYS, mpos, "apply")
+            inc = _inherit(apply, mpos, inc)
+        if t.module == "include_tasks":
+            base = [ctx.base_dir] + ([os.path.join(ctx.role_path, "tasks")] if ctx.role_path else [])
+            pats = [os.path.join(b, _glob_of(target)) for b in base] if not os.path.isabs(target) \
+                else [_glob_of(target)]
+            if ctx.role_path:   # a role's task files may include one another
+                pats.append(os.path.join(ctx.role_path, "tasks", "*"))
+        else:
+            if "{{" not in target:
+                d = self._find_role(target, mpos, imp)   # a role that is nowhere: an error now, not per host
+            else:
+                d = os.path.join(self.roles_dir, "*")
+            pats = [os.path.join(d, sub, "*") for sub in ("tasks", "defaults", "vars")]
+        return replace(t, args=_freeze(args), include=inc, defines=_scan_defines(pats))
 
     def _import(self, data: LineDict, pos: SourcePos, ctx: _Ctx, imp: str) -> list[Task]:
         kp = lambda k: _kpos(data, k, pos)  # noqa: E731
@@ -340,18 +426,20 @@ class _Loader:
                            "ignore_errors", "no_log"), pos, imp)
         sub = _inherit(data, pos, ctx)
         target = data[imp]
-        short = imp.rsplit(".", 1)[-1]
+        short = action_name(imp)
         if short.endswith("_role"):
+            files: dict = {}
             if isinstance(target, dict):
-                _check_keys(target, ("name", "tasks_from"), kp(imp), short)
+                _check_keys(target, INCLUDE_ROLE_KEYS, kp(imp), short)
                 rname = target.get("name")
-                if target.get("tasks_from"):
-                    raise _err("tasks_from is not supported", _kpos(target, "tasks_from", kp(imp)), "tasks_from")
+                for k in ("tasks_from", "vars_from", "defaults_from", "handlers_from"):
+                    if target.get(k) is not None:
+                        files[k] = _str(target[k], _kpos(target, k, kp(imp)), k)
             else:
                 rname = target
             if not isinstance(rname, str):
                 raise _err(f"{short} needs a role name", kp(imp), imp)
-            return self._load_role(rname, kp(imp), sub, {}, imp)
+            return self._load_role(rname, kp(imp), sub, {}, imp, files)
         if isinstance(target, dict):
             _check_keys(target, ("file",), kp(imp), short)
             target = target.get("file")
@@ -365,7 +453,77 @@ class _Loader:
         return self._task_file(full, replace(sub, base_dir=os.path.dirname(full)))
 
 
-def load_playbook(path: str) -> Playbook:
+def load_playbook(path: str, roles_path: tuple[str, ...] = ()) -> Playbook:
     """Read a playbook (and its roles) into frozen models; every structural or module-argument error is an
-    InputError naming file, line and key."""
-    return _Loader(path).load()
+    InputError naming file, line and key. ``roles_path``: more folders roles are looked up in (after roles/)."""
+    return _Loader(path, roles_path).load()
+
+
+def load_included(task: Task, args: Mapping, handlers: tuple = ()) -> Included:
+    """What ``task`` (include_tasks/include_role, its arguments rendered for one host) brings in: read and checked
+    as the playbook was (InputError naming file:line); a ``notify`` must name a handler of the play (``handlers``)
+    or of the included role."""
+    ctx = task.include
+    loader = _Loader(os.path.join(ctx.playbook_dir, "playbook"), ctx.roles_path)
+    pos = task.positions.get("module", task.source)
+    if task.module == "include_tasks":
+        target = os.path.expanduser(str(args["file"]))
+        cands = [target] if os.path.isabs(target) else [os.path.join(ctx.base_dir, target)] + (
+            [os.path.join(ctx.role_path, "tasks", target)] if ctx.role_path else [])
+        full = next((c for c in cands if os.path.isfile(c)), None)
+        if full is None:
+            raise _err(f"task file not found: {cands[0]}", pos, "include_tasks")
+        tasks = loader._task_file(full, replace(ctx, base_dir=os.path.dirname(full)))
+    else:
+        files = {k: str(args[k]) for k in ("tasks_from", "vars_from", "defaults_from", "handlers_from")
+                 if args.get(k) is not None}
+        tasks = loader._load_role(str(args["name"]), pos, ctx, {}, "include_role", files)
+    _check_notify(tasks, list(handlers) + loader.role_handlers)
+    return Included(tuple(tasks), _freeze(loader.role_defaults), tuple(loader.role_handlers))
+
+
+def _glob_of(name: str) -> str:
+    """A templated file name as a glob (``setup-{{ ansible_os_family }}.yml`` -> ``setup-*.yml``)."""
+    out, rest = "", name
+    while "{{" in rest:
+        a = rest.index("{{")
+        b = rest.find("}}", a)
+        if b < 0:
+            break
+        out, rest = out + rest[:a] + "*", rest[b + 2:]
+    return out + rest
+
+
+def _scan_defines(patterns: list[str], top_keys: bool = False) -> tuple[str, ...]:
+    """Names that files matching ``patterns`` may define when they are read at run time: what their tasks
+    register or set_fact, and (vars/defaults files, or ``top_keys``) their top-level keys. Only for the static
+    check of undefined variables; unreadable files give nothing."""
+    import yaml
+    names: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, list):
+            for x in node:
+                walk(x)
+        elif isinstance(node, dict):
+            if isinstance(node.get("register"), str):
+                names.add(node["register"])
+            for k, v in node.items():
+                if action_name(str(k)) == "set_fact" and isinstance(v, dict):
+                    names.update(str(x) for x in v)
+                elif k in ("block", "rescue", "always"):
+                    walk(v)
+    for pat in patterns:
+        for f in sorted(glob.glob(pat)):
+            if not os.path.isfile(f) or not f.endswith((".yml", ".yaml", ".json")):
+                continue
+            try:
+                with open(f, encoding="utf-8") as fh:
+                    data = yaml.safe_load(fh)
+            except (OSError, yaml.YAMLError):
+                continue
+            folder = os.path.basename(os.path.dirname(f))
+            if isinstance(data, dict) and (top_keys or folder in ("vars", "defaults")):
+                names.update(str(k) for k in data)
+            walk(data)
+    return tuple(sorted(names))

@@ -20,6 +20,16 @@ def _freeze(d: Mapping | None) -> Mapping:
 # ------------------------------------------------------------------------------------------------ models
 
 @dataclass(frozen=True)
+class BlockFrame:
+    """Where a task sits in a ``block:``: the block (an id unique in the playbook), the section (block, rescue or
+    always) and whether the block has rescue / always tasks. A task holds its frames outermost first."""
+    id: int
+    section: str
+    rescue: bool
+    always: bool
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     module: str
@@ -40,7 +50,9 @@ class Task:
     retries: int = 3
     delay: float = 5.0
     no_log: bool = False
-    environment: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # a mapping; or, where a templated string is given (`environment: "{{ proxy_env }}"`), a tuple of layers (mappings
+    # and template strings, outermost first) rendered and merged when the task runs
+    environment: Mapping[str, str] | tuple = field(default_factory=lambda: _EMPTY)
     vars: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     role: str | None = None
     source: SourcePos = SourcePos("<unknown>", 0)
@@ -52,6 +64,17 @@ class Task:
     loop_label: str | None = None         # loop_control.label (template)
     loop_pause: float = 0.0               # loop_control.pause (seconds)
     handler_names: tuple[str, ...] = ()   # for handlers: every name `notify` may use (name, 'role : name')
+    run_once: bool = False
+    delegate_to: str | None = None        # an inventory host (or localhost) the task runs on, with this host's vars
+    delegate_facts: bool = False
+    remote_user: str | None = None        # play/block/task keywords; the inventory's ansible_user wins
+    connection: str | None = None
+    frames: tuple[BlockFrame, ...] = ()   # the blocks the task is in (rescue/always), outermost first
+    loop_lookup: str | None = None        # with_first_found / with_fileglob: the lookup the loop's terms go through
+    unsupported: str | None = None        # a module gpufleet lacks: why; the task fails only the hosts reaching it
+    include: Any = field(default=None, compare=False, repr=False)   # include_tasks/include_role: the loader
+    #                                       context its file is read with, per host, when the task runs
+    defines: tuple[str, ...] = ()         # include: names its files may register or set_fact (static check)
     positions: Mapping[str, SourcePos] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
 
     def __hash__(self) -> int:
@@ -76,6 +99,8 @@ class Play:
     # additions
     playbook_dir: str = ""
     roles: tuple[str, ...] = ()           # role names in load order
+    remote_user: str | None = None        # play keywords for Gathering Facts (tasks carry their own)
+    connection: str | None = None
     positions: Mapping[str, SourcePos] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
 
     def __hash__(self) -> int:
@@ -99,11 +124,17 @@ def role_path(task: Task) -> str | None:
 def search_paths(task: Task, kind: str) -> list[str]:
     """Where a relative ``src`` of a template (kind='templates') or copy (kind='files') is looked up, in order:
     the role's KIND dir, the role dir, the playbook's KIND dir, the playbook dir."""
+    return search_dirs(task.role_path, task.playbook_dir, kind)
+
+
+def search_dirs(role_dir: str | None, playbook_dir: str | None, kind: str) -> list[str]:
+    """Ansible's search path for a relative file name of kind ``files``, ``templates`` or ``vars`` (also what the
+    first_found and fileglob lookups search)."""
     dirs = []
-    if task.role_path:
-        dirs += [os.path.join(task.role_path, kind), task.role_path]
-    if task.playbook_dir:
-        dirs += [os.path.join(task.playbook_dir, kind), task.playbook_dir]
+    if role_dir:
+        dirs += [os.path.join(role_dir, kind), role_dir]
+    if playbook_dir:
+        dirs += [os.path.join(playbook_dir, kind), playbook_dir]
     return dirs
 
 

@@ -55,10 +55,27 @@ def _expression_args(module: str) -> frozenset:
     return frozenset(getattr(spec.impl, "raw_args", ()) or ()) if spec is not None else frozenset()
 
 
-def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -> None:
+def unsupported_tasks(playbook: Playbook) -> list[str]:
+    """One line per task whose module gpufleet lacks (``file:line: module: why; ...``): such a task fails only the
+    hosts that reach it. Files that include_tasks/include_role read at run time are listed when they are read."""
+    out = []
+    for play in playbook.plays:
+        out += [unsupported_line(t) for t in (*play.tasks, *play.handlers) if t.unsupported]
+    return out
+
+
+def unsupported_line(task) -> str:
+    """The warning (or, with --strict, the error) for a task whose module gpufleet lacks."""
+    pos = task.positions.get("module", task.source)
+    when = f"its when: {' and '.join(task.when)}" if task.when else "no when: every host"
+    return f"{pos.file}:{pos.line}: {task.module}: {task.unsupported}; it fails only the hosts that reach it ({when})"
+
+
+def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None, *, strict: bool = False) -> list[str]:
     """Static checks before any connection: host patterns resolve in the inventory, every template variable is
     defined somewhere (inventory vars of the targeted hosts, play vars, role defaults, extra vars, registered
-    names, set_fact keys, loop vars, facts, magic vars), template syntax and filter/test names."""
+    names, set_fact keys, loop vars, facts, magic vars), template syntax and filter/test names. Returns the
+    warnings (tasks whose module gpufleet lacks); ``strict`` makes the first of them an error."""
     from provision.ops.spec import registry
     from provision.templating import TemplateError, analyse, render
     extra_vars = dict(extra_vars or {})
@@ -80,6 +97,7 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -
         for h in hosts:
             defined.update(h.vars)
         for t in (*play.tasks, *play.handlers):
+            defined.update(t.defines)   # what include_tasks/include_role/include_vars files may define
             if t.register:
                 defined.add(t.register)
             if t.module == "set_fact":
@@ -94,6 +112,10 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -
         reg = registry()
         for t in (*play.tasks, *play.handlers):
             mpos = t.positions.get("module", t.source)
+            if t.unsupported or t.include is not None:
+                if t.unsupported and strict:
+                    raise _err(f"{t.unsupported} (--strict)", mpos, t.module)
+                continue
             if t.module not in reg:   # the registry may have changed since load_playbook
                 raise _err("unknown module", mpos, t.module, hint=closest(t.module, reg))
             check_module_args(t.module, t.args, t.positions, mpos)
@@ -109,7 +131,7 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -
                         pass
             checks: list[tuple[str, Any, bool, SourcePos]] = []
             expr_args = _expression_args(t.module)
-            for k, v in t.args.items():
+            for k, v in (t.args.items() if not t.unsupported else ()):   # never run here: only when is checked
                 apos = t.positions.get(f"args.{k}", t.source)
                 if t.module == "debug" and k == "var":
                     continue     # debug prints "VARIABLE IS NOT DEFINED!" itself, as Ansible does
@@ -125,9 +147,12 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -
                     checks.append((key, c, "{{" not in c, t.positions.get(key, t.source)))
             if t.loop is not None:
                 checks.append(("loop", t.loop, False, t.positions.get("loop", t.source)))
+            if t.delegate_to:
+                checks.append(("delegate_to", t.delegate_to, False, t.positions.get("delegate_to", t.source)))
             for k, v in t.vars.items():
                 checks.append((f"vars.{k}", v, False, t.positions.get("vars", t.source)))
-            for k, v in t.environment.items():
+            env = t.environment.items() if isinstance(t.environment, Mapping) else enumerate(t.environment)
+            for k, v in env:
                 checks.append((f"environment.{k}", v, False, t.positions.get("environment", t.source)))
             if t.loop_label:
                 checks.append(("loop_control.label", t.loop_label, False, t.positions.get("loop_control", t.source)))
@@ -137,3 +162,4 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None) -
                     continue
                 for path, s in _template_strings(value, key):
                     _undefined_check(s, expression=False, defined=tdefined, guarded=guarded, pos=pos, key=path)
+    return unsupported_tasks(playbook)

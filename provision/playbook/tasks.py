@@ -9,7 +9,9 @@ from typing import Any, Mapping
 from provision import yamlsrc
 from provision.errors import closest
 from provision.playbook.fields import (HANDLER_KEYS, LOOP_CONTROL_KEYS, TASK_KEYS, UNSUPPORTED, _bool, _check_keys,
-                                       _conditions, _err, _ident, _kpos, _mapping, _number, _str, _str_list)
+                                       _conditions, _err, _ident, _kpos, _mapping, _number, _str, _str_list,
+                                       INCLUDE_KEYS, action_name)
+from provision.playbook.compat import is_ansible_module, unsupported_reason
 from provision.playbook.models import Task, _freeze
 from provision.playbook.module_args import _parse_kv, _split_free_form, check_module_args
 from provision.yamlsrc import LineDict, SourcePos, describe
@@ -27,16 +29,26 @@ class _Ctx:
     when: tuple = ()
     become: bool | None = None
     become_user: str | None = None
-    environment: dict = field(default_factory=dict)
+    environment: dict | str | tuple = field(default_factory=dict)
     vars: dict = field(default_factory=dict)
     ignore_errors: bool | None = None
     no_log: bool | None = None
     check_mode: bool | None = None
     handler: bool = False
+    roles_path: tuple = ()                # where include_role looks for roles at run time
+    frames: tuple = ()                    # BlockFrame of each enclosing block, outermost first
+    run_once: bool | None = None
+    delegate_to: str | None = None
+    remote_user: str | None = None
+    connection: str | None = None
 
 
-def _environment(v: Any, pos: SourcePos) -> dict:
-    """An ``environment:`` mapping -> {name: string}."""
+def _environment(v: Any, pos: SourcePos) -> dict | str:
+    """An ``environment:`` mapping -> {name: string}; a template string (``"{{ proxy_env | default({}) }}"``) stays
+    as written, rendered to a mapping when the task runs."""
+    from provision.templating import is_template
+    if is_template(v):
+        return v
     env = _mapping(v, pos, "environment")
     out = {}
     for k, val in env.items():
@@ -44,6 +56,15 @@ def _environment(v: Any, pos: SourcePos) -> dict:
             raise _err(f"environment values must be strings, got {describe(val)}", _kpos(env, k, pos), k)
         out[k] = "" if val is None else (str(val).lower() if isinstance(val, bool) else str(val))
     return out
+
+
+def _merge_env(outer: Mapping | tuple, inner: Mapping | str | tuple) -> Mapping | tuple:
+    """An inner ``environment:`` over an outer one: a merged mapping, or (where a layer is a template string) the
+    tuple of layers, outermost first, that the task renders and merges when it runs."""
+    if isinstance(outer, Mapping) and isinstance(inner, Mapping):
+        return {**outer, **inner}
+    layers = lambda e: e if isinstance(e, tuple) else ((e,) if e else ())  # noqa: E731
+    return layers(outer) + layers(inner)
 
 
 def _inherit(data: LineDict, pos: SourcePos, ctx: _Ctx) -> _Ctx:
@@ -62,22 +83,34 @@ def _inherit(data: LineDict, pos: SourcePos, ctx: _Ctx) -> _Ctx:
         raise _err(f"only sudo is supported, got {data['become_method']!r}", kp("become_method"),
                    "become_method")
     if "environment" in data:
-        sub.environment = {**ctx.environment, **_environment(data["environment"], kp("environment"))}
+        sub.environment = _merge_env(ctx.environment, _environment(data["environment"], kp("environment")))
     if "vars" in data:
         sub.vars = {**ctx.vars, **_mapping(data["vars"], kp("vars"), "vars")}
-    for k in ("ignore_errors", "no_log", "check_mode"):
+    for k in ("ignore_errors", "no_log", "check_mode", "run_once"):
         if k in data:
             setattr(sub, k, _bool(data[k], kp(k), k))
+    for k in ("delegate_to", "remote_user", "connection"):
+        if data.get(k) not in (None, ""):
+            setattr(sub, k, _str(data[k], kp(k), k))
+    if sub.connection is not None and "{{" not in sub.connection and sub.connection not in CONNECTIONS:
+        raise _err(f"unknown connection {sub.connection!r} ({', '.join(CONNECTIONS)})", kp("connection"),
+                   "connection", hint=closest(sub.connection, CONNECTIONS))
     return sub
 
 
+CONNECTIONS = ("ssh", "paramiko", "smart", "local", "docker")
+
+
 def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
-    """One task (not a block or an import) -> Task, its module and arguments checked against ``reg``."""
+    """One task (not a block or an import) -> Task, its module and arguments checked against ``reg``. A module
+    gpufleet lacks (yum on a RedHat branch, say) gives a Task marked ``unsupported``: it fails only the hosts that
+    reach it, and the static check lists it as a warning."""
     kp = lambda k: _kpos(data, k, pos)  # noqa: E731
     valid = HANDLER_KEYS if ctx.handler else TASK_KEYS
     rest = [k for k in data if k not in valid]
-    mods = [k for k in rest if k in reg]
-    others = [k for k in rest if k not in reg]
+    known = lambda k: action_name(k) in reg or action_name(k) in INCLUDE_KEYS  # noqa: E731
+    mods = [k for k in rest if known(k)]
+    others = [k for k in rest if not known(k)]
     for k in others:
         if k in UNSUPPORTED:
             raise _err(UNSUPPORTED[k], kp(k), str(k))
@@ -85,19 +118,24 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
             raise _err("'listen' is only valid on handlers", kp(k), k)
     if len(mods) > 1:
         raise _err(f"a task runs one module, found {len(mods)}: {', '.join(mods)}", kp(mods[1]), mods[1])
+    unsupported = None
     if others:
         k = others[0]
         if mods or len(others) > 1:
             key_hint = closest(str(k), valid)
             if key_hint or mods:
                 raise _err("unknown task key", kp(k), str(k), hint=key_hint or closest(str(k), reg))
-        raise _err("unknown module", kp(k), str(k), hint=closest(str(k), reg) or closest(str(k), valid))
+        hint = closest(str(k), reg) or closest(str(k), valid)
+        if not isinstance(k, str) or (hint and not is_ansible_module(k)):
+            raise _err("unknown module", kp(k), str(k), hint=hint)
+        unsupported = unsupported_reason(k)
+        mods = [k]
     if not mods:
         raise _err("task has no module (expected one key naming a module, e.g. 'command:')", pos,
                    str(data.get("name", "")) or None)
     mkey = mods[0]
-    spec = reg[mkey]
-    module = spec.name
+    spec = reg.get(action_name(mkey))
+    module = spec.name if spec is not None else action_name(mkey)
     mpos = kp(mkey)
     positions: dict[str, SourcePos] = {k: kp(k) for k in data}
     positions["module"] = mpos
@@ -119,7 +157,9 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
         args.update(yamlsrc.plain(raw))
     elif isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
         text = str(raw)
-        if spec.free_form and module != "set_fact":
+        if spec is None:
+            parsed = {"_raw_params": text}
+        elif spec.free_form and module != "set_fact":
             parsed = _split_free_form(text, spec)
         else:
             parsed = _parse_kv(text, mpos, mkey)
@@ -128,14 +168,16 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
         args.update(parsed)
     else:
         raise _err(f"module arguments must be a mapping or a string, got {describe(raw)}", mpos, mkey)
-    check_module_args(module, args, positions, mpos)
+    if spec is not None and not unsupported:
+        check_module_args(module, args, positions, mpos)
 
     sub = _inherit(data, pos, ctx)
     name = data.get("name")
     name = _str(name, kp("name"), "name") if name not in (None, "") else module
 
-    loop = None
-    loop_keys = [k for k in ("loop", "with_items", "with_list", "with_dict") if k in data]
+    loop, loop_lookup = None, None
+    loop_keys = [k for k in ("loop", "with_items", "with_list", "with_dict", "with_first_found", "with_fileglob")
+                 if k in data]
     if len(loop_keys) > 1:
         raise _err(f"use one of loop/with_*, found {', '.join(loop_keys)}", kp(loop_keys[1]), loop_keys[1])
     if loop_keys:
@@ -143,7 +185,10 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
         loop = yamlsrc.plain(data[lk])
         lpos = kp(lk)
         positions["loop"] = lpos
-        if isinstance(loop, dict) and lk != "with_dict":
+        if lk in ("with_first_found", "with_fileglob"):   # the terms go through the lookup when the task runs
+            loop_lookup = lk[len("with_"):]
+            loop = loop if isinstance(loop, list) else [loop]
+        elif isinstance(loop, dict) and lk != "with_dict":
             raise _err("loop expects a list, got a mapping (use '| dict2items')", lpos, lk)
         if lk == "with_items":
             loop = _flatten_items(loop)
@@ -186,10 +231,16 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
         register=register, notify=notify, listen=listen, tags=tuple(dict.fromkeys(sub.tags)),
         become=sub.become, become_user=sub.become_user, ignore_errors=bool(sub.ignore_errors),
         changed_when=changed_when, failed_when=failed_when, until=until, retries=int(retries),
-        delay=float(delay), no_log=bool(sub.no_log), environment=_freeze(sub.environment),
+        delay=float(delay), no_log=bool(sub.no_log),
+        environment=_freeze(sub.environment) if isinstance(sub.environment, Mapping) else
+        tuple(sub.environment) if isinstance(sub.environment, tuple) else (sub.environment,),
         vars=_freeze(yamlsrc.plain(sub.vars)), role=ctx.role, source=pos, role_path=ctx.role_path,
         playbook_dir=ctx.playbook_dir, check_mode=sub.check_mode, index_var=index_var, loop_label=label,
-        loop_pause=float(pause), handler_names=handler_names, positions=_freeze(positions))
+        loop_pause=float(pause), handler_names=handler_names, positions=_freeze(positions),
+        run_once=bool(sub.run_once), delegate_to=sub.delegate_to,
+        delegate_facts=_bool(data["delegate_facts"], kp("delegate_facts"), "delegate_facts")
+        if "delegate_facts" in data else False, remote_user=sub.remote_user, connection=sub.connection,
+        frames=tuple(ctx.frames), loop_lookup=loop_lookup, unsupported=unsupported)
 
 
 def _flatten_items(v: Any) -> Any:
