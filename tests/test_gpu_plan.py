@@ -385,14 +385,16 @@ def test_gpu_image_refuses_before_fetching_and_streams_after_a_failed_mirror(tmp
     assert not plan.commands      # refused before even looking at the image
     tag = "pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime"
     look = op.plan({"image": tag, "check_gpus": True}, {}, smi, _ctx())
-    assert [(c.cmd, c.readonly) for c in look.commands] == [(f"docker image inspect --format '{{{{.Id}}}}' {tag}", True)]
+    assert [(c.cmd, c.readonly) for c in look.commands] == [
+        (f"docker image inspect --format '{{{{.Id}}}}' -- {tag}", True)]
     assert look.then({}, [_result("sha256:0123456789abcdef0123\n")]).noop == f"{tag} present (sha256:0123456789ab)"
     tarball = tmp_path / "img.tar"
     tarball.write_bytes(b"not really an image")
     args = {"image": tag, "source": "auto", "mirror": "127.0.0.1:1", "tarball": str(tarball), "check_gpus": True}
     absent = [_result("", rc=1)]
     first = op.plan(args, {}, smi, _ctx()).then({}, absent)
-    assert [c.cmd for c in first.commands] == [f"docker pull 127.0.0.1:1/{tag} && docker tag 127.0.0.1:1/{tag} {tag}"]
+    assert [c.cmd for c in first.commands] == [
+        f"docker pull -- 127.0.0.1:1/{tag} && docker tag -- 127.0.0.1:1/{tag} {tag}"]
     stream = first.then({}, [_result("", rc=1)])
     assert [type(c) for c in stream.commands] == [FilePut, Cmd, Cmd] and stream.commands[0].mode == 0o600
     assert stream.commands[0].content == b"not really an image" and stream.commands[2].readonly

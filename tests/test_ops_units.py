@@ -45,7 +45,7 @@ def test_stat_probe_parsing_and_write_plan():
     assert (st.kind, st.mode, st.owner, st.content) == ("file", 0o644, "root", data)
     assert write_file_plan("/x", data, st, mode=0o644).noop           # same content and mode: nothing to do
     p = write_file_plan("/x", data, st, mode=0o600)                   # mode only
-    assert [c.cmd for c in p.commands] == ["chmod 600 /x"]
+    assert [c.cmd for c in p.commands] == ["chmod 600 -- /x"]
     p = write_file_plan("/x", b"other\n", st, mode=None)
     assert p.commands[0].content == b"other\n" and p.diff[0]["before"] == "hello\n"
     assert parse_stat("absent\n").kind == "absent"
@@ -245,7 +245,7 @@ def test_apt_updates_a_stale_cache_then_decides_from_the_fresh_facts():
     r, ran = drive("apt", {"name": "curl", "update_cache": True}, facts, answer, refreshed=refreshed)
     assert not r.failed and r.changed, r
     assert r.msg == "cache updated" and r.extra["cache_updated"] is True
-    assert "-o DPkg::Lock::Timeout=600 update" in ran[0] and ran[1].endswith(" install curl") and len(ran) == 2
+    assert "-o DPkg::Lock::Timeout=600 update" in ran[0] and ran[1].endswith(" install -- curl") and len(ran) == 2
     assert r.commands == ["apt-get update", "apt-get install curl"]
     assert r.diff == [{"before_header": "packages", "after_header": "packages", "before": "curl (absent)\n",
                        "after": "curl 8.0\n"}]
@@ -257,7 +257,7 @@ def test_apt_updates_a_stale_cache_then_decides_from_the_fresh_facts():
 
 
 def test_apt_check_mode_runs_only_simulations_and_shows_them():
-    sims = {"-s install curl": "Inst libcurl4 (8.0 Debian)\nInst curl (8.0 Debian)\n",
+    sims = {"-s install -- curl": "Inst libcurl4 (8.0 Debian)\nInst curl (8.0 Debian)\n",
             "-s autoremove": "Remv oldlib [1.0]\n"}
 
     def answer(cmd):
@@ -274,14 +274,14 @@ def test_apt_mark_is_retried_by_the_runner_while_dpkg_is_locked():
     answers = iter([(100, "", "E: Could not get lock /var/lib/dpkg/lock-frontend\n"), (0, "curl set on hold.\n", "")])
     r, ran = drive("apt", {"name": "curl", "hold": True}, no_apt({"packages": {"curl": "8.0"}}),
                    lambda cmd: next(answers))
-    assert ran == ["apt-mark hold curl", "apt-mark hold curl"] and r.changed and not r.failed
+    assert ran == ["apt-mark hold -- curl", "apt-mark hold -- curl"] and r.changed and not r.failed
     assert r.diff == [{"before_header": "package holds", "after_header": "package holds",
                        "before": "curl not held\n", "after": "curl held\n"}]
 
 
 def test_apt_latest_reads_candidates_from_the_prefetchable_probe_or_after_the_update():
     from provision.ops.apt import Apt
-    assert Apt().probe({"name": ["curl"], "state": "latest"}, None) == "LANG=C apt-cache policy curl"
+    assert Apt().probe({"name": ["curl"], "state": "latest"}, None) == "LANG=C apt-cache policy -- curl"
     assert Apt().probe({"name": ["curl"], "state": "latest", "update_cache": True}, None) is None
     assert Apt().probe({"name": ["curl"]}, None) is None
     policy = "curl:\n  Installed: 7.0\n  Candidate: 8.0\n"
@@ -291,7 +291,8 @@ def test_apt_latest_reads_candidates_from_the_prefetchable_probe_or_after_the_up
     r, ran = drive("apt", {"name": "curl", "state": "latest", "update_cache": True},
                    no_apt({"packages": {"curl": "7.0"}}), answer)
     assert [c.split()[-2:] for c in ran] == [["/var/lib/apt/periodic/provision-update-stamp;", "}"],
-                                             ["policy", "curl"], ["install", "curl"]], ran
+                                             ["--", "curl"], ["--", "curl"]], ran
+    assert ran[1].endswith(" policy -- curl") and ran[2].endswith(" install -- curl"), ran
     r, ran = drive("apt", {"name": "nope", "state": "latest"}, no_apt(),
                    lambda c: (0, "nope:\n  Candidate: (none)\n", ""))
     assert r.failed and r.msg == "No package matching 'nope' is available"
@@ -323,7 +324,8 @@ def test_systemd_looks_at_the_unit_after_the_daemon_reload():
     assert [c.split()[:2] for c in ran] == [["systemctl", "daemon-reload"], ["systemctl", "show"],
                                             ["systemctl", "start"]] and r.changed
     r, ran = drive("systemd", args, {}, answer, check=True)
-    assert len(ran) == 1 and ran[0].startswith("systemctl show docker") and r.changed
+    assert len(ran) == 1 and ran[0].startswith("systemctl show --property=") and ran[0].endswith(" -- docker")
+    assert r.changed
     r, ran = drive("systemd", {"name": "docker", "state": "started"}, {}, lambda c: (1, "", "Failed to connect\n"))
     assert r.failed and r.rc == 1 and r.msg == "systemctl show failed: Failed to connect" and len(ran) == 1
 

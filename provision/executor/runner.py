@@ -38,7 +38,7 @@ def put_command(path: str, mode: int | None, owner: Any = None, group: Any = Non
     chown = ""
     if owner is not None or group is not None:
         spec = (str(owner) if owner is not None else "") + (f":{group}" if group is not None else "")
-        chown = f' && chown {q(spec)} "$t"'
+        chown = f' && chown -- {q(spec)} "$t"'
     mkdir = f"mkdir -p {d} && " if make_parent else ""
     sync = ' && { sync "$t" 2>/dev/null || true; }' if fsync else ""
     return (f'{mkdir}t=$(mktemp {d}/.provision.XXXXXX) && cat > "$t"{chmod}{chown}{sync} && mv -f "$t" {qp} '

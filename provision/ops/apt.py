@@ -166,8 +166,8 @@ class Apt(Op):
 
         def apt_get(opts: str, verb: str, todo: list[str]) -> None:
             line = " ".join(q(t) for t in todo)
-            cmds.append(Cmd(f"{APT_GET}{opts} {verb} {line}", timeout=3600, desc=f"apt-get {verb} {' '.join(todo)}"))
-            sims.append(Cmd(f"{APT_GET}{opts} -s {verb} {line}", become=False, readonly=True, counts=False,
+            cmds.append(Cmd(f"{APT_GET}{opts} {verb} -- {line}", timeout=3600, desc=f"apt-get {verb} {' '.join(todo)}"))
+            sims.append(Cmd(f"{APT_GET}{opts} -s {verb} -- {line}", become=False, readonly=True, counts=False,
                             ok_rc=None))
         extra_opts = ""
         if args.get("install_recommends") is not None:
@@ -208,7 +208,7 @@ class Apt(Op):
             change = [n for n in names if (n in held) != bool(hold)]
             if change:
                 verb = "hold" if hold else "unhold"
-                cmds.append(Cmd(f"apt-mark {verb} {' '.join(q(n) for n in change)}", dpkg_lock=True,
+                cmds.append(Cmd(f"apt-mark {verb} -- {' '.join(q(n) for n in change)}", dpkg_lock=True,
                                 desc=f"apt-mark {verb} {' '.join(change)}"))
                 hb = [f"{n} {'held' if n in held else 'not held'}" for n in change]
                 ha = [f"{n} {'held' if hold else 'not held'}" for n in change]
@@ -239,4 +239,4 @@ def _policy(args) -> str | None:
     names = [parse_name(n)[0] for n in args.get("name") or []]
     if args.get("state") != "latest" or not names:
         return None
-    return "LANG=C apt-cache policy " + " ".join(q(n) for n in names)
+    return "LANG=C apt-cache policy -- " + " ".join(q(n) for n in names)

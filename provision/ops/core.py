@@ -138,9 +138,9 @@ def stat_probe(path: str, content: bool = True) -> StatProbe:
     body = f"sha256sum < {p}"  # "HASH  -": parse_stat takes the first word
     if content:
         body += f'; [ "${{_st##* }}" -le {MAX_DIFF_BYTES} ] && base64 -w0 < {p}; echo'
-    cmd = StatProbe(f'if [ -L {p} ]; then echo "link $(stat -c "%a %U %G %u %g" {p}) $(readlink {p})"; '
-                    f'elif [ -d {p} ]; then echo "directory $(stat -c "%a %U %G %u %g" {p})"; '
-                    f'elif [ -e {p} ]; then _st=$(stat -c "%a %U %G %u %g %s" {p}); echo "file $_st"; {body}; '
+    cmd = StatProbe(f'if [ -L {p} ]; then echo "link $(stat -c "%a %U %G %u %g" -- {p}) $(readlink -- {p})"; '
+                    f'elif [ -d {p} ]; then echo "directory $(stat -c "%a %U %G %u %g" -- {p})"; '
+                    f'elif [ -e {p} ]; then _st=$(stat -c "%a %U %G %u %g %s" -- {p}); echo "file $_st"; {body}; '
                     f'else echo absent; fi')
     cmd.path, cmd.content = path, content
     return cmd
@@ -288,7 +288,7 @@ def owner_cmds(path: str, owner: Any, group: Any, st: FileState | None, *, link:
     need_g = group is not None and not (st and st.group_is(group))
     if need_o or need_g:
         spec = (str(owner) if need_o else "") + (f":{group}" if need_g else "")
-        cmds.append(Cmd(f"chown {h}{q(spec)} {q(path)}"))
+        cmds.append(Cmd(f"chown {h}-- {q(spec)} {q(path)}"))
     return cmds
 
 
@@ -302,14 +302,14 @@ def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, 
     same = st.kind == "file" and st.sha256 == sha256(data)
     if not same:
         if backup and st.kind == "file":
-            cmds.append(Cmd(f"cp -p {q(path)} {q(path)}.$(date +%Y%m%d-%H%M%S)~", desc=f"backup {path}"))
+            cmds.append(Cmd(f"cp -p -- {q(path)} {q(path)}.$(date +%Y%m%d-%H%M%S)~", desc=f"backup {path}"))
         new_mode = mode if mode is not None else (st.mode if st.kind == "file" else None)
         cmds.append(FilePut(path, data, mode=new_mode, make_parent=make_parent))
         diffs.append(file_diff(path, st.content, data, before_absent=st.kind == "absent"))
         after_state = None
     else:
         if mode is not None and st.mode != mode:
-            cmds.append(Cmd(f"chmod {mode:o} {q(path)}"))
+            cmds.append(Cmd(f"chmod {mode:o} -- {q(path)}"))
             diffs.append({"before_header": f"{path} mode", "after_header": f"{path} mode",
                           "before": f"{st.mode:04o}\n", "after": f"{mode:04o}\n"})
         after_state = st

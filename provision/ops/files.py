@@ -108,7 +108,7 @@ class File(Op):
         def attrs(current: FileState | None, link=False) -> list[Cmd]:
             cmds = []
             if mode is not None and not link and (current is None or current.mode != mode):
-                cmds.append(Cmd(f"chmod {mode:o} {q(path)}"))
+                cmds.append(Cmd(f"chmod {mode:o} -- {q(path)}"))
             cmds += owner_cmds(path, owner, group, current, link=link)
             return cmds
 
@@ -131,7 +131,7 @@ class File(Op):
                     Plan(noop=f"{path} is a directory as wanted")
             if st.kind != "absent":
                 return Plan(failed=True, msg=f"{path} exists and is a {st.kind}, not a directory")
-            return Plan([Cmd(f"mkdir -p {q(path)}")] + attrs(None), diff=state_diff("absent", "directory"))
+            return Plan([Cmd(f"mkdir -p -- {q(path)}")] + attrs(None), diff=state_diff("absent", "directory"))
         if state == "file":
             if st.kind == "absent":
                 return Plan(failed=True, msg=f"file {path} is absent, cannot continue (use state: touch to "
@@ -143,7 +143,7 @@ class File(Op):
                 Plan(noop=f"{path} is as wanted")
         if state == "touch":
             if st.kind == "absent":
-                return Plan([Cmd(f"touch {q(path)}")] + attrs(None), diff=state_diff("absent", "file"))
+                return Plan([Cmd(f"touch -- {q(path)}")] + attrs(None), diff=state_diff("absent", "file"))
             cmds = attrs(st)
             return Plan(cmds, diff=state_diff(f"{st.kind} (attributes differ)", st.kind)) if cmds else \
                 Plan(noop=f"{path} exists (touch does not count a new timestamp as a change)")
@@ -156,7 +156,7 @@ class File(Op):
             return Plan(cmds) if cmds else Plan(noop=f"{path} already links to {src}")
         if st.kind not in ("absent", "link") and not args.get("force"):
             return Plan(failed=True, msg=f"{path} exists as a {st.kind}; set force: true to replace it by a link")
-        return Plan([Cmd(f"ln -sfn {q(str(src))} {q(path)}")] + owner_cmds(path, owner, group, None, link=True),
+        return Plan([Cmd(f"ln -sfn -- {q(str(src))} {q(path)}")] + owner_cmds(path, owner, group, None, link=True),
                     diff=state_diff(f"{st.kind}{' -> ' + st.link_target if st.link_target else ''}",
                                     f"link -> {src}"))
 

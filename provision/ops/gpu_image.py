@@ -66,7 +66,7 @@ class GpuImage(Op):
             if ctx.check:
                 return Plan(changed=True, msg=f"would fetch {tag} ({source})")
             return _fetch_image(tag, source, **fetch)
-        return Plan([Cmd(f"docker image inspect --format '{{{{.Id}}}}' {q(tag)}", readonly=True, ok_rc=None,
+        return Plan([Cmd(f"docker image inspect --format '{{{{.Id}}}}' -- {q(tag)}", readonly=True, ok_rc=None,
                          counts=False)], then=present_or_fetch)
 
 
@@ -78,7 +78,7 @@ def _fetch_image(tag: str, source: str, *, tarball, sha256, mirror) -> Plan:
     ref = f"{mirror.rstrip('/')}/{tag}" if mirror and source in ("mirror", "auto") else None
     if source == "mirror" and not ref:
         return Plan(failed=True, msg="source mirror needs a mirror")
-    pull = f"docker pull {q(ref)} && docker tag {q(ref)} {q(tag)}" if ref else f"docker pull {q(tag)}"
+    pull = f"docker pull -- {q(ref)} && docker tag -- {q(ref)} {q(tag)}" if ref else f"docker pull -- {q(tag)}"
 
     def pulled(facts, results) -> Plan:
         r = results[0]
@@ -102,7 +102,7 @@ def _stream_image(tag: str, tarball: str | None, sha256: str | None, notes: list
     cmds = [FilePut(remote, data, mode=0o600, desc=f"upload {remote} ({len(data) / 1e6:.1f} MB)"),
             Cmd(f"echo '{tb.sha256}  {remote}' | sha256sum -c --quiet - && docker load -i {remote}; rc=$?; "
                 f"rm -f {remote}; exit $rc", timeout=3600, ok_rc=None),
-            Cmd(f"docker image inspect --format '{{{{.Id}}}}' {q(tag)}", readonly=True, ok_rc=None)]
+            Cmd(f"docker image inspect --format '{{{{.Id}}}}' -- {q(tag)}", readonly=True, ok_rc=None)]
 
     def loaded(facts, results) -> Plan:
         load, inspect = results[1], results[2]

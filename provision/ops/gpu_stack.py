@@ -116,7 +116,7 @@ class GpuJsonMerge(Op):
             return Plan(noop=f"{path}: already holds every key")
         cmds: list = []
         if backup_needed := (args.get("backup") and text):
-            cmds.append(Cmd(f"cp -p {q(path)} {q(path + '.gpufleet-bak')}", counts=False))
+            cmds.append(Cmd(f"cp -p -- {q(path)} {q(path + '.gpufleet-bak')}", counts=False))
         cmds.append(FilePut(path, after.encode(), mode=mode, make_parent=True,
                             desc=f"merge into {path} ({len(after)} bytes)"))
         diff = [{"before": before, "after": after, "before_header": path, "after_header": path}]
@@ -159,7 +159,7 @@ class GpuValidate(Op):
             return _skip("skipped (single GPU: no all-reduce to test)")
         if step == "nccl" and sim:
             return _skip(f"{SIMULATED}: NCCL all-reduce over {n} GPUs not run")
-        img = q(args.get("image") or "")
+        img = "-- " + q(args.get("image") or "")    # a value starting with "-" stays the image
         rt = f"--runtime {q(args['runtime'])} -e NVIDIA_VISIBLE_DEVICES=all" if args.get("runtime") else "--gpus all"
         if step == "nvidia_smi":
             cmd, result = factmod.FACTS["nvidia_smi"].command, _validate_smi(n, sim)

@@ -44,7 +44,7 @@ class WaitFor(Op):
         elif args.get("path"):
             p = q(str(args["path"]))
             if args.get("search_regex") and state in ("started", "present"):
-                ok = f"grep -Eq {q(args['search_regex'])} {p} 2>/dev/null"
+                ok = f"grep -Eq -e {q(args['search_regex'])} -- {p} 2>/dev/null"
             else:
                 ok = f"[ -e {p} ]" if state in ("started", "present") else f"[ ! -e {p} ]"
             what = f"path {args['path']}"

@@ -27,8 +27,8 @@ def parse_show(text: str) -> dict:
 })
 class Systemd(Op):
     def show(self, name: str) -> str:
-        return (f"systemctl show {q(name)} --property=LoadState,ActiveState,SubState,UnitFileState,FragmentPath "
-                "--no-pager")
+        return (f"systemctl show --property=LoadState,ActiveState,SubState,UnitFileState,FragmentPath --no-pager "
+                f"-- {q(name)}")
 
     def reloads_first(self, args, ctx) -> bool:
         return bool(args.get("name") and args.get("daemon_reload") and not ctx.check)
@@ -63,7 +63,7 @@ class Systemd(Op):
         masked = args.get("masked")
         is_masked = load == "masked" or ufs in ("masked", "masked-runtime")
         if masked is not None and masked != is_masked:
-            cmds.append(Cmd(f"systemctl {'mask' if masked else 'unmask'} {q(name)}"))
+            cmds.append(Cmd(f"systemctl {'mask' if masked else 'unmask'} -- {q(name)}"))
             diff_b.append(f"masked: {is_masked}")
             diff_a.append(f"masked: {masked}")
             if not masked:
@@ -75,19 +75,19 @@ class Systemd(Op):
         if enabled is not None:
             is_enabled = ufs in _ENABLED
             if enabled != is_enabled and not (ufs == "static" and enabled):
-                cmds.append(Cmd(f"systemctl {'enable' if enabled else 'disable'} {q(name)}"))
+                cmds.append(Cmd(f"systemctl {'enable' if enabled else 'disable'} -- {q(name)}"))
                 diff_b.append(f"enabled: {ufs or 'unknown'}")
                 diff_a.append(f"enabled: {'enabled' if enabled else 'disabled'}")
         state = args.get("state")
         running = active in ("active", "activating", "reloading")
         if state == "started" and not running:
-            cmds.append(Cmd(f"systemctl start{nb} {q(name)}"))
+            cmds.append(Cmd(f"systemctl start{nb} -- {q(name)}"))
         elif state == "stopped" and running:
-            cmds.append(Cmd(f"systemctl stop{nb} {q(name)}"))
+            cmds.append(Cmd(f"systemctl stop{nb} -- {q(name)}"))
         elif state == "restarted":
-            cmds.append(Cmd(f"systemctl restart{nb} {q(name)}"))
+            cmds.append(Cmd(f"systemctl restart{nb} -- {q(name)}"))
         elif state == "reloaded":
-            cmds.append(Cmd(f"systemctl {'reload-or-restart' if running else 'start'}{nb} {q(name)}"))
+            cmds.append(Cmd(f"systemctl {'reload-or-restart' if running else 'start'}{nb} -- {q(name)}"))
         if state and cmds and cmds[-1].cmd.split()[1] in ("start", "stop", "restart", "reload-or-restart"):
             diff_b.append(f"state: {active or 'unknown'}")
             diff_a.append(f"state: {state}")

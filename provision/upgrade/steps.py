@@ -335,7 +335,7 @@ class HostUpgrade:
         self.rec.stopped_containers += [{"id": c["id"], "name": c["name"]} for c in containers if c["id"] not in known]
         self.commit()                           # remember BEFORE stopping: restore starts exactly these
         ids = " ".join(R.q(c["id"]) for c in containers)
-        self.sh(f"docker stop -t {int(self.o.stop_grace)} {ids}", timeout=self.o.stop_grace + 120, check=True,
+        self.sh(f"docker stop -t {int(self.o.stop_grace)} -- {ids}", timeout=self.o.stop_grace + 120, check=True,
                 what="docker stop")
         self.event("stop-containers", containers=[c["name"] or c["id"] for c in containers])
         end = time.monotonic() + 30
@@ -404,16 +404,16 @@ class HostUpgrade:
         if pending or remove:
             unhold = sorted(set(f.holds) & (set(want) | set(remove) | set(self.rec.from_packages)))
             if unhold:
-                self.sh(f"apt-mark unhold {' '.join(unhold)}", timeout=60, check=True, what="apt-mark unhold",
-                        dpkg_lock=True)
-            args = " ".join([f"{p}={v}" for p, v in sorted(want.items())] + [f"{p}-" for p in remove])
+                self.sh(f"apt-mark unhold -- {' '.join(R.q(p) for p in unhold)}", timeout=60, check=True,
+                        what="apt-mark unhold", dpkg_lock=True)
+            args = " ".join([R.q(f"{p}={v}") for p, v in sorted(want.items())] + [R.q(f"{p}-") for p in remove])
             self.event("install", packages=sorted(f"{p}={v}" for p, v in want.items()), remove=remove)
             self._emit(self.name, f"installing {args}")
             self.sh(f"{APT_ENV} apt-get {lockopt} -q -y --allow-downgrades --allow-change-held-packages "
-                    f"-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold install {args}",
+                    f"-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold install -- {args}",
                     timeout=self.o.apt_lock_timeout + 1800, check=True, what="apt-get install")
-        self.sh(f"apt-mark hold {' '.join(sorted(want))}", timeout=60, check=True, what="apt-mark hold",
-                dpkg_lock=True)
+        self.sh(f"apt-mark hold -- {' '.join(R.q(p) for p in sorted(want))}", timeout=60, check=True,
+                what="apt-mark hold", dpkg_lock=True)
         if any(p.startswith("nvidia-fabricmanager") for p in want):
             # NVSwitch boards need the fabric manager running after the reboot, at the driver's version
             self.sh("systemctl enable nvidia-fabricmanager >/dev/null 2>&1 || true", timeout=60)
@@ -494,7 +494,7 @@ class HostUpgrade:
         if not f.devnodes:
             return "skipped (simulated GPU): no /dev/nvidia* device nodes"
         img = R.q(self.o.container_test_image)
-        res = self.sh(f"docker run --rm --gpus all {img} nvidia-smi -L", timeout=600)
+        res = self.sh(f"docker run --rm --gpus all -- {img} nvidia-smi -L", timeout=600)
         if res.rc != 0:
             return f"failed: GPU container test ({self.o.container_test_image}) rc {res.rc}: " \
                    f"{(res.stderr.strip() or res.stdout.strip())[-200:]}"
@@ -563,8 +563,8 @@ class HostUpgrade:
         if self.rec.stopped_containers:
             ids = [c["id"] for c in self.rec.stopped_containers]
             res = self.sh("for c in " + " ".join(R.q(i) for i in ids) +
-                          "; do if docker inspect -f '{{.Id}}' \"$c\" >/dev/null 2>&1; then "
-                          "docker start \"$c\" >/dev/null && echo \"started $c\" || echo \"failed $c\"; "
+                          "; do if docker inspect -f '{{.Id}}' -- \"$c\" >/dev/null 2>&1; then "
+                          "docker start -- \"$c\" >/dev/null && echo \"started $c\" || echo \"failed $c\"; "
                           "else echo \"gone $c\"; fi; done", timeout=300)
             gone = [ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("gone ")]
             bad = [ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("failed ")]
