@@ -363,8 +363,9 @@ def test_apt_key_from_a_url_is_fetched_by_the_host_and_written_as_a_file():
     same = f"file 644 root root 0 0 {len(binary)}\n{hashlib.sha256(binary).hexdigest()}\n"
     r, ran = drive("apt_key", args, {}, host(same))
     assert not r.changed and r.msg == f"{dest} is up to date" and len(ran) == 2
-    r, ran = drive("apt_key", args, {}, host(same), check=True)      # check mode still fetches (read-only)
-    assert not r.changed and len(ran) == 2
+    r, ran = drive("apt_key", args, {}, host(same), check=True)      # check mode downloads nothing
+    assert not r.changed and len(ran) == 1 and not any("curl" in c for c in ran)
+    assert r.msg == f"would fetch http://repo/key.asc -> {dest} (check mode downloads nothing)"
     r, _ = drive("apt_key", args, {}, lambda c: (22, "", "curl: (22) 404\n") if "curl" in c else (0, "absent\n", ""))
     assert r.failed and r.rc == 22 and r.msg == "cannot fetch key http://repo/key.asc: curl: (22) 404"
 

@@ -1,8 +1,13 @@
 """apt_key (keyrings) and apt_repository: a key goes to its own keyring file referenced with signed-by, a
-repository to its own sources file; both written through write_file_plan like any other file."""
+repository to its own sources file; both written through write_file_plan like any other file.
+
+A key comes from ``data``, a ``file`` on the controller (air-gapped labs) or a ``url`` the host downloads; check
+mode downloads nothing (it says what it would fetch). With ``id`` the key's OpenPGP fingerprints (read from its
+packets on the controller, :func:`key_fingerprints`) must end with that id, or the task fails before writing."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from urllib.parse import urlparse
 
@@ -45,9 +50,77 @@ def dearmor(data: bytes) -> bytes:
         raise OpError(f"the key is not valid ASCII armor: {err}") from None
 
 
+def _packets(data: bytes):
+    """(tag, body) of each OpenPGP packet (RFC 4880 section 4.2: old and new formats, partial lengths)."""
+    i = 0
+    while i < len(data):
+        head = data[i]
+        if not head & 0x80:
+            raise OpError("the key is not OpenPGP data (bad packet header)")
+        if head & 0x40:                      # new format
+            tag, i, body = head & 0x3F, i + 1, b""
+            while True:
+                first = data[i]
+                if first < 192:
+                    n, i = first, i + 1
+                elif first < 224:
+                    n, i = ((first - 192) << 8) + data[i + 1] + 192, i + 2
+                elif first == 255:
+                    n, i = int.from_bytes(data[i + 1:i + 5], "big"), i + 5
+                else:                        # partial body length: a chunk, then more length octets
+                    n = 1 << (first & 0x1F)
+                    body, i = body + data[i + 1:i + 1 + n], i + 1 + n
+                    continue
+                body, i = body + data[i:i + n], i + n
+                break
+        else:                                # old format
+            tag, kind, i = (head >> 2) & 0x0F, head & 3, i + 1
+            if kind == 3:
+                n = len(data) - i
+            else:
+                size = (1, 2, 4)[kind]
+                n, i = int.from_bytes(data[i:i + size], "big"), i + size
+            body, i = data[i:i + n], i + n
+        if i > len(data):
+            raise OpError("the key is not OpenPGP data (a packet runs past its end)")
+        yield tag, body
+
+
+def key_fingerprints(data: bytes) -> list[str]:
+    """Upper-case hex fingerprints of the public keys and subkeys in binary OpenPGP ``data`` (v4: SHA-1 over
+    0x99, a 2-octet length and the packet; v5/v6: SHA-256 over 0x9A/0x9B and a 4-octet length)."""
+    out = []
+    for tag, body in _packets(data):
+        if tag not in (6, 14) or not body:
+            continue
+        version = body[0]
+        if version == 4:
+            out.append(hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body).hexdigest().upper())
+        elif version in (5, 6):
+            prefix = b"\x9a" if version == 5 else b"\x9b"
+            out.append(hashlib.sha256(prefix + len(body).to_bytes(4, "big") + body).hexdigest().upper())
+    return out
+
+
+def key_id_problem(data: bytes, key_id: str, source: str) -> str | None:
+    """None when a fingerprint of the key ends with ``key_id`` (8, 16 or 40+ hex digits, spaces and 0x
+    ignored); else why not, in one line."""
+    want = re.sub(r"\s+", "", str(key_id)).upper().removeprefix("0X")
+    if not re.fullmatch(r"[0-9A-F]{8,64}", want):
+        return f"id {key_id!r} is not a key id or fingerprint (hex digits)"
+    try:
+        prints = key_fingerprints(data)
+    except (OpError, IndexError) as err:
+        return f"cannot read the key from {source}: {err}"
+    if not any(fp.endswith(want) for fp in prints):
+        return (f"the key from {source} is not {want}: its fingerprints are {', '.join(prints) or 'none'}; "
+                "nothing written")
+    return None
+
+
 def fetch_key(url: str) -> str:
-    """Read-only shell that downloads ``url`` on the host and prints it as base64 (the key then travels to the
-    controller, which dearmors it and writes it as any other file)."""
+    """Shell that downloads ``url`` on the host and prints it as base64 (the key then travels to the controller,
+    which dearmors it and writes it as any other file). Not run in check mode: that downloads nothing."""
     return (f't=$(mktemp) && trap \'rm -f "$t"\' EXIT && curl -fsSL --retry 3 {q(url)} -o "$t" && '
             'base64 -w0 < "$t"')
 
@@ -74,6 +147,7 @@ class AptKey(Op):
     def plan(self, args, facts, probe, ctx) -> Plan:
         dest = self.dest(args)
         st = parse_stat(probe.stdout)
+        key_id = args.get("id")
         if args.get("state") == "absent":
             return Plan(noop=f"{dest} is absent") if st.kind == "absent" else \
                 Plan([Cmd(f"rm -f {q(dest)}")], diff=[{"before_header": dest, "after_header": dest,
@@ -83,23 +157,32 @@ class AptKey(Op):
 
             def fetched(results) -> dict:
                 res = results[0]
+                if res is None:      # check mode: nothing downloaded
+                    check = f" and check it is key {key_id}" if key_id else ""
+                    return {"changed": st.kind == "absent",
+                            "msg": f"would fetch {url}{check} -> {dest} (check mode downloads nothing)"}
                 if res.rc == 0 and res.stdout.strip():
                     return {}
                 return {"failed": True, "rc": res.rc, "stderr": res.stderr,
                         "msg": f"cannot fetch key {url}: {res.stderr.strip()[-500:]}"}
 
-            def then(_facts, results) -> Plan:
+            def then(_facts, results) -> Plan | None:
+                if results[0] is None:
+                    return None
                 try:
-                    data = base64.b64decode(results[0].stdout.strip(), validate=True)
+                    data = dearmor(base64.b64decode(results[0].stdout.strip(), validate=True))
                 except ValueError:
                     return Plan(failed=True, msg=f"cannot fetch key {url}: the download is not base64")
-                plan = self.put(args, dest, dearmor(data), st)
+                problem = key_id_problem(data, key_id, url) if key_id else None
+                if problem:
+                    return Plan(failed=True, msg=problem)
+                plan = self.put(args, dest, data, st)
                 for d in plan.diff:
                     if d["after_header"] == dest:
                         d.update(before="old or no keyring\n", after=f"keyring from {url}\n")
                 return plan
-            return Plan([Cmd(fetch_key(url), timeout=300, desc=f"fetch {url} -> {dest}", readonly=True,
-                             counts=False, ok_rc=None)], result=fetched, then=then)
+            return Plan([Cmd(fetch_key(url), timeout=300, desc=f"fetch {url} -> {dest}", counts=False, ok_rc=None)],
+                        result=fetched, then=then)
         if args.get("data") is not None:
             data = dearmor(str(args["data"]).encode())
         elif args.get("file"):
@@ -108,6 +191,9 @@ class AptKey(Op):
                 data = dearmor(fh.read())
         else:
             raise OpError("apt_key needs url, data or file")
+        problem = key_id_problem(data, key_id, args.get("file") or "data") if key_id else None
+        if problem:
+            return Plan(failed=True, msg=problem)
         return self.put(args, dest, data, st)
 
     def put(self, args, dest: str, data: bytes, st) -> Plan:
