@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.server import load_web_config
+from agent.webconfig import load_web_config
 from test_agent_support import ROOT, RunningAgent, free_port, replay
 
 NONE = {"maintenance_file": "/nonexistent/m", "upgrade_state_file": "/nonexistent/u", "docker": False}
@@ -201,7 +201,7 @@ def test_cli_serves_a_replay_with_the_example_config_and_stops_on_sigterm(tmp_pa
 
 
 def test_basic_auth_cache_never_holds_the_password():
-    from agent.server import BasicAuth
+    from agent.webconfig import BasicAuth
     import base64
     h = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))
     ba = BasicAuth({"u": h})
@@ -229,24 +229,24 @@ def test_tls_handshake_refused_for_old_versions(pki, tmp_path):
 
 @pytest.mark.parametrize("loader", ["load_config", "load_web_config"])
 def test_config_file_whose_top_level_is_not_a_mapping_is_one_line_error(tmp_path, loader):
-    from agent import server
+    from agent import server, webconfig
     from agent.errors import InputError
     path = tmp_path / "bad.yml"
     path.write_text("- listen_address: ':10240'\n")
     with pytest.raises(InputError) as err:
-        getattr(server, loader)(str(path))
+        getattr(server if loader == "load_config" else webconfig, loader)(str(path))
     assert str(err.value) == f"{path}:1: expected a mapping at the top"
     empty = tmp_path / "empty.yml"
     empty.write_text("")
-    assert getattr(server, loader)(str(empty)) is not None      # an empty file means the defaults
+    assert getattr(server if loader == "load_config" else webconfig, loader)(str(empty)) is not None      # an empty file means the defaults
 
 
 def test_first_scrape_releases_start_up_memory_once(monkeypatch):
     """glibc keeps start-up's freed memory in its heap (~10 MiB on the H200 in about half the starts); the agent
     trims once, after its first /metrics answer, and never again."""
-    import agent.server
+    import agent.pages
     calls = []
-    monkeypatch.setattr(agent.server, "release_free_heap", lambda: calls.append(time.monotonic()))
+    monkeypatch.setattr(agent.pages, "release_free_heap", lambda: calls.append(time.monotonic()))
     a = RunningAgent(replay(), **NONE)
     try:
         assert requests.get(a.url + "/healthz", timeout=5).status_code == 200
@@ -260,7 +260,7 @@ def test_first_scrape_releases_start_up_memory_once(monkeypatch):
 
 
 def test_release_free_heap_runs_on_this_c_library():
-    from agent.server import release_free_heap
+    from agent.pages import release_free_heap
     assert release_free_heap() is True  # CI runs Debian (glibc)
 
 
