@@ -289,3 +289,140 @@ def test_a_burst_of_connections_is_not_dropped():
             s.close()
         srv.server_close()
         agent.close()
+
+
+# ------------------------------------------------------------------------------------------------ issue 15: F2, F8, F9
+def _refused(tmp_path, web_text=None, config_text=None):
+    """Start the CLI with these files: it must exit 4 with one line and listen on nothing."""
+    port = free_port()
+    args = ["--web.listen-address", f"127.0.0.1:{port}"]
+    if web_text is not None:
+        p = tmp_path / "web.yml"
+        p.write_bytes(web_text if isinstance(web_text, bytes) else web_text.encode())
+        args += ["--web.config.file", str(p)]
+    if config_text is not None:
+        p = tmp_path / "config.yml"
+        p.write_bytes(config_text)
+        args += ["--config.file", str(p)]
+    out = subprocess.run([sys.executable, "-m", "agent.server", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=20, stdin=subprocess.DEVNULL)
+    assert out.returncode == 4, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    return lines[0]
+
+
+def test_client_ca_without_a_server_certificate_refuses_to_start(pki, tmp_path):
+    """F2: exporter-toolkit refuses this; gpu-agent served plain HTTP to anyone."""
+    line = _refused(tmp_path, f"tls_server_config:\n  client_ca_file: {pki['ca']}\n"
+                              f"  client_auth_type: RequireAndVerifyClientCert\n")
+    assert "tls_server_config.cert_file: cert_file is required" in line
+    line = _refused(tmp_path, "tls_server_config:\n  client_auth_type: RequireAndVerifyClientCert\n")
+    assert "cert_file is required" in line or "needs client_ca_file" in line
+
+
+def test_client_ca_without_a_client_auth_policy_refuses_to_start(pki, tmp_path):
+    line = _refused(tmp_path, f"tls_server_config:\n  cert_file: {pki['crt']}\n  key_file: {pki['key']}\n"
+                              f"  client_ca_file: {pki['ca']}\n")
+    assert "client_auth_type" in line and "NoClientCert" in line
+
+
+def test_min_version_above_max_version_refuses_to_start(pki, tmp_path):
+    line = _refused(tmp_path, f"tls_server_config:\n  cert_file: {pki['crt']}\n  key_file: {pki['key']}\n"
+                              f"  min_version: TLS13\n  max_version: TLS12\n")
+    assert "web.yml:1: tls_server_config.max_version: min_version TLS13 is above max_version TLS12" in line
+
+
+@pytest.mark.parametrize("hashed", ["$2y$10$REPLACE.WITH.A.REAL.BCRYPT.HASH.OF.THE.PASSWORD........",
+                                    "$2b$10$tooshort", "$2b$99$" + "a" * 53, "$1$abc$def"])
+def test_malformed_bcrypt_hash_refuses_to_start(tmp_path, hashed):
+    line = _refused(tmp_path, f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    assert "web.yml:2: basic_auth_users.prometheus: expected a bcrypt hash" in line
+
+
+def test_tls_problems_are_named_as_tls_problems(pki, tmp_path):
+    other = _cert(str(tmp_path), "other", ca=None)
+    line = _refused(tmp_path, f"tls_server_config:\n  cert_file: {pki['crt']}\n  key_file: {other[3]}\n")
+    assert "tls_server_config.key_file: TLS:" in line and "is not the key of" in line
+    junk = tmp_path / "junk.crt"
+    junk.write_text("not a certificate\n")
+    line = _refused(tmp_path, f"tls_server_config:\n  cert_file: {junk}\n  key_file: {pki['key']}\n")
+    assert "tls_server_config.cert_file: TLS: cannot load the certificate" in line
+    assert "cannot listen" not in line
+
+
+def test_encrypted_key_is_refused_without_asking_for_a_pass_phrase(pki, tmp_path):
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    with open(pki["key"], "rb") as f:
+        key = load_pem_private_key(f.read(), None)
+    enc = tmp_path / "enc.key"
+    enc.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.BestAvailableEncryption(b"pass phrase")))
+    line = _refused(tmp_path, f"tls_server_config:\n  cert_file: {pki['crt']}\n  key_file: {enc}\n")
+    assert "tls_server_config.key_file: TLS:" in line and "is encrypted" in line
+
+
+BAD_BYTES = [(b"listen_address: ':1'\x00\n", "control character 0x00"),
+             (b"log_level: info\nlisten_address: '\x1b[31m:1'\n", "2: control character 0x1b"),
+             (b"log_level: \xff\xfeinfo\n", "1: not valid UTF-8")]
+
+
+@pytest.mark.parametrize("data,expected", BAD_BYTES)
+@pytest.mark.parametrize("which", ["web", "config"])
+def test_config_files_with_bad_bytes_are_one_line_errors(tmp_path, data, expected, which):
+    """F9: a NUL, a control character or invalid UTF-8 gave a traceback and exit 1."""
+    line = _refused(tmp_path, **({"web_text": data} if which == "web" else {"config_text": data}))
+    assert expected in line and ("web.yml" if which == "web" else "config.yml") in line
+
+
+def test_unknown_user_costs_a_bcrypt_like_a_known_one(monkeypatch):
+    """F8: a known user's wrong password ran bcrypt, an unknown user's did not (user enumeration by timing)."""
+    import base64
+    from agent.webconfig import BasicAuth
+    real, calls = bcrypt.checkpw, []
+    monkeypatch.setattr(bcrypt, "checkpw", lambda pw, h: calls.append(h) or real(pw, h))
+    ba = BasicAuth({"u": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=5))})
+    assert not ba.check("Basic " + base64.b64encode(b"nobody:pw").decode())
+    assert len(calls) == 1 and calls[0].startswith(b"$2b$05$")   # the dummy, at the configured cost
+    assert not ba.check("Basic " + base64.b64encode(b"u:wrong").decode())
+    assert len(calls) == 2
+
+
+def test_one_bcrypt_at_a_time_and_a_bounded_queue(monkeypatch):
+    """F8: wrong passwords ran any number of bcrypts at once; now one runs, at most max_waiting wait, the others
+    are told to come back (503), whoever they claim to be."""
+    import base64
+    import threading
+    from agent.webconfig import AuthBusy, BasicAuth
+    real, lock = bcrypt.checkpw, threading.Lock()
+    state = {"now": 0, "most": 0}
+
+    def counting(pw, h):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.05)
+            return real(pw, h)
+        finally:
+            with lock:
+                state["now"] -= 1
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    ba = BasicAuth({"u": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))}, max_waiting=2)
+    results, barrier = [], threading.Barrier(8)
+
+    def login(i):
+        barrier.wait()
+        try:
+            results.append(ba.check("Basic " + base64.b64encode(f"{'u' if i % 2 else 'x'}:bad{i}".encode()).decode()))
+        except AuthBusy:
+            results.append("busy")
+    threads = [threading.Thread(target=login, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert state["most"] == 1 and len(results) == 8
+    assert True not in results and results.count(False) >= 1 and "busy" in results
