@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from hashlib import sha256
 
 from provision.ops.core import Cmd, Op, Plan, q
 from provision.ops.spec import ArgSpec, module
 
 LOCK_WAIT = 600
-APT_GET = ("DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a apt-get -y -q "
-           f"-o DPkg::Lock::Timeout={LOCK_WAIT} -o Dpkg::Options::=--force-confdef "
-           "-o Dpkg::Options::=--force-confold")
+DPKG_OPTIONS = "force-confdef,force-confold"      # Ansible's default dpkg_options
+
+
+def apt_get_line(dpkg_options: str = DPKG_OPTIONS) -> str:
+    """apt-get, non-interactive, waiting for the dpkg lock, with dpkg's options (Ansible's ``dpkg_options``: comma
+    separated, without the leading dashes)."""
+    opts = "".join(f" -o Dpkg::Options::=--{q(o.strip().lstrip('-'))}" for o in str(dpkg_options).split(",")
+                   if o.strip())
+    return f"DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a apt-get -y -q -o DPkg::Lock::Timeout={LOCK_WAIT}{opts}"
+
+
+APT_GET = apt_get_line()
 STAMP = "/var/lib/apt/periodic/provision-update-stamp"   # when the WHOLE cache was last updated (cache_valid_time)
 UPDATE = (f"DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout={LOCK_WAIT} update && "
           f"{{ mkdir -p /var/lib/apt/periodic && touch {STAMP}; }}")
@@ -91,7 +101,7 @@ def package_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     return before, after
 
 
-@module("apt", args={
+APT_ARGS = {
     "name": ArgSpec("list", aliases=("pkg", "package")),
     "state": ArgSpec("str", default="present", choices=("present", "absent", "latest", "installed", "removed")),
     "update_cache": ArgSpec("bool", default=False, aliases=("update-cache",)),
@@ -101,7 +111,12 @@ def package_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     "install_recommends": ArgSpec("bool", aliases=("install-recommends",)),
     "allow_downgrade": ArgSpec("bool", default=False, aliases=("allow-downgrade", "allow_downgrades")),
     "autoremove": ArgSpec("bool", default=False),
-})
+    "deb": ArgSpec("str"),                     # a .deb on the host, or a url the host downloads
+    "dpkg_options": ArgSpec("str", default=DPKG_OPTIONS),
+}
+
+
+@module("apt", args=APT_ARGS)
 class Apt(Op):
     facts = ("packages", "apt_cache")
 
@@ -115,11 +130,14 @@ class Apt(Op):
 
     def probe(self, args, ctx):
         # the candidates of state=latest; with update_cache they are read after the update, by the plan
-        return _policy(args) if not args.get("update_cache") else None
+        return _policy(args) if not args.get("update_cache") and not args.get("deb") else None
 
     def plan(self, args, facts, probe, ctx) -> Plan:
         """Update the cache when stale (never in check mode), read what the decision needs (candidates for
-        state=latest, autoremove's simulation), decide; in check mode simulate the changes for the diff."""
+        state=latest, autoremove's simulation), decide; in check mode simulate the changes for the diff. ``deb``:
+        :meth:`deb`."""
+        if args.get("deb"):
+            return self.deb(args, ctx)
         if not self.cache_stale(args, facts):
             return self.look(args, facts, probe, "", ctx)
         if ctx.check:
@@ -164,10 +182,12 @@ class Apt(Op):
         hold = args.get("hold")
         updated = {"cache_updated": note == UPDATED}
 
+        base = apt_get_line(args.get("dpkg_options") or DPKG_OPTIONS)
+
         def apt_get(opts: str, verb: str, todo: list[str]) -> None:
             line = " ".join(q(t) for t in todo)
-            cmds.append(Cmd(f"{APT_GET}{opts} {verb} -- {line}", timeout=3600, desc=f"apt-get {verb} {' '.join(todo)}"))
-            sims.append(Cmd(f"{APT_GET}{opts} -s {verb} -- {line}", become=False, readonly=True, counts=False,
+            cmds.append(Cmd(f"{base}{opts} {verb} -- {line}", timeout=3600, desc=f"apt-get {verb} {' '.join(todo)}"))
+            sims.append(Cmd(f"{base}{opts} -s {verb} -- {line}", become=False, readonly=True, counts=False,
                             ok_rc=None))
         extra_opts = ""
         if args.get("install_recommends") is not None:
@@ -232,6 +252,37 @@ class Apt(Op):
             b, a = package_changes(old, fresh.get("packages", {}))
             return Plan(diff=[_pkg_diff(b, a)] + holds if b or a else predicted)
         return Plan(cmds, msg=msg, extra=updated, refresh_facts=("packages", "apt_cache"), then=done)
+
+    def deb(self, args, ctx) -> Plan:
+        """``deb=``: read the package's name and version from the .deb (a url is first downloaded by the host, in
+        check mode too, as Ansible does), then install it with apt-get (dependencies resolved) unless dpkg already
+        has that version."""
+        src = str(args["deb"])
+        url = "://" in src
+        path = f"/tmp/provision-{sha256(src.encode()).hexdigest()[:16]}.deb" if url else src
+        if not path.startswith("/"):
+            path = "./" + path
+        fetch = f"curl -fsSL --retry 3 -o {q(path)} {q(src)} && " if url else ""
+        read = Cmd(f"{fetch}dpkg-deb -f -- {q(path)} Package Version", readonly=True, counts=False, ok_rc=None,
+                   desc=f"read {src}")
+        cleanup = [Cmd(f"rm -f -- {q(path)}", readonly=True, counts=False, ok_rc=None)] if url else []
+
+        def decide(facts, results) -> Plan:
+            res = results[0]
+            fields = dict(line.split(": ", 1) for line in res.stdout.splitlines() if ": " in line)
+            name, version = fields.get("Package"), fields.get("Version")
+            if res.rc != 0 or not name or not version:
+                return Plan(cleanup, failed=True,
+                            msg=f"cannot read the package {src}: " + (res.stderr.strip()[-500:] or "not a .deb"))
+            cur = facts.get("packages", {}).get(name)
+            if cur == version:
+                return Plan(cleanup, changed=False, msg=f"{name} {version} is installed")
+            base = apt_get_line(args.get("dpkg_options") or DPKG_OPTIONS)
+            allow = " --allow-downgrades" if args.get("allow_downgrade") else ""
+            install = Cmd(f"{base}{allow} install -- {q(path)}", timeout=3600, desc=f"apt-get install {src}")
+            return Plan([install] + cleanup, refresh_facts=("packages",),
+                        diff=[_pkg_diff([f"{name} {cur}" if cur else f"{name} (absent)"], [f"{name} {version}"])])
+        return Plan([read], then=decide)
 
 
 def _policy(args) -> str | None:

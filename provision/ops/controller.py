@@ -80,3 +80,62 @@ class Meta(Op):
 
     def run(self, args, ctx) -> HostResult:
         return HostResult(ctx.host, skipped=True, msg=f"meta: {args.get('_raw_params')}")
+
+
+@module("include_vars", runs_on_controller=True, free_form=True, args={
+    "file": ArgSpec("path"), "dir": ArgSpec("path"), "name": ArgSpec("str"), "depth": ArgSpec("int", default=0),
+    "files_matching": ArgSpec("str"), "ignore_files": ArgSpec("list", default=[]),
+    "extensions": ArgSpec("list", default=["yaml", "yml", "json"]),
+    "ignore_unknown_extensions": ArgSpec("bool", default=False),
+    "hash_behaviour": ArgSpec("str", choices=("replace", "merge")),
+})
+class IncludeVars(Op):
+    """Variables from YAML/JSON files on the controller (a file, or every file of a folder in name order, ``depth``
+    levels deep), found as Ansible finds them: absolute, else the role's vars/, the role, the playbook's vars/, the
+    playbook's folder. They become the host's variables (as set_fact's), under ``name`` when given."""
+    controller = True
+
+    def run(self, args, ctx) -> HostResult:
+        import os
+        import re
+        from provision.errors import InputError
+        from provision.ops.core import OpError
+        from provision.ops.files import find_local
+        from provision.yamlsrc import load, plain
+        src = args.get("file") or args.get("_raw_params")
+        try:
+            if bool(src) == bool(args.get("dir")):
+                raise OpError("include_vars takes a file (or free-form file name) or dir, one of them")
+            if src:
+                files = [find_local(str(src), ctx, "vars")]
+            else:
+                top = find_local(str(args["dir"]), ctx, "vars")
+                exts = tuple(f".{e.lstrip('.')}" for e in args.get("extensions") or ())
+                match = re.compile(args["files_matching"]) if args.get("files_matching") else None
+                depth = int(args.get("depth") or 0)
+                files = []
+                for root, dirs, names in os.walk(top):
+                    dirs.sort()
+                    level = root[len(top):].count(os.sep)    # depth 1: the folder's own files only
+                    if depth and level + 1 >= depth:
+                        dirs[:] = []
+                    for n in sorted(names):
+                        if n in (args.get("ignore_files") or []) or (match and not match.search(n)):
+                            continue
+                        if not n.endswith(exts):
+                            if args.get("ignore_unknown_extensions"):
+                                continue
+                            raise OpError(f"{os.path.join(root, n)}: not a vars file ({', '.join(exts)})")
+                        files.append(os.path.join(root, n))
+            merged: dict = {}
+            for path in files:
+                data = plain(load(path, what="vars file"))
+                if data is None:
+                    continue
+                if not isinstance(data, dict):
+                    raise OpError(f"{path}: a vars file must hold a mapping")
+                merged.update(data)
+        except (OpError, InputError) as err:
+            return HostResult(ctx.host, failed=True, msg=str(err))
+        facts = {str(args["name"]): merged} if args.get("name") else merged
+        return HostResult(ctx.host, extra={"ansible_facts": facts, "ansible_included_var_files": files})

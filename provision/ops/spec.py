@@ -45,7 +45,7 @@ def module(name: str, *, args: Mapping[str, ArgSpec] | None = None, free_form: b
     ``ansible.builtin.<n>`` and ``ansible.legacy.<n>`` (the names Ansible resolves them by)."""
 
     def wrap(fn):
-        short = (name, *aliases)
+        short = (name, *(a for a in aliases if "." not in a))   # a collection's name (x.y.z) stays as it is
         fqcn = tuple(f"{ns}.{n}" for n in short for ns in ("ansible.builtin", "ansible.legacy"))
         spec = ModuleSpec(name, dict(args or {}), free_form, runs_on_controller, tuple(aliases) + fqcn, fn)
         for n in (name, *spec.aliases):
