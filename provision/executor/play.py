@@ -319,7 +319,7 @@ class Executor(Reporting, Rolling):
                     r.ignored = True
         except (templating.TemplateError, OpError, InputError) as err:
             r = HostResult(s.name, failed=True, msg=str(err))
-            secrets = []
+            secrets = s.secrets        # an error message is masked like any output (this task's, or the last)
             if task.ignore_errors:
                 r.ignored = True
         r.task = task.name

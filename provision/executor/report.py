@@ -7,7 +7,7 @@ import os
 
 from provision import templating
 from provision.executor.state import HostState
-from provision.ops.core import MASK, SECRET_NAME, mask_text, secret_values, unified
+from provision.ops.core import MASK, SECRET_VARS_LIST, is_secret_name, mask_text, secret_values, unified
 from provision.results import HostResult
 
 CENSORED = "the output has been hidden due to the fact that 'no_log: true' was specified for this result"
@@ -17,16 +17,22 @@ class Reporting:
     """Mixed into :class:`provision.executor.play.Executor` (uses its options, reporter, stats and lock)."""
 
     def _secrets(self, v) -> list[str]:
-        names = {k: v[k] for k in list(v.keys()) if isinstance(k, str) and k not in v.raw_keys}
-        rendered = {}
-        for k, val in names.items():
-            if SECRET_NAME.search(k):
-                try:
-                    rendered[k] = templating.render(val, v)
-                except Exception:  # noqa: BLE001
-                    rendered[k] = val
+        """The values to mask for one host and task (ops/core.py says what is secret): variables named as secrets
+        or listed in ``gpufleet_secret_vars``, rendered (a secret built from a template is masked as rendered),
+        and the become password."""
+        marked = self._render(v.get(SECRET_VARS_LIST) if SECRET_VARS_LIST in v else None, v) or ()
+        marked = [marked] if isinstance(marked, str) else marked
+        names = [k for k in list(v.keys()) if isinstance(k, str) and k not in v.raw_keys]
+        rendered = {k: self._render(v[k], v) for k in names if is_secret_name(k) or k in marked}
         return secret_values(rendered, {k: s for k, s in self.options.connect.__dict__.items()
-                                        if k == "become_password" and s})
+                                        if k == "become_password" and s}, marked=marked)
+
+    @staticmethod
+    def _render(value, v):
+        try:
+            return templating.render(value, v)
+        except Exception:  # noqa: BLE001 - a value that does not render is masked as it is written
+            return value
 
     def _op_logger(self, s, no_log: bool):
         """Command/output log for -vv/-vvv; below that, nothing to print, so nothing is masked either."""
@@ -54,7 +60,7 @@ class Reporting:
             if isinstance(v, str):
                 return m(v)
             if isinstance(v, dict):
-                return {k: (MASK if isinstance(k, str) and SECRET_NAME.search(k) and isinstance(x, (str, int))
+                return {k: (MASK if isinstance(k, str) and is_secret_name(k) and isinstance(x, (str, int))
                             and not isinstance(x, bool) else deep(x)) for k, x in v.items()}
             if isinstance(v, (list, tuple)):
                 return [deep(x) for x in v]

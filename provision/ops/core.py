@@ -33,9 +33,12 @@ from provision.ops.spec import ModuleSpec, check_args
 
 q = shlex.quote
 MASK = "********"
-SECRET_NAME = re.compile(r"(pass(word|wd|phrase)?|token|secret|api[_-]?key|private[_-]?key|(^|_)key$)", re.I)
+# the one list of words that make a name secret (variables, result keys, 'name=value' text in output)
+SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "token", "credential", "api[_-]?key",
+                "private[_-]?key")
+SECRET_NAME = re.compile("(" + "|".join(SECRET_WORDS) + r"|(^|_)pass$|(^|_)key$)", re.I)
 _SECRET_ASSIGN = re.compile(
-    r"(?P<k>[\w.-]*(?:password|passwd|passphrase|token|secret|api[_-]?key|private[_-]?key)[\w.-]*)"
+    r"(?P<k>[\w.-]*(?:" + "|".join(SECRET_WORDS) + r")[\w.-]*)"
     r"(?P<sep>\s*[:=]\s*|\s+)(?P<v>\"[^\"]*\"|'[^']*'|\S+)", re.I)
 
 
@@ -325,40 +328,78 @@ def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, 
 
 
 # ------------------------------------------------------------------------------------------- masking
+# What is secret, by what it is, never by its shape (docs/security.md): the values of variables whose NAME says
+# secret (SECRET_NAME; a *_file/_path/_dir name holds where a secret is, not the secret), the values of variables the
+# user lists in ``gpufleet_secret_vars``, the become password, and everything of a ``no_log`` task (censored whole in
+# executor/report.py). A value is masked whatever it starts with; values shorter than SHORT_SECRET characters are
+# masked only where they stand alone (not inside a longer word), so that a one-letter password does not blank out
+# every 'a' of the output.
+SECRET_VARS_LIST = "gpufleet_secret_vars"
+SHORT_SECRET = 4
+_NOT_SECRET_NAME = re.compile(r"_(file|path|dir)$", re.I)
 
-def secret_values(variables: Mapping[str, Any] | None, extra: Mapping[str, Any] | None = None) -> list[str]:
-    """Values of variables (and args) whose names look secret (password/token/secret/key), to mask in output."""
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name)) and not _NOT_SECRET_NAME.search(name)
+
+
+def secret_values(variables: Mapping[str, Any] | None, extra: Mapping[str, Any] | None = None,
+                  marked: Any = ()) -> list[str]:
+    """Values of variables (and args) whose names say secret, or that ``marked`` (the names in
+    ``gpufleet_secret_vars``) lists, to mask in output: every string and number under such a name."""
+    marked = {str(m) for m in marked} if isinstance(marked, (list, tuple, set, frozenset)) else set()
     out: list[str] = []
 
-    def walk(name: str, v: Any, depth: int = 0):
+    def walk(name: str, v: Any, secret: bool, depth: int = 0):
         if depth > 4:
             return
+        secret = secret or name in marked or is_secret_name(name)
         if isinstance(v, Mapping):
             for k, x in v.items():
-                walk(str(k), x, depth + 1)
+                walk(str(k), x, secret, depth + 1)
         elif isinstance(v, (list, tuple)):
             for x in v:
-                walk(name, x, depth + 1)
-        elif isinstance(v, (str, int)) and not isinstance(v, bool) and SECRET_NAME.search(name):
+                walk(name, x, secret, depth + 1)
+        elif secret and isinstance(v, (str, int)) and not isinstance(v, bool) and str(v) != "":
             s = str(v)
-            if len(s) >= 4 and not s.startswith("/") and not s.startswith("~"):
-                out.append(s)
+            out.append(s)
+            if q(s) != s:
+                out.append(q(s))          # as a planned command shows it
+            if "\n" in s:
+                out.extend(ln for ln in s.splitlines() if len(ln.strip()) >= 2 * SHORT_SECRET)
     for src in (variables or {}, extra or {}):
         for k in list(src.keys()):
-            if k in ("hostvars", "groups", "vars", "ansible_facts", "ansible_local"):
+            if k in ("hostvars", "groups", "vars", "ansible_facts", "ansible_local", SECRET_VARS_LIST):
                 continue
             try:
-                walk(str(k), src[k])
+                walk(str(k), src[k], False)
             except Exception:  # noqa: BLE001 - lazily templated values may fail to render: skip them
                 continue
     return sorted(set(out), key=len, reverse=True)
 
 
+def _secret_pattern(secrets: tuple[str, ...]) -> re.Pattern | None:
+    parts = [re.escape(s) if len(s) >= SHORT_SECRET else rf"(?<!\w){re.escape(s)}(?!\w)"
+             for s in sorted(set(secrets), key=len, reverse=True) if s]
+    return re.compile("|".join(parts)) if parts else None
+
+
+_PATTERNS: dict[tuple[str, ...], re.Pattern | None] = {}
+
+
 def mask_text(text: str, secrets: list[str]) -> str:
+    """Every secret value in ``text`` (one pass, longest first, so a mask is never masked again), then the value
+    of anything that reads ``password=...`` / ``token: ...``."""
     if not text:
         return text
-    for s in secrets:
-        text = text.replace(s, MASK)
+    key = tuple(secrets)
+    if key not in _PATTERNS:
+        if len(_PATTERNS) > 256:
+            _PATTERNS.clear()
+        _PATTERNS[key] = _secret_pattern(key)
+    pattern = _PATTERNS[key]
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
     return _SECRET_ASSIGN.sub(lambda m: f"{m.group('k')}{m.group('sep')}{MASK}", text)
 
 
