@@ -261,6 +261,6 @@ def driver_origin(packages: Mapping[str, str], running_version: str | None, runf
 def non_apt_reason(origin: str, version: str | None, problem: str = "") -> str:
     """Why no packaged driver goes onto a host whose driver apt did not install (and, with ``problem``, why that
     driver does not do): one line, the same in the site plan and the rolling upgrade."""
-    why = f" and does not do here: {problem};" if problem else ":"
-    return (f"driver {version or '?'} was {ORIGIN_WORDS.get(origin, origin)}, not from apt,{why} "
+    why = f", and does not do here: {problem};" if problem else ":"
+    return (f"driver {version or '?'} was {ORIGIN_WORDS.get(origin, origin)}, not from apt{why} "
             f"gpufleet does not stack a packaged driver on it (nvidia_driver_replace: true replaces it)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from provision.facts.gpu import non_apt_reason
 from provision.upgrade import remote as R
 from provision.upgrade.budget import Budget, plan_batches
 
@@ -27,8 +28,9 @@ def plan_upgrade(name: str, facts, madison: str, target: str, controller: str = 
     drv = facts.driver
     running = facts.smi.driver_version if facts.smi.ok else None
     if drv is None:
-        return HostPlan(name, "skip", "no NVIDIA driver package installed (nothing to upgrade)", running, None,
-                        in_maintenance=in_maint, maintenance_by=by)
+        why = non_apt_reason(facts.origin, running) if facts.origin in ("runfile", "preinstalled") else \
+            "no NVIDIA driver package installed (nothing to upgrade)"
+        return HostPlan(name, "skip", why, running, None, in_maintenance=in_maint, maintenance_by=by)
     avail = R.parse_madison(madison)
     resolved = R.pick_version(avail, target)
     full = R.upstream(resolved) if resolved else (None if R.is_branch(target) else target)

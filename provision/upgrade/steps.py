@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from provision import facts as factmod
-from provision.facts.gpu import nvidia_on_bus, smi_problem
+from provision.facts.gpu import driver_origin, nvidia_on_bus, smi_problem
 from provision.hostio import CommandResult, CommandTimeout, ConnectorError, Unreachable
 from provision.ops.plan import Cmd, FilePut, RebootAndWait
 from provision.upgrade import remote as R
@@ -71,7 +71,7 @@ class Pci:
 
 # the fact sections the upgrade reads (provision/facts), plus its own two files, in one round trip
 SECTIONS = ("boot_id", "apt_cache", "nvidia_smi", "pci", "packages", "maintenance", "upgrade_state",
-            "docker_runtimes", "container_toolkit", "nvidia_devnodes")
+            "docker_runtimes", "container_toolkit", "nvidia_devnodes", "nvidia_module", "nvidia_runfile")
 OWN_FILES = (("record", f"cat {R.HOST_RECORD}"), ("lock", f"cat {R.LOCK_DIR}/owner"))
 FACTS_SCRIPT = factmod.section_script([(n, factmod.FACTS[n].command) for n in SECTIONS] + list(OWN_FILES))
 
@@ -92,6 +92,7 @@ class Facts:
     docker: bool
     toolkit: bool
     devnodes: bool
+    origin: str = "none"          # where the driver came from (facts.gpu.driver_origin): apt, runfile...
 
     @property
     def driver(self) -> R.DriverInstall | None:
@@ -124,7 +125,9 @@ def parse_facts(text: str) -> Facts:
         holds=list(f.get("held_packages") or []), marker_text=marker_text, marker=marker,
         state=f.get("upgrade_state"), record=R.parse_json(own.get("record", "")),
         lock=R.parse_json(own.get("lock", "")), docker=f.get("docker_runtimes") is not None,
-        toolkit=bool(f.get("container_toolkit")), devnodes=bool(f.get("nvidia_devnodes")))
+        toolkit=bool(f.get("container_toolkit")), devnodes=bool(f.get("nvidia_devnodes")),
+        origin=driver_origin(f.get("packages") or {}, (f.get("nvidia_module") or {}).get("version")
+                             or (gpus[0]["driver_version"] if gpus else None), f.get("nvidia_runfile")))
 
 
 def read_facts(sh: Callable[..., CommandResult]) -> Facts:
