@@ -93,7 +93,7 @@ def test_magic_vars(inv):
     assert (v["role_name"], v["role_path"], v["playbook_dir"]) == ("web", "/pb/roles/web", "/pb")
     assert v["hostvars"]["nasa"]["storage_role"] == "primary"
     assert v["hostvars"]["gpu03.lab"]["ansible_distribution"] == "Debian"
-    assert render("{{ hostvars['gpu01.lab'].level }} {{ groups.h100 | length }}", v) == "gpu 1"
+    assert render("{{ hostvars['gpu01.lab'].tier }} {{ groups.h100 | length }}", v) == "gpu 1"
     with pytest.raises(Exception):
         render("{{ hostvars['gpu99'].x }}", v)
 

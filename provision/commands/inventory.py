@@ -1,7 +1,7 @@
 """`provision inventory -i INVENTORY --list | --graph [GROUP] | --host NAME [--limit PATTERN]`.
 
 Shows the inventory as provision reads it, in the shapes ``ansible-inventory`` prints: ``--list`` JSON with
-``_meta.hostvars`` and every group's ``hosts``/``children`` (sorted by name, empty keys left out), ``--graph`` a
+``_meta.hostvars`` and every group's ``hosts``/``children`` (in inventory order, empty keys left out), ``--graph`` a
 tree (``@all:`` / ``  |--@group:`` / ``  |  |--host``), ``--host`` one host's merged variables. Opens no connection.
 """
 from __future__ import annotations
@@ -54,10 +54,11 @@ def list_inventory(inv: Inventory, selected: set[str] | None = None) -> dict:
         group = inv.groups[name]
         entry: dict[str, Any] = {}
         if name != "all":
-            entry["hosts"] = sorted(h for h in group.hosts if selected is None or h in selected)
-        entry["children"] = sorted(group.children)
+            entry["hosts"] = [h for h in group.hosts if selected is None or h in selected]
+        entry["children"] = list(group.children)
         for child in entry["children"]:
-            fmt(child)
+            if child not in out:
+                fmt(child)
         for k in ("hosts", "children"):
             if k in entry and not entry[k]:
                 del entry[k]

@@ -1,17 +1,29 @@
-"""An Ansible YAML inventory file (plus group_vars/ and host_vars/ beside it) -> Inventory: groups and children,
-host ranges, variables merged by depth and ``ansible_group_priority``, checks of the connection variables."""
+"""Ansible inventories -> Inventory: YAML and INI files, directories of them, ``h1,h2,`` host lists, several
+sources merged; group_vars/ and host_vars/ beside each source (and beside the playbook); variables merged in
+Ansible's order; checks of the connection variables.
+
+Which parser: a ``.ini`` file (or one whose YAML is not a mapping, or is no YAML at all) is INI, as Ansible tries
+its YAML plugin first and then its INI plugin; a directory is every file in it (sorted, recursively) except hidden
+ones, ``group_vars``/``host_vars``, and Ansible's ignored extensions (:data:`IGNORED_EXTS`).
+"""
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from provision import yamlsrc
 from provision.errors import InputError, closest
+from provision.inventory import ini
 from provision.inventory.models import (CONNECTIONS, GROUP_KEYS, KNOWN_ANSIBLE_VARS, VAR_FILE_EXTS, Group, Host,
                                         Inventory, _freeze)
-from provision.inventory.patterns import expand_hostname
+from provision.inventory.patterns import expand_hostname, split_port
 from provision.truthy import NotABoolean, strict_bool
 from provision.yamlsrc import SourcePos, describe, short_repr
+
+# Ansible's INVENTORY_IGNORE_EXTS (REJECT_EXTS + .orig, .cfg, .retry): files skipped in an inventory directory.
+IGNORED_EXTS = (".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst", ".orig", ".cfg", ".retry")
+IGNORED_NAMES = ("group_vars", "host_vars", "vars_plugins")
+YAML_EXTS = ("", ".yml", ".yaml", ".json")
 
 
 class _Entity:
@@ -21,71 +33,64 @@ class _Entity:
         self.name, self.pos = name, pos
         self.vars: dict[str, Any] = {}
         self.var_src: dict[str, SourcePos] = {}
-        self.file_vars: dict[str, Any] = {}
-        self.file_src: dict[str, SourcePos] = {}
         self.hosts: list[str] = []
         self.children: list[str] = []
         self.child_pos: dict[str, SourcePos] = {}
         self.parents: list[str] = []
+        self.priority: int | None = None
 
 
 def _merge_level(ent: _Entity, values: Mapping, what: str):
-    """Merge vars given for one entity in one more place; the same key with two different values is an error."""
+    """Merge vars given for one entity in one more place. The same key with two different values in one file is an
+    error (Ansible keeps the last silently); a later source overrides an earlier one, as in Ansible."""
     for k, v in values.items():
         kpos = yamlsrc.pos_of(values, k)
         if not isinstance(k, str):
             raise InputError("variable names must be strings", file=kpos.file, line=kpos.line, key=str(k))
-        if k in ent.vars and ent.vars[k] != v:
-            first = ent.var_src[k]
+        v = yamlsrc.plain(v)
+        first = ent.var_src.get(k)
+        if k in ent.vars and ent.vars[k] != v and first.file == kpos.file:
             raise InputError(f"{what} '{ent.name}' sets it to {short_repr(v)} here but to {short_repr(ent.vars[k])} at "
                              f"{first}", file=kpos.file, line=kpos.line, key=k)
-        if k not in ent.vars:
-            ent.vars[k] = yamlsrc.plain(v)
+        if what == "group" and k == "ansible_group_priority":   # Ansible keeps it apart, not as a variable
+            ent.priority = _priority(v, kpos)
+            continue
+        if k not in ent.vars or first.file != kpos.file:
+            ent.vars[k] = v
             ent.var_src[k] = kpos
 
 
-class _Parser:
-    def __init__(self, path: str):
-        self.path = path
+def _priority(raw: Any, pos: SourcePos) -> int:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise InputError(f"expected an integer, got {raw!r}", file=pos.file, line=pos.line,
+                         key="ansible_group_priority") from None
+
+
+class _Builder:
+    """The inventory as sources add to it (Ansible's InventoryData): groups, hosts, membership, inline vars."""
+
+    def __init__(self):
         self.groups: dict[str, _Entity] = {}
         self.hosts: dict[str, _Entity] = {}
         self.warnings: list[str] = []
+        self.group("all", SourcePos("<inventory>", 0))
+        self.group("ungrouped", SourcePos("<inventory>", 0))
+        self.add_child("all", "ungrouped", SourcePos("<inventory>", 0))
+
+    def has_group(self, name: str) -> bool:
+        return name in self.groups
 
     def group(self, name: str, pos: SourcePos) -> _Entity:
         if name not in self.groups:
             self.groups[name] = _Entity(name, pos)
         return self.groups[name]
 
-    def parse(self, data: Any):
-        self.group("all", SourcePos(self.path, 1))
-        self.group("ungrouped", SourcePos(self.path, 1))
-        if data is None:
-            return
-        if not isinstance(data, dict):
-            pos = yamlsrc.pos_of(data, default=SourcePos(self.path, 1))
-            raise InputError("an inventory must be a YAML mapping of groups (all: {hosts:, children:, vars:}); "
-                             "INI inventories are not supported", file=self.path, line=pos.line or 1)
-        if isinstance(data.get("plugin"), str):
-            pos = yamlsrc.pos_of(data, "plugin")
-            raise InputError(f"inventory plugins are not supported ({data['plugin']}); write a static YAML inventory",
-                             file=pos.file, line=pos.line, key="plugin")
-        for name, body in data.items():
-            pos = yamlsrc.pos_of(data, name)
-            name = self._group_name(name, pos)
-            if name != "all":
-                self._add_child("all", name, pos)
-            self._parse_group(name, body, pos)
+    def group_vars(self, ent: _Entity, values: Mapping) -> None:
+        _merge_level(ent, values, "group")
 
-    def _group_name(self, name: Any, pos: SourcePos) -> str:
-        if not isinstance(name, (str, int)) or isinstance(name, bool) or str(name).strip() == "":
-            raise InputError("a group name must be a non-empty string", file=pos.file, line=pos.line, key=str(name))
-        name = str(name)
-        if name in GROUP_KEYS:
-            raise InputError(f"'{name}' is a group keyword, not a group name here; put groups under 'all: children:'",
-                             file=pos.file, line=pos.line, key=name)
-        return name
-
-    def _add_child(self, parent: str, child: str, pos: SourcePos):
+    def add_child(self, parent: str, child: str, pos: SourcePos):
         p = self.group(parent, pos)
         c = self.group(child, pos)
         if child == "all":
@@ -99,6 +104,43 @@ class _Parser:
             p.child_pos[child] = pos
         if parent not in c.parents:
             c.parents.append(parent)
+
+    def add_host(self, group: _Entity, pattern: str, hvars: Mapping, pos: SourcePos):
+        """Add the hosts of ``pattern`` (``name``, ``name:PORT``, ranges) to ``group`` with inline vars."""
+        pattern, port = split_port(pattern, pos)
+        if port is not None and "ansible_port" not in hvars:
+            values = yamlsrc.LineDict({"ansible_port": port, **hvars})
+            values.file, values.line = pos.file, pos.line
+            values.key_lines = {**getattr(hvars, "key_lines", {}), "ansible_port": pos.line}
+            hvars = values
+        for name in expand_hostname(pattern, pos):
+            h = self.hosts.get(name)
+            if h is None:
+                h = self.hosts[name] = _Entity(name, pos)
+            if name not in group.hosts:
+                group.hosts.append(name)
+            if hvars:
+                _merge_level(h, hvars, "host")
+
+    # ------------------------------------------------------------------ YAML
+    def parse_yaml(self, path: str, data: Any):
+        if isinstance(data.get("plugin"), str):
+            pos = yamlsrc.pos_of(data, "plugin")
+            raise InputError(f"inventory plugins are not supported ({data['plugin']}); write a static YAML inventory",
+                             file=pos.file, line=pos.line, key="plugin")
+        for name, body in data.items():
+            pos = yamlsrc.pos_of(data, name)
+            self._parse_group(self._group_name(name, pos), body, pos)
+
+    @staticmethod
+    def _group_name(name: Any, pos: SourcePos) -> str:
+        if not isinstance(name, (str, int)) or isinstance(name, bool) or str(name).strip() == "":
+            raise InputError("a group name must be a non-empty string", file=pos.file, line=pos.line, key=str(name))
+        name = str(name)
+        if name in GROUP_KEYS:
+            raise InputError(f"'{name}' is a group keyword, not a group name here; put groups under 'all: children:'",
+                             file=pos.file, line=pos.line, key=name)
+        return name
 
     def _parse_group(self, name: str, body: Any, pos: SourcePos):
         g = self.group(name, pos)
@@ -118,7 +160,7 @@ class _Parser:
                 vpos = body.pos("vars")
                 raise InputError(f"vars must be a mapping, got {describe(vars_)}", file=vpos.file, line=vpos.line,
                                  key="vars")
-            _merge_level(g, vars_, "group")
+            self.group_vars(g, vars_)
         hosts = body.get("hosts")
         if hosts is not None:
             hpos = body.pos("hosts")
@@ -126,15 +168,20 @@ class _Parser:
                 raise InputError("hosts must be a mapping of host names (write 'host:' not '- host')",
                                  file=hpos.file, line=hpos.line, key="hosts")
             if isinstance(hosts, str):
-                hosts = {hosts: None}
-                hosts_pos = {hosts_key: hpos for hosts_key in hosts}
+                hosts, hosts_pos = {hosts: None}, {hosts: hpos}
             elif isinstance(hosts, dict):
                 hosts_pos = {k: hosts.pos(k) for k in hosts}
             else:
                 raise InputError(f"hosts must be a mapping of host names, got {describe(hosts)}", file=hpos.file,
                                  line=hpos.line, key="hosts")
             for hname, hvars in hosts.items():
-                self._parse_host(g, hname, hvars, hosts_pos[hname])
+                hp = hosts_pos[hname]
+                if not isinstance(hname, (str, int)) or isinstance(hname, bool):
+                    raise InputError("a host name must be a string", file=hp.file, line=hp.line, key=str(hname))
+                if hvars is not None and not isinstance(hvars, dict):
+                    raise InputError(f"host vars must be a mapping, got {describe(hvars)}", file=hp.file,
+                                     line=hp.line, key=str(hname))
+                self.add_host(g, str(hname), hvars or {}, hp)
         children = body.get("children")
         if children is not None:
             cpos = body.pos("children")
@@ -144,25 +191,80 @@ class _Parser:
             for cname, cbody in children.items():
                 kpos = children.pos(cname)
                 cname = self._group_name(cname, kpos)
-                self._add_child(name, cname, kpos)
+                self.add_child(name, cname, kpos)
                 self._parse_group(cname, cbody, kpos)
 
-    def _parse_host(self, group: _Entity, pattern: Any, hvars: Any, pos: SourcePos):
-        if not isinstance(pattern, (str, int)) or isinstance(pattern, bool):
-            raise InputError("a host name must be a string", file=pos.file, line=pos.line, key=str(pattern))
-        if hvars is not None and not isinstance(hvars, dict):
-            raise InputError(f"host vars must be a mapping, got {describe(hvars)}", file=pos.file, line=pos.line,
-                             key=str(pattern))
-        for name in expand_hostname(str(pattern), pos):
-            h = self.hosts.get(name)
-            if h is None:
-                h = self.hosts[name] = _Entity(name, pos)
-            if name not in group.hosts:
-                group.hosts.append(name)
-            if hvars:
-                _merge_level(h, hvars, "host")
+    # ------------------------------------------------------------------ host lists and files
+    def parse_host_list(self, text: str):
+        pos = SourcePos(f"-i {text}", 0)
+        for name in text.split(","):
+            if name.strip():
+                self.add_host(self.groups["ungrouped"], name.strip(), {}, pos)
 
-    # -------------------------------------------------------------- checks and files
+    def parse_file(self, path: str):
+        """One inventory file: YAML where it reads as a YAML mapping, else INI (Ansible's plugin order)."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read inventory: {err}", file=path) from None
+        ext = os.path.splitext(path)[1].lower()
+        if text.startswith("#!") and os.access(path, os.X_OK):
+            raise InputError("inventory scripts are not supported; write a static YAML or INI inventory", file=path,
+                             line=1)
+        yaml_error, data = None, None
+        if ext in YAML_EXTS:
+            try:
+                data = yamlsrc.loads(text, path)
+            except InputError as err:
+                yaml_error = err
+            if isinstance(data, dict):
+                self.parse_yaml(path, data)
+                return
+        try:
+            ini.parse_ini(path, text, self)
+        except InputError:
+            if ext == ".ini" or ini.looks_like_ini(text):
+                raise
+            if yaml_error is not None:
+                raise yaml_error from None
+            pos = yamlsrc.pos_of(data, default=SourcePos(path, 1))
+            raise InputError("an inventory must be a YAML mapping of groups (all: {hosts:, children:, vars:}) or an "
+                             "INI file ([group] lines)", file=path, line=pos.line or 1) from None
+
+    def parse_source(self, source: str):
+        if "," in source and not os.path.exists(source):
+            self.parse_host_list(source)
+        elif os.path.isdir(source):
+            for entry in sorted(os.listdir(source)):
+                if entry.startswith(".") or entry in IGNORED_NAMES or entry.endswith(IGNORED_EXTS):
+                    continue
+                self.parse_source(os.path.join(source, entry))
+        elif os.path.exists(source):
+            self.parse_file(source)
+        else:
+            raise InputError("inventory not found", file=source)
+
+    # ------------------------------------------------------------------ after every source
+    def reconcile(self):
+        """Ansible's reconcile_inventory: groups with no parent go under 'all'; 'ungrouped' holds the hosts in no
+        other group (and loses those listed there that are also in another group)."""
+        self.check_cycles()
+        for name, g in self.groups.items():
+            if name != "all" and not g.parents:
+                self.add_child("all", name, g.pos)
+        member_of: dict[str, set[str]] = {h: set() for h in self.hosts}
+        for gname, g in self.groups.items():
+            for h in g.hosts:
+                member_of[h].add(gname)
+        ung = self.groups["ungrouped"]
+        for h, gs in member_of.items():
+            others = gs - {"all", "ungrouped"}
+            if "ungrouped" in gs and others:
+                ung.hosts.remove(h)
+            elif not others and h not in ung.hosts:
+                ung.hosts.append(h)
+
     def check_cycles(self):
         state: dict[str, int] = {}
 
@@ -182,50 +284,6 @@ class _Parser:
             if state.get(name) is None:
                 visit(name, [])
 
-    def load_var_files(self):
-        base = os.path.dirname(os.path.abspath(self.path))
-        for kind, table, what in (("group_vars", self.groups, "group"), ("host_vars", self.hosts, "host")):
-            root = os.path.join(base, kind)
-            if not os.path.isdir(root):
-                continue
-            for entry in sorted(os.listdir(root)):
-                if entry.startswith("."):
-                    continue
-                full = os.path.join(root, entry)
-                stem, ext = os.path.splitext(entry)
-                if os.path.isdir(full) or entry in table:   # host_vars/gpu01.lab (no extension) too
-                    name = entry
-                elif ext in VAR_FILE_EXTS[1:]:
-                    name = stem
-                elif ext == "":
-                    name = entry
-                else:
-                    continue
-                ent = table.get(name)
-                if ent is None:
-                    hint = closest(name, table)
-                    self.warnings.append(f"{full}: no {what} named '{name}' in the inventory; file ignored"
-                                         + (f" (did you mean '{hint}'?)" if hint else ""))
-                    continue
-                for file in _var_files(full):
-                    data = yamlsrc.load(file, what=f"{kind} file")
-                    if data is None:
-                        continue
-                    if not isinstance(data, dict):
-                        p = yamlsrc.pos_of(data, default=SourcePos(file, 1))
-                        raise InputError(f"{kind} file must be a mapping of variables, got {describe(data)}",
-                                         file=file, line=p.line or 1)
-                    for k, v in data.items():  # later files in a directory win, as in Ansible
-                        ent.file_vars[k] = yamlsrc.plain(v)
-                        ent.file_src[k] = data.pos(k)
-
-    def effective(self, ent: _Entity) -> tuple[dict, dict]:
-        vars_ = dict(ent.vars)
-        vars_.update(ent.file_vars)
-        src = dict(ent.var_src)
-        src.update(ent.file_src)
-        return vars_, src
-
 
 def _dedupe_path(path: list[str]) -> list[str]:
     out = []
@@ -235,6 +293,7 @@ def _dedupe_path(path: list[str]) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------------- group_vars/ and host_vars/ files
 def _var_files(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
@@ -245,6 +304,56 @@ def _var_files(path: str) -> list[str]:
             if not f.startswith(".") and os.path.splitext(f)[1] in VAR_FILE_EXTS:
                 out.append(os.path.join(root, f))
     return sorted(out)
+
+
+def _load_var_dir(base: str, kind: str, names: Mapping, warnings: list[str]) -> dict[str, tuple[dict, dict]]:
+    """``base/group_vars`` or ``base/host_vars`` -> {entity name: (vars, sources)}; later files win."""
+    root = os.path.join(base, kind)
+    out: dict[str, tuple[dict, dict]] = {}
+    if not os.path.isdir(root):
+        return out
+    what = kind.split("_")[0]
+    for entry in sorted(os.listdir(root)):
+        if entry.startswith("."):
+            continue
+        full = os.path.join(root, entry)
+        stem, ext = os.path.splitext(entry)
+        if os.path.isdir(full) or entry in names or ext == "":   # host_vars/gpu01.lab (no extension) too
+            name = entry
+        elif ext in VAR_FILE_EXTS[1:]:
+            name = stem
+        else:
+            continue
+        if name not in names:
+            hint = closest(name, names)
+            warnings.append(f"{full}: no {what} named '{name}' in the inventory; file ignored"
+                            + (f" (did you mean '{hint}'?)" if hint else ""))
+            continue
+        values, src = out.setdefault(name, ({}, {}))
+        for file in _var_files(full):
+            data = yamlsrc.load(file, what=f"{kind} file")
+            if data is None:
+                continue
+            if not isinstance(data, dict):
+                p = yamlsrc.pos_of(data, default=SourcePos(file, 1))
+                raise InputError(f"{kind} file must be a mapping of variables, got {describe(data)}",
+                                 file=file, line=p.line or 1)
+            for k, v in data.items():
+                values[k] = yamlsrc.plain(v)
+                src[k] = data.pos(k)
+    return out
+
+
+def var_basedirs(sources: Sequence[str]) -> list[str]:
+    """Where Ansible looks for group_vars/ and host_vars/ of each inventory source (host lists have none)."""
+    out = []
+    for s in sources:
+        if "," in s and not os.path.exists(s):
+            continue
+        d = os.path.abspath(s if os.path.isdir(s) else os.path.dirname(os.path.abspath(s)))
+        if d not in out:
+            out.append(d)
+    return out
 
 
 def _check_host_vars(name: str, vars_: Mapping, src: Mapping[str, SourcePos], warnings: list[str]):
@@ -285,79 +394,69 @@ def _check_host_vars(name: str, vars_: Mapping, src: Mapping[str, SourcePos], wa
                                 f"variable (did you mean '{hint}'?)")
 
 
-def load_inventory(path: str) -> Inventory:
-    """Read an Ansible YAML inventory (plus group_vars/ and host_vars/ beside it)."""
-    data = yamlsrc.load(path, what="inventory")
-    p = _Parser(path)
-    p.parse(data)
-    p.check_cycles()
-    p.load_var_files()
+def load_inventory(sources: str | Sequence[str], *, playbook_dir: str | None = None) -> Inventory:
+    """Read inventory sources (files, directories, ``h1,h2,`` host lists; later ones add to and override earlier
+    ones) plus the group_vars/ and host_vars/ beside each source and, given ``playbook_dir``, beside the playbook.
 
-    # depth: longest path from 'all'; priority from the group's own vars (default 1)
+    A host's variables, lowest first (Ansible's order): the inventory sources' inline vars of ``all``, then of
+    its groups (depth, ``ansible_group_priority``, name), then group_vars/all files (inventory, then playbook),
+    group_vars/GROUP files in the same group order (inventory, then playbook), the host's inline vars, host_vars/
+    files (inventory, then playbook). So a group_vars/ file beats any inline group var, whatever the depths.
+    """
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    b = _Builder()
+    for source in sources:
+        b.parse_source(source)
+    b.reconcile()
+
     depth: dict[str, int] = {}
 
     def depth_of(name: str) -> int:
         if name not in depth:
-            parents = p.groups[name].parents
+            parents = b.groups[name].parents
             depth[name] = 0 if name == "all" else (1 + max((depth_of(x) for x in parents), default=0))
         return depth[name]
 
-    gvars: dict[str, tuple[dict, dict]] = {n: p.effective(g) for n, g in p.groups.items()}
-    priority: dict[str, int] = {}
-    for n, (v, src) in gvars.items():
-        raw = v.get("ansible_group_priority", 1)
-        try:
-            priority[n] = int(raw)
-        except (TypeError, ValueError):
-            pos = src.get("ansible_group_priority")
-            raise InputError(f"expected an integer, got {raw!r}", file=pos.file if pos else path,
-                             line=pos.line if pos else None, key="ansible_group_priority") from None
-
-    # ungrouped: hosts whose only group is 'all'
-    member_of: dict[str, set[str]] = {h: set() for h in p.hosts}
-    for gname, g in p.groups.items():
-        for h in g.hosts:
-            member_of[h].add(gname)
-    ung = p.groups["ungrouped"]
-    for h, gs in member_of.items():
-        if gs <= {"all"} and h not in ung.hosts:
-            ung.hosts.append(h)
-            member_of[h].add("ungrouped")
-    if "ungrouped" not in p.groups["all"].children:
-        p.groups["all"].children.insert(0, "ungrouped")
-        p.groups["ungrouped"].parents.append("all")
-    all_hosts = p.groups["all"].hosts
-    for h in p.hosts:  # 'all' contains every host
-        if h not in all_hosts:
-            all_hosts.append(h)
+    priority = {n: (g.priority if g.priority is not None else 1) for n, g in b.groups.items()}
+    inv_dirs = var_basedirs(sources)
+    pb_dirs = [os.path.abspath(playbook_dir)] if playbook_dir else []
+    warnings = b.warnings
+    gfiles = [_load_var_dir(d, "group_vars", b.groups, warnings) for d in inv_dirs + pb_dirs]
+    hfiles = [_load_var_dir(d, "host_vars", b.hosts, warnings) for d in inv_dirs + pb_dirs]
+    empty: tuple[dict, dict] = ({}, {})
 
     def ancestors(g: str, acc: set[str]):
-        for parent in p.groups[g].parents:
+        for parent in b.groups[g].parents:
             if parent not in acc:
                 acc.add(parent)
                 ancestors(parent, acc)
 
-    warnings = p.warnings
     hosts: dict[str, Host] = {}
-    for hname, ent in p.hosts.items():
-        groups = set(member_of[hname]) | {"all"}
+    for hname, ent in b.hosts.items():
+        groups = {g for g, e in b.groups.items() if hname in e.hosts} | {"all"}
         for g in list(groups):
             ancestors(g, groups)
         ordered = sorted(groups, key=lambda g: (depth_of(g), priority[g], g))
+        inner = [g for g in ordered if g != "all"]
+        layers = [(b.groups[g].vars, b.groups[g].var_src) for g in ordered]
+        layers += [f.get("all", empty) for f in gfiles]
+        layers += [f.get(g, empty) for f in gfiles for g in inner]
+        layers.append((ent.vars, ent.var_src))
+        layers += [f.get(hname, empty) for f in hfiles]
         merged: dict[str, Any] = {}
         src: dict[str, SourcePos] = {}
-        for g in ordered:
-            merged.update(gvars[g][0])
-            src.update(gvars[g][1])
-        hv, hsrc = p.effective(ent)
-        merged.update(hv)
-        src.update(hsrc)
-        merged.pop("ansible_group_priority", None)
+        for values, where in layers:
+            merged.update(values)
+            src.update(where)
         _check_host_vars(hname, merged, src, warnings)
         hosts[hname] = Host(hname, _freeze(merged), tuple(ordered), ent.pos, _freeze(src))
 
     groups_out: dict[str, Group] = {}
-    for gname, g in p.groups.items():
-        groups_out[gname] = Group(gname, tuple(g.hosts), tuple(g.children), _freeze(gvars[gname][0]), g.pos,
-                                  tuple(g.parents), depth_of(gname), priority[gname])
-    return Inventory(path, _freeze(hosts), _freeze(groups_out), tuple(dict.fromkeys(warnings)))
+    for gname, g in b.groups.items():
+        gv = dict(g.vars)
+        for f in gfiles:
+            gv.update(f.get(gname, empty)[0])
+        groups_out[gname] = Group(gname, tuple(g.hosts), tuple(g.children), _freeze(gv), g.pos, tuple(g.parents),
+                                  depth_of(gname), priority[gname])
+    return Inventory(sources[0] if sources else "", _freeze(hosts), _freeze(groups_out),
+                     tuple(dict.fromkeys(warnings)), tuple(sources))

@@ -119,6 +119,7 @@ class Inventory(HostPatterns):
     hosts: Mapping[str, Host]
     groups: Mapping[str, Group]
     warnings: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()          # every -i source, in order (``path`` is the first)
 
     def __hash__(self) -> int:
-        return hash(("Inventory", self.path))
+        return hash(("Inventory", self.path, self.sources))

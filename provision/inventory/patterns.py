@@ -150,6 +150,28 @@ def split_pattern(pattern: str) -> list[str]:
 
 
 _RANGE = re.compile(r"\[([^\]]*)\]")
+_IPV6_PORT = re.compile(r"^\[([0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)\](?::(\d+))?$")
+
+
+def split_port(pattern: str, pos: SourcePos) -> tuple[str, int | None]:
+    """``host:PORT`` / ``web[01:03].lab:2200`` / ``[fe80::1]:2222`` -> (name, port); a bare IPv6 address or a name
+    whose tail is not a number keeps its colons (as Ansible's parse_address). A name ending in ':' is an error."""
+    m = _IPV6_PORT.match(pattern)
+    if m:
+        return m.group(1), int(m.group(2)) if m.group(2) else None
+    depth, colons = 0, []
+    for i, ch in enumerate(pattern):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == ":" and depth == 0:
+            colons.append(i)
+    if len(colons) != 1:
+        return pattern, None
+    head, tail = pattern[:colons[0]], pattern[colons[0] + 1:]
+    if tail == "":
+        raise InputError(f"host '{pattern}' ends in ':' (a ':' is followed by a port number)", file=pos.file,
+                         line=pos.line, key=pattern)
+    return (head, int(tail)) if tail.isdigit() else (pattern, None)
 
 
 def expand_hostname(pattern: str, pos: SourcePos) -> list[str]:
