@@ -499,4 +499,4 @@ def test_cli_option_errors(args, code, message):
 
 def test_cli_needs_a_mode():
     r = cli("inventory", "-i", SMALL_INV)
-    assert r.returncode == 5 and "one of the arguments --list --graph --host is required" in r.stderr
+    assert r.returncode == 5 and "one of the arguments --list --graph --host --prometheus-sd is required" in r.stderr

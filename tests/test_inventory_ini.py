@@ -5,6 +5,7 @@ the same bytes."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -137,9 +138,12 @@ def test_several_sources_and_host_lists(tmp_path):
     assert inv.hosts["h2"].port == 2022 and inv.sources == (a, b, "h1,h2:2022,")
 
 
-def test_directory_ignores_what_ansible_ignores():
-    inv = load_inventory(os.path.join(INVS, "invdir"))
-    assert list(inv.hosts) == ["gpu01", "gpu02", "nas01"]          # hosts.retry and README.md skipped
+def test_directory_ignores_what_ansible_ignores(tmp_path):
+    shutil.copytree(os.path.join(INVS, "invdir"), tmp_path / "inv")
+    for name in ("site.retry", "notes.txt", "old.bak", "hosts~", ".hidden.yml", "ansible.cfg"):
+        (tmp_path / "inv" / name).write_text("[gpu]\nignored01\n")
+    inv = load_inventory(str(tmp_path / "inv"))
+    assert list(inv.hosts) == ["gpu01", "gpu02", "nas01"]          # README.md and the files above skipped
     assert inv.hosts["gpu01"].vars["driver_branch"] == "570"         # the later file overrides the earlier one
     assert inv.hosts["nas01"].vars["site"] == "lab"                  # group_vars/ inside the directory
 
