@@ -374,7 +374,7 @@ def test_gpu_json_merge_puts_the_file():
 
 
 def test_gpu_image_refuses_before_fetching_and_streams_after_a_failed_mirror(tmp_path):
-    from provision.ops.plan import Cmd, FilePut
+    from provision.ops.plan import Cmd
     from provision.ops.gpu_image import GpuImage
     op = GpuImage()
     newer = {"image": "pytorch/pytorch:2.9.0-cuda13.0-cudnn9-runtime", "source": "auto", "check_gpus": True}
@@ -395,10 +395,12 @@ def test_gpu_image_refuses_before_fetching_and_streams_after_a_failed_mirror(tmp
     first = op.plan(args, {}, smi, _ctx()).then({}, absent)
     assert [c.cmd for c in first.commands] == [
         f"docker pull -- 127.0.0.1:1/{tag} && docker tag -- 127.0.0.1:1/{tag} {tag}"]
-    stream = first.then({}, [_result("", rc=1)])
-    assert [type(c) for c in stream.commands] == [FilePut, Cmd, Cmd] and stream.commands[0].mode == 0o600
-    assert stream.commands[0].content == b"not really an image" and stream.commands[2].readonly
-    done = stream.then({}, [_result(""), _result("Loaded image"), _result("sha256:1\n")])
+    look_host = first.then({}, [_result("", rc=1)])
+    assert all(c.readonly for c in look_host.commands)        # the host's free space first, nothing sent yet
+    stream = look_host.then({}, [_result(""), _result("/var/lib/docker\n99999999\n")])
+    assert [type(c) for c in stream.commands] == [Cmd, Cmd] and stream.commands[0].stdin == tarball
+    assert not isinstance(stream.commands[0].stdin, bytes) and stream.commands[1].readonly   # streamed from disk
+    done = stream.then({}, [_result("Loaded image"), _result("sha256:1\n")])
     assert done.changed and "streamed from the controller (mirror failed" in done.msg
     assert op.plan(args, {}, smi, _ctx(check=True)).then({}, absent).msg == f"would fetch {tag} (auto)"
 

@@ -138,13 +138,12 @@ def fake_docker(tmp_path, monkeypatch):
 
 
 def test_save_on_controller_saves_once_per_image_id_with_its_checksum(tmp_path, fake_docker):
-    import gzip
     import hashlib
     first = save_on_controller("present:1", tmp_path / "cache")
     again = save_on_controller("present:1", tmp_path / "cache")
     assert first == again and first.image_id == "sha256:0123456789abcdef0123456789abcdef"
-    assert first.path.name == "0123456789abcdef01234567.tar.gz"
-    assert gzip.decompress(first.path.read_bytes()) == b"image-bytes"
+    assert first.path.name == "0123456789abcdef01234567.tar"      # uncompressed: served and loaded as it is
+    assert first.path.read_bytes() == b"image-bytes"
     assert first.sha256 == hashlib.sha256(first.path.read_bytes()).hexdigest()
     assert fake_docker.read_text().splitlines().count("save present:1") == 1
 

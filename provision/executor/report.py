@@ -35,8 +35,9 @@ class Reporting:
             return value
 
     def _op_logger(self, s, no_log: bool):
-        """Command/output log for -vv/-vvv; below that, nothing to print, so nothing is masked either."""
-        if self.options.verbosity < 2:
+        """Progress notes (level 'v') for -v, the command/output log for -vv/-vvv; without -v, nothing to print, so
+        nothing is masked either."""
+        if self.options.verbosity < 1:
             return lambda lvl, text: None
         return lambda lvl, text: self._log(s.name, lvl, mask_text(text, s.secrets), no_log)
 

@@ -12,10 +12,12 @@ import os
 import re
 import shlex
 import time
+from pathlib import PurePath
 from typing import Any, Callable
 
 from provision.hostio import CommandResult, ConnectorError
 from provision.ops.plan import Call, Cmd, FilePut, Plan, RebootAndWait
+from provision.progress import Meter, MeteredReader
 from provision.results import HostResult
 
 q = shlex.quote
@@ -87,7 +89,7 @@ class HostRunner:
             self._refresh(self.connection(), tuple(sections))
 
     # -- commands -------------------------------------------------------------------------------------
-    def shell(self, ctx, cmd: str, *, stdin: bytes | None = None, timeout: float | None = None,
+    def shell(self, ctx, cmd: str, *, stdin: bytes | PurePath | None = None, timeout: float | None = None,
               become: bool | None = None, desc: str | None = None, readonly: bool = False) -> CommandResult:
         """One shell command for the op context ``ctx`` (its become, env, log, prefetched probes). A command that
         is not read-only drops the prefetched probes: the host may change."""
@@ -98,9 +100,23 @@ class HostRunner:
         ctx.ran.append(desc or cmd)
         if ctx.log:
             ctx.log("cmd", desc or cmd)
-        res = self.connection().run(cmd, stdin=stdin, timeout=timeout or ctx.timeout, become=b, env=ctx.env, **kw)
+        if isinstance(stdin, PurePath):
+            res = self._streamed(ctx, stdin, cmd, timeout=timeout or ctx.timeout, become=b, env=ctx.env, **kw)
+        else:
+            res = self.connection().run(cmd, stdin=stdin, timeout=timeout or ctx.timeout, become=b, env=ctx.env,
+                                        **kw)
         if ctx.log:
             ctx.log("out", f"rc={res.rc} stdout={res.stdout[-2000:]!r} stderr={res.stderr[-2000:]!r}")
+        return res
+
+    def _streamed(self, ctx, path: PurePath, cmd: str, **kw) -> CommandResult:
+        """``cmd`` with the controller file ``path`` as its stdin, read in chunks as it is sent (constant memory),
+        its progress (bytes, rate, ETA) in the -v log every few seconds."""
+        with open(path, "rb") as fh:
+            meter = Meter(f"{path.name} sent", os.fstat(fh.fileno()).st_size,
+                          (lambda line: ctx.log("v", line)) if ctx.log else (lambda line: None))
+            res = self.connection().run(cmd, stdin=MeteredReader(fh, meter), **kw)
+        meter.finish()
         return res
 
     def do(self, ctx, c) -> CommandResult:

@@ -14,13 +14,27 @@ import os
 import shutil
 import subprocess
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from provision.gpu.table import load_table
+from provision.progress import human_bytes
 from provision.versions import version_at_least
 
 SOURCES = ("auto", "pull", "mirror", "stream")
+VIAS = ("auto", "registry", "ssh")               # how a stream from the controller reaches the host
+IMAGE_CACHE = Path.home() / ".cache" / "gpufleet" / "images"
+# Docker's data root on the host and its free kB (a host command; read by free_space_refusal)
+DOCKER_ROOT_FREE = ("d=$(docker info --format '{{.DockerRootDir}}') && [ -n \"$d\" ] && echo \"$d\" && "
+                    "df -Pk \"$d\" | awk 'NR==2 {print $4}'")
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str              # sha256:<hex> (a layer's is its diff id: docker save's layers are uncompressed)
+    offset: int              # where its bytes start in the tarball
+    size: int
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,14 @@ class Tarball:
     path: Path
     sha256: str
     image_id: str | None
+    size: int = 0
+    config: Blob | None = None        # None: not servable by the registry (compressed or not docker save's)
+    layers: tuple = ()
+
+    @property
+    def image_bytes(self) -> int:
+        """What the image takes once loaded (its layers; the file's size when they are not known)."""
+        return sum(b.size for b in self.layers) or self.size
 
 
 def check_image_fits(tag: str, driver: str | None, gpus: list[tuple[str, str]], overrides=None) -> str | None:
@@ -68,29 +90,63 @@ def controller_image_id(tag: str) -> str:
 
 
 def save_on_controller(tag: str, cache: Path) -> Tarball:
-    """`docker save` of the controller's copy, cached by image id; sha256 computed once."""
+    """`docker save` of the controller's copy, cached by image id (uncompressed: hosts load or pull its layers as
+    they are, and the controller's registry serves them from it by offset); its sha256 computed on the way."""
     image_id = controller_image_id(tag)
     cache.mkdir(parents=True, exist_ok=True)
-    base = cache / (image_id.replace("sha256:", "")[:24] + ".tar.gz")   # gzip -1: a third of the bytes to send
+    base = cache / (image_id.replace("sha256:", "")[:24] + ".tar")
     sumfile = base.with_suffix(".sha256")
     with open(base.with_suffix(".lock"), "a+") as lock:      # hosts of one run save the same image once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (base.exists() and sumfile.exists()):
             tmp = base.with_suffix(f".partial-{os.getpid()}")
-            with open(tmp, "wb") as fh:
-                save = subprocess.Popen([controller_docker(), "save", tag], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
-                gz = subprocess.run(["gzip", "-1", "-c"], stdin=save.stdout, stdout=fh, timeout=1800)
-                save.stdout.close()
+            h = hashlib.sha256()
+            save = subprocess.Popen([controller_docker(), "save", tag], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+            try:
+                with open(tmp, "wb") as fh:
+                    for chunk in iter(lambda: save.stdout.read(1 << 20), b""):
+                        h.update(chunk)
+                        fh.write(chunk)
                 err = save.stderr.read()
                 save.wait(timeout=60)
-            proc = subprocess.CompletedProcess(save.args, save.returncode or gz.returncode, b"", err)
-            if proc.returncode != 0:
+            finally:
+                save.stdout.close()
+                save.stderr.close()
+            if save.returncode != 0:
                 tmp.unlink(missing_ok=True)
-                raise RuntimeError(f"docker save {tag}: {proc.stderr.decode(errors='replace').strip()[-200:]}")
-            sumfile.write_text(sha256_file(tmp) + "\n")
+                raise RuntimeError(f"docker save {tag}: {err.decode(errors='replace').strip()[-200:]}")
+            sumfile.write_text(h.hexdigest() + "\n")
             os.replace(tmp, base)
-    return Tarball(base, sumfile.read_text().strip(), image_id)
+    return read_tarball(base, sumfile.read_text().strip(), image_id)
+
+
+_CHECKED: dict[tuple, Tarball] = {}
+_CHECKED_LOCK = threading.Lock()
+
+
+def controller_tarball(path: str, sha256: str | None) -> Tarball:
+    """:func:`tarball_from_file`, once per file version and expected checksum in a run (every host plans with it)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size, sha256)
+    with _CHECKED_LOCK:
+        if key not in _CHECKED:
+            _CHECKED[key] = tarball_from_file(path, sha256)
+        return _CHECKED[key]
+
+
+def free_space_refusal(tag: str, look, need: int) -> str | None:
+    """None when the host's Docker data root has ``need`` bytes free (``look``: DOCKER_ROOT_FREE's result), else
+    the one line that refuses the transfer."""
+    lines = look.stdout.split()
+    if look.rc != 0 or len(lines) < 2 or not lines[-1].isdigit():
+        why = (look.stderr.strip().splitlines() or [f"exit {look.rc}"])[-1]
+        return f"refusing to send {tag}: cannot read the free space of Docker's data root on the host ({why})"
+    free = int(lines[-1]) * 1024
+    if free < need:
+        return (f"refusing to send {tag}: Docker's data root {lines[0]} on the host has {human_bytes(free)} free, "
+                f"the image needs {human_bytes(need)}")
+    return None
 
 
 def tarball_from_file(path: str, sha256: str | None) -> Tarball:
@@ -98,7 +154,41 @@ def tarball_from_file(path: str, sha256: str | None) -> Tarball:
     actual = sha256_file(p)
     if sha256 and actual != sha256.lower().removeprefix("sha256:"):
         raise RuntimeError(f"{path}: sha256 is {actual}, not the {sha256} the inventory names")
-    return Tarball(p, actual, tarball_image_id(p))
+    return read_tarball(p, actual, None)
+
+
+def read_tarball(path: Path, sha256: str, image_id: str | None) -> Tarball:
+    """The tarball with its image id (the config's digest, from manifest.json) and, when it is an uncompressed
+    `docker save`, where its config and layers lie in it (what the controller's registry serves)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        compressed = fh.read(6)[:3] in (b"\x1f\x8b\x08", b"BZh", b"\xfd7z")
+    if compressed:
+        return Tarball(path, sha256, image_id or tarball_image_id(path), size)
+    try:
+        with tarfile.open(path, "r:") as tf:
+            members = {m.name: m for m in tf.getmembers()}
+            manifest = json.load(tf.extractfile(members["manifest.json"]))[0]
+            cfg_member = _data_member(members, manifest["Config"])
+            config = json.load(tf.extractfile(cfg_member))
+    except (KeyError, IndexError, OSError, ValueError, tarfile.TarError, TypeError):
+        return Tarball(path, sha256, image_id, size)
+    config_digest = "sha256:" + manifest["Config"].split("/")[-1].removesuffix(".json")
+    layers = tuple(Blob(diff_id, m.offset_data, m.size) for diff_id, m in
+                   zip(config["rootfs"]["diff_ids"], (_data_member(members, name) for name in manifest["Layers"])))
+    return Tarball(path, sha256, config_digest, size, Blob(config_digest, cfg_member.offset_data, cfg_member.size),
+                   layers)
+
+
+def _data_member(members: dict, name: str) -> tarfile.TarInfo:
+    """The member holding ``name``'s bytes (docker save links a repeated layer to its first copy)."""
+    m = members[name]
+    for _ in range(8):
+        if not (m.issym() or m.islnk()):
+            return m
+        target = m.linkname if m.islnk() else os.path.normpath(os.path.join(os.path.dirname(m.name), m.linkname))
+        m = members[target]
+    raise KeyError(name)
 
 
 def tarball_image_id(path: Path) -> str | None:

@@ -4,7 +4,8 @@ runner not running what would change.
 
 The command objects (after pyinfra's StringCommand / FileUploadCommand / FunctionCommand and its reboot):
 
-* :class:`Cmd` a shell command (stdin, timeout, become override, read-only or not, dpkg-lock retry);
+* :class:`Cmd` a shell command (stdin: bytes, or a controller file streamed in chunks; timeout, become override,
+  read-only or not, dpkg-lock retry);
 * :class:`FilePut` content written to a path atomically, with mode and owner: the one way to write a file on a host;
 * :class:`RebootAndWait` reboot, then wait for a new boot id and a working test command;
 * :class:`Call` a controller-side step that issues command objects as it goes (the upgrade's states).
@@ -16,6 +17,7 @@ then decide from the fresh cache; check mode: simulate, then show the simulation
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Callable, Mapping, Sequence
 
 from provision.hostio import CommandResult
@@ -24,7 +26,7 @@ from provision.hostio import CommandResult
 @dataclass
 class Cmd:
     cmd: str
-    stdin: bytes | None = None
+    stdin: bytes | PurePath | None = None   # a path: that controller file, streamed in chunks (never read whole)
     desc: str | None = None          # shown instead of cmd (e.g. "write /etc/x (1.2 kB)")
     timeout: float | None = None
     counts: bool = True              # False: housekeeping that is not a change (apt-get update, daemon-reload)

@@ -89,9 +89,9 @@ class TextReporter:
         self._line(self._c("warn", f"FAILED - RETRYING: [{host}]: {task} ({left} retries left)."))
 
     def verbose(self, host: str, level: str, text: str) -> None:
-        need = 2 if level == "cmd" else 3
+        need = {"v": 1, "cmd": 2}.get(level, 3)
         if self.verbosity >= need:
-            prefix = "<{}> {}".format(host, "EXEC" if level == "cmd" else "OUT ")
+            prefix = "<{}> {}".format(host, {"cmd": "EXEC", "v": "NOTE"}.get(level, "OUT "))
             self._line(self._c("verbose", f"{prefix} {text}"))
 
     def progress(self, done: int, total: int, name: str) -> None:
