@@ -27,6 +27,7 @@ class RunOptions:
     retry_files: bool = True
     verbosity: int = 0
     prefetch: bool = True        # batch the play's read-only probes into one round trip per host
+    strict: bool = False         # --strict: a task whose module gpufleet lacks is an error, not a warning
 
 
 def parse_extra_vars(values: list[str] | None) -> dict:

@@ -21,13 +21,15 @@ from provision import facts as factmod
 from provision import templating
 from provision.connectors import connect
 from provision.errors import InputError
+from provision.executor.flow import Flow
 from provision.executor.options import RunOptions
 from provision.executor.pool import ConnectionPool
 from provision.executor.prefetch import FACT_KEY, prefetch
 from provision.executor.report import Reporting
 from provision.executor.rolling import Rolling
 from provision.executor.runner import HostRunner
-from provision.executor.state import HostState, batches, render_args, tag_selected, task_matches
+from provision.executor.state import (ANSIBLE_VERSION, HostState, batches, connecting_host, render_args,
+                                      render_environment)
 from provision.hostio import CommandTimeout, ConnectorError, Unreachable
 from provision.ops.core import OpContext, OpError, normalize
 from provision.results import SKIPPED_BY_WHEN, HostResult, RunStats
@@ -39,7 +41,7 @@ class _PlayAbort(Exception):
 
 # ------------------------------------------------------------------------------------------- executor
 
-class Executor(Reporting, Rolling):
+class Executor(Reporting, Rolling, Flow):
     def __init__(self, inventory, options: RunOptions, reporter, *, connector_factory: Callable = connect):
         self.inventory = inventory
         self.options = options
@@ -49,12 +51,17 @@ class Executor(Reporting, Rolling):
         self.states: dict[str, HostState] = {}
         self._started = options.start_at_task is None
         self._lock = threading.Lock()
+        self._dyn_handlers: list = []        # handlers of roles include_role brought in (this play)
+        self._play_names: list[str] = []     # ansible_play_hosts_all
+        self._batch: list[HostState] = []
 
     # -- entry points ---------------------------------------------------------------------------------
     def run_playbook(self, playbook, *, validated: bool = False) -> RunStats:
-        from provision.playbook import validate
-        if not validated:
-            validate(playbook, self.inventory, self.options.extra_vars)   # raises InputError: nothing contacted
+        from provision.playbook import unsupported_tasks, validate
+        if not validated:   # raises InputError: nothing contacted
+            validate(playbook, self.inventory, self.options.extra_vars, strict=self.options.strict)
+        for line in unsupported_tasks(playbook):
+            self.reporter.warning(line)
         plays_hosts = [self._play_hosts(p) for p in playbook.plays]   # bad --limit: OptionError before connecting
         workers = ThreadPoolExecutor(max_workers=max(1, self.options.forks), thread_name_prefix="fork")
         try:
@@ -127,6 +134,9 @@ class Executor(Reporting, Rolling):
         for s in states:
             s.ended = False
             s.notified = []
+            s.skip_to, s.refail, s.rescuing = None, {}, set()
+        self._dyn_handlers = []
+        self._play_names = [s.name for s in states]
         if show_play:
             self.reporter.play_start(play.name or play.hosts)
         if not states:
@@ -141,31 +151,17 @@ class Executor(Reporting, Rolling):
                 break   # every host of the batch failed: stop the play, as Ansible does
 
     def _run_batch(self, play, batch: list[HostState], workers) -> None:
+        self._batch = batch
         self._batch_size = len(batch)
         self._batch_failed_before = {s.name for s in batch if not s.active}
         if play.gather_facts:
-            self._run_on(batch, workers, "Gathering Facts", self._gather_task, play)
+            self._run_on(batch, workers, "Gathering Facts", lambda s: self._gather_task(s, play), play)
             self._check_failures(play, batch)
         if self.options.prefetch:
             futures = [workers.submit(prefetch, self, s, play) for s in batch if s.active]
             wait(futures)
-        for task in play.tasks:
-            if not self._started:
-                if task_matches(task, self.options.start_at_task):
-                    self._started = True
-                else:
-                    continue
-            if not tag_selected(task.tags, self.options.tags, self.options.skip_tags):
-                continue
-            active = [s for s in batch if s.active]
-            if not active:
-                break
-            if task.module == "meta":
-                if self._meta(play, task, batch, workers):
-                    return
-                continue
-            self._run_on(active, workers, task.name, lambda s, t=task: self._run_task(s, t, play), play)
-            self._check_failures(play, batch)
+        if self._run_tasks(play, play.tasks, batch, workers):
+            return
         self._run_handlers(play, batch, workers)
 
     def _check_failures(self, play, batch: list[HostState]) -> None:
@@ -203,7 +199,7 @@ class Executor(Reporting, Rolling):
         return False
 
     def _run_handlers(self, play, batch: list[HostState], workers) -> None:
-        for handler in play.handlers:
+        for handler in (*play.handlers, *self._dyn_handlers):
             keys = set(handler.handler_names or (handler.name,)) | set(handler.listen)
             targets = [s for s in batch if s.active and keys & set(s.notified)]
             if not targets:
@@ -232,8 +228,8 @@ class Executor(Reporting, Rolling):
             self._record(s, r, None)
 
     # -- tasks ----------------------------------------------------------------------------------------
-    def _gather_task(self, s: HostState) -> None:
-        runner = self.runner(s)
+    def _gather_task(self, s: HostState, play=None) -> None:
+        runner = self.runner(s, play)
         try:
             runner.refresh(factmod.PLAY_FACTS)
             self._record(s, HostResult(s.name), None)
@@ -270,9 +266,18 @@ class Executor(Reporting, Rolling):
                            extra_vars=self.options.extra_vars, facts=s.facts, set_facts=s.set_facts,
                            registered=s.registered, task=task, inventory=self.inventory,
                            check_mode=self.options.check, diff_mode=self.options.diff)
-        if extra:
-            v.update(extra)
-            v.raw_keys.update(extra)
+        live = [x.name for x in self._batch if x.active] if self._batch else None
+        magic = {"ansible_version": ANSIBLE_VERSION, "ansible_run_tags": list(self.options.tags or ("all",)),
+                 "ansible_skip_tags": list(self.options.skip_tags)}
+        if live is not None:
+            magic.update(ansible_play_batch=live, ansible_play_hosts_all=list(self._play_names),
+                         ansible_play_hosts=[n for n in self._play_names if not (
+                             self.states[n].failed or self.states[n].unreachable)])
+            magic["play_hosts"] = magic["ansible_play_batch"]
+        magic.update(s.block_vars)
+        for src in (magic, extra or {}):
+            v.update(src)
+            v.raw_keys.update(src)
         return v
 
     def _run_task(self, s: HostState, task, play) -> None:
@@ -286,9 +291,7 @@ class Executor(Reporting, Rolling):
                 else:
                     r = self._run_item(s, task, play, v)
             else:
-                items = templating.render(task.loop, v)
-                if isinstance(items, str) or not isinstance(items, (list, tuple)):
-                    raise OpError(f"loop must be a list, got {type(items).__name__}")
+                items = self._loop_items(task, v)
                 r = HostResult(s.name)
                 results = []
                 for i, item in enumerate(items):
@@ -322,24 +325,35 @@ class Executor(Reporting, Rolling):
             secrets = s.secrets        # an error message is masked like any output (this task's, or the last)
             if task.ignore_errors:
                 r.ignored = True
+        self._finish(s, task, r, secrets, loop_summary=task.loop is not None)
+
+    def _finish(self, s: HostState, task, r: HostResult, secrets=None, loop_summary: bool = False) -> None:
+        """A task's result on one host: registered, the host failed (or its block's rescue/always takes over) or
+        unreachable, handlers notified, recorded and shown."""
         r.task = task.name
         r.no_log = task.no_log
         if task.register:
             s.registered[task.register] = r.registered()
+        rescued = False
         if r.unreachable:
             s.unreachable = True
             self.pool.drop(s.host)
         elif r.failed and not r.ignored:
-            s.failed = True
+            rescued = self._failed(s, task, r)
         if r.changed and not r.failed and task.notify:
             for n in task.notify:
                 if n not in s.notified:
                     s.notified.append(n)
-        self._record(s, r, task, secrets, loop_summary=task.loop is not None)
+        s.last_result = r
+        self._record(s, r, task, secrets, loop_summary=loop_summary)
+        if rescued:
+            self._count_rescued(s)
 
     def _run_item(self, s: HostState, task, play, v) -> HostResult:
         """Run one task (or one loop item) on one host: until/retries, changed_when/failed_when, ignore_errors."""
         from provision.ops.spec import registry
+        if task.unsupported:
+            return self._unsupported(s, task)
         spec = registry()[task.module]
         impl = spec.impl
         op = impl() if isinstance(impl, type) else None
@@ -372,51 +386,60 @@ class Executor(Reporting, Rolling):
                     r.msg = (r.msg + "; " if r.msg else "") + f"still not done after {attempts} attempts"
                     r.extra["attempts"] = attempt
         if isinstance(r.extra.get("ansible_facts"), dict) and not r.failed:
-            # as Ansible: facts a module returns become host variables (set_fact's too)
-            s.set_facts.update(r.extra["ansible_facts"])
-            if task.module != "set_fact":
-                s.facts.update(r.extra["ansible_facts"])
+            # as Ansible: facts a module returns become host variables (set_fact's too); delegate_facts: the
+            # delegated host's
+            t = self._delegate(s, task, v) if task.delegate_facts else s
+            t.set_facts.update(r.extra["ansible_facts"])
+            if task.module not in ("set_fact", "include_vars"):   # variables, not facts of the host
+                t.facts.update(r.extra["ansible_facts"])
         if r.failed and task.ignore_errors:
             r.ignored = True
         return r
 
     def _run_op(self, s, task, play, spec, op, impl, args, v) -> HostResult:
         """The op plans from its arguments, the host's facts and its probe; the host's runner carries the plan
-        out (check mode: only what is read-only)."""
+        out (check mode: only what is read-only). With delegate_to, the delegated host's connection and facts
+        serve, the variables stay this host's."""
         become, become_user = self._become(s, task, play)
         check = self._check_for(task)
         search = tuple(p for p in (getattr(task, "role_path", None), getattr(task, "playbook_dir", None)
                                    or getattr(play, "playbook_dir", None)) if p)
         controller = spec.runs_on_controller or getattr(op, "controller", False)
-        runner = None if controller else self.runner(s)
-        ctx = OpContext(host=s.name, check=check, diff=self.options.diff, become=become, become_user=become_user,
-                        env=dict(task.environment) if task.environment else None, vars=v, facts=s.facts,
-                        search_paths=search, no_log=task.no_log, probe_cache=s.probe_cache,
+        t = self._delegate(s, task, v)
+        env = task.environment
+        env = (dict(env) or None) if isinstance(env, Mapping) else render_environment(env, v)
+        runner = None if controller else self.runner(t, task, v)
+        ctx = OpContext(host=t.name, check=check, diff=self.options.diff, become=become, become_user=become_user,
+                        env=env, vars=v, facts=t.facts,
+                        search_paths=search, no_log=task.no_log, probe_cache=t.probe_cache,
                         log=self._op_logger(s, task.no_log), runner=runner)
         try:
             if runner is not None:
-                need = [f for f in getattr(op, "facts", ()) if f not in s.gathered]
-                for f in [f for f in need if (FACT_KEY, f) in s.probe_cache]:
-                    s.facts.update(s.probe_cache[(FACT_KEY, f)])   # prefetched, and nothing ran since
-                    s.gathered.add(f)
+                need = [f for f in getattr(op, "facts", ()) if f not in t.gathered]
+                for f in [f for f in need if (FACT_KEY, f) in t.probe_cache]:
+                    t.facts.update(t.probe_cache[(FACT_KEY, f)])   # prefetched, and nothing ran since
+                    t.gathered.add(f)
                     need.remove(f)
                     self._log(s.name, "cmd", f"(prefetched) facts {f}", False)
                 if need:
                     runner.refresh(tuple(need))
             start = time.monotonic()
             if op is None:                       # a plain function op: (args, facts, ctx) -> Plan
-                r = runner.execute(impl(args, s.facts, ctx), ctx)
+                r = runner.execute(impl(args, t.facts, ctx), ctx)
             elif controller:                     # decides on the controller alone (debug, set_fact...)
                 r = op.run(args, ctx)
             else:
                 probe_cmd = op.probe(args, ctx)
                 probe = ctx.probe(probe_cmd) if probe_cmd else None
-                r = runner.execute(op.plan(args, s.facts, probe, ctx), ctx)
+                r = runner.execute(op.plan(args, t.facts, probe, ctx), ctx)
             if r.changed or r.failed:
-                s.probe_cache.clear()   # the host changed (or may have): prefetched probes are stale
+                t.probe_cache.clear()   # the host changed (or may have): prefetched probes are stale
             r.duration = r.duration or (time.monotonic() - start)
             if not r.commands:
                 r.commands = list(ctx.ran)
+            if t is not s:
+                r.host = s.name
+                r.extra["delegated_to"] = t.name
             return r
         except Unreachable as err:
             return HostResult(s.name, unreachable=True, msg=str(err))
@@ -428,9 +451,32 @@ class Executor(Reporting, Rolling):
             if runner is not None:
                 runner.release()
 
-    def runner(self, s: HostState) -> HostRunner:
-        """The host's runner for one task (or one upgrade step): its connection comes from the pool."""
-        return HostRunner(s.host, self.pool, refresh=lambda conn, secs, _s=s: self._gather(_s, conn, secs))
+    def _delegate(self, s: HostState, task, v) -> HostState:
+        """The host a task runs on: ``s``, or its ``delegate_to`` (an inventory host, or the implicit localhost
+        with the local connection)."""
+        if not getattr(task, "delegate_to", None):
+            return s
+        name = str(templating.render(task.delegate_to, v))
+        if name == s.name:
+            return s
+        host = self.inventory.hosts.get(name)
+        if host is None and name in ("localhost", "127.0.0.1"):
+            from provision.inventory.models import Host
+            from provision.yamlsrc import SourcePos
+            host = Host(name, {"ansible_connection": "local"}, ("all", "ungrouped"), SourcePos("<implicit localhost>", 0))
+        if host is None:
+            raise OpError(f"delegate_to: no host {name!r} in the inventory")
+        return self._state(host)
+
+    def runner(self, s: HostState, keywords=None, v=None) -> HostRunner:
+        """The host's runner for one task (or one upgrade step): its connection comes from the pool, opened as
+        the task's (or play's) remote_user / connection keywords say where the inventory says nothing."""
+        host = s.host
+        user, conn = getattr(keywords, "remote_user", None), getattr(keywords, "connection", None)
+        if user or conn:
+            render = (lambda x: str(templating.render(x, v)) if x else x) if v is not None else (lambda x: x)
+            host = connecting_host(host, render(user), render(conn))
+        return HostRunner(host, self.pool, refresh=lambda conn, secs, _s=s: self._gather(_s, conn, secs))
 
     def _gather(self, s: HostState, conn, sections) -> None:
         secs = [x for x in sections if x in factmod.FACTS]

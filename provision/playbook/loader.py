@@ -459,11 +459,11 @@ def load_playbook(path: str, roles_path: tuple[str, ...] = ()) -> Playbook:
     return _Loader(path, roles_path).load()
 
 
-def load_included(task: Task, args: Mapping, handlers: tuple = ()) -> Included:
+def load_included(task: Task, args: Mapping, handlers: tuple = (), item_vars: Mapping | None = None) -> Included:
     """What ``task`` (include_tasks/include_role, its arguments rendered for one host) brings in: read and checked
     as the playbook was (InputError naming file:line); a ``notify`` must name a handler of the play (``handlers``)
-    or of the included role."""
-    ctx = task.include
+    or of the included role. ``item_vars``: the include's loop variable, seen by every included task."""
+    ctx = replace(task.include, vars={**task.include.vars, **(item_vars or {})})
     loader = _Loader(os.path.join(ctx.playbook_dir, "playbook"), ctx.roles_path)
     pos = task.positions.get("module", task.source)
     if task.module == "include_tasks":

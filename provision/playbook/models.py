@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from provision.errors import InputError
+from provision.templating.lookups import search_dirs
 from provision.yamlsrc import SourcePos
 
 
@@ -126,16 +127,6 @@ def search_paths(task: Task, kind: str) -> list[str]:
     the role's KIND dir, the role dir, the playbook's KIND dir, the playbook dir."""
     return search_dirs(task.role_path, task.playbook_dir, kind)
 
-
-def search_dirs(role_dir: str | None, playbook_dir: str | None, kind: str) -> list[str]:
-    """Ansible's search path for a relative file name of kind ``files``, ``templates`` or ``vars`` (also what the
-    first_found and fileglob lookups search)."""
-    dirs = []
-    if role_dir:
-        dirs += [os.path.join(role_dir, kind), role_dir]
-    if playbook_dir:
-        dirs += [os.path.join(playbook_dir, kind), playbook_dir]
-    return dirs
 
 
 def find_file(task: Task, kind: str, name: str) -> str:

@@ -31,12 +31,21 @@ from jinja2.meta import find_undeclared_variables
 from provision.templating.base import OMIT, TemplateError, Unsafe
 from provision.templating.filters import FILTERS
 from provision.templating.jinja_tests import TESTS
+from provision.templating.lookups import file_lookup
 from provision.truthy import NotABoolean, strict_bool
 
 
 # ------------------------------------------------------------------------------------------------ globals
 
-def _lookup(name, *terms, **kw):
+@jinja2.pass_context
+def _lookup(context, name, *terms, **kw):
+    if str(name).startswith(("ansible.builtin.", "ansible.legacy.")):
+        name = str(name).rsplit(".", 1)[-1]
+    if name in ("first_found", "fileglob"):
+        found = file_lookup(name, list(terms), context.get("role_path"), context.get("playbook_dir"), **kw)
+        if name == "first_found":
+            return found if kw.get("wantlist") else (found[0] if found else "")
+        return found if kw.get("wantlist") else ",".join(found)
     out = []
     for term in terms:
         if name == "env":
@@ -50,15 +59,17 @@ def _lookup(name, *terms, **kw):
         elif name == "items" or name == "list":
             out.extend(term if isinstance(term, list) else [term])
         else:
-            raise TemplateError(f"lookup plugin {name!r} is not supported (supported: env, file, items, list)")
+            raise TemplateError(f"lookup plugin {name!r} is not supported (supported: env, file, fileglob, "
+                                "first_found, items, list)")
     if name in ("items", "list"):
         return out
     return ",".join(str(x) for x in out) if not kw.get("wantlist") else out
 
 
-def _query(name, *terms, **kw):
+@jinja2.pass_context
+def _query(context, name, *terms, **kw):
     kw["wantlist"] = True
-    res = _lookup(name, *terms, **kw)
+    res = _lookup(context, name, *terms, **kw)
     return res if isinstance(res, list) else [res]
 
 
