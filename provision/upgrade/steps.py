@@ -13,8 +13,11 @@ from provision import facts as factmod
 from provision.facts.gpu import driver_origin, nvidia_on_bus, smi_problem
 from provision.hostio import CommandResult, CommandTimeout, ConnectorError, Unreachable
 from provision.ops.plan import Cmd, FilePut, RebootAndWait
+from provision import templating
+from provision.errors import InputError
 from provision.upgrade import remote as R
 from provision.upgrade import states as S
+from provision.upgrade.agentcheck import METRICS_COMMAND, AgentAccess, agent_access, metrics_program, xid_verdict
 from provision.upgrade.statefile import HostRecord
 
 APT_ENV = "DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a"
@@ -153,8 +156,10 @@ class HostUpgrade:
     def __init__(self, name: str, runner: Any, ctx: Any, rec: HostRecord, opts: StepOptions,
                  commit: Callable[[HostRecord], None] = lambda r: None,
                  emit: Callable[[str, str], None] = lambda h, m: None,
-                 on_transition: Callable[[HostRecord, str, str], None] = lambda r, a, b: None):
+                 on_transition: Callable[[HostRecord, str, str], None] = lambda r, a, b: None,
+                 agent: AgentAccess | None = None):
         self.name, self.runner, self.ctx, self.rec, self.o = name, runner, ctx, rec, opts
+        self.agent = agent          # the agent's TLS and credentials (None: from the task's variables)
         self._commit, self._emit, self._on_transition = commit, emit, on_transition
 
     # ------------------------------------------------------------------ plumbing
@@ -477,17 +482,19 @@ class HostUpgrade:
 
     # ------------------------------------------------------------------ validating
     def check_xids(self) -> str:
-        port = int(self.o.agent_port)
-        res = self.sh(f"(curl -fsS -m 10 http://127.0.0.1:{port}/metrics || python3 -c \"import urllib.request,sys;"
-                      f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',timeout=10)"
-                      ".read().decode())\") 2>/dev/null", timeout=60)
-        if res.rc != 0 or not res.stdout.strip():
-            return f"skipped: no gpufleet agent answering on 127.0.0.1:{port}/metrics"
-        xids = {k: v for k, v in R.parse_xids(res.stdout).items() if v > 0}
-        if xids:
-            listed = ", ".join(f"GPU {g} XID {x} ×{int(v)}" for (g, x), v in sorted(xids.items()))
-            return f"failed: XID errors since the reboot: {listed}"
-        return "ok"
+        """The agent's XID counters (provision/upgrade/agentcheck.py): read with the inventory's TLS and credentials;
+        refused credentials or TLS fail the check, only an absent agent skips it."""
+        access = self.agent
+        if access is None:
+            variables = getattr(self.ctx, "vars", None) or {}
+            try:
+                access = agent_access(self.name, variables, int(self.o.agent_port),
+                                      render=lambda v: templating.render(v, variables))
+            except (InputError, templating.TemplateError) as err:
+                return f"failed: {err}"
+        res = self.runner.do(self.ctx, Cmd(METRICS_COMMAND, stdin=metrics_program(access), timeout=60,
+                                           readonly=True, desc=f"read {access.where} (XID counters)"))
+        return xid_verdict(res.rc, res.stdout, access)
 
     def check_container(self, f: Facts) -> str:
         if not f.docker:
