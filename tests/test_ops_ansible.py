@@ -343,3 +343,86 @@ def test_apt_dpkg_options_replace_the_defaults():
     assert "force-confold" not in ran[0]
     _, ran = drive("apt", {"name": "x"}, no_apt(), lambda c: (0, "", ""))
     assert "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold " in ran[0]
+
+
+# ------------------------------------------------------------------------------------------- accounts, ini, deb822
+
+def test_getent_returns_ansible_facts_and_fails_on_a_missing_key():
+    r, ran = drive("getent", {"database": "group", "key": "docker", "split": ":"}, {},
+                   lambda c: (0, "docker:x:999:alice,bob\n", ""), check=True)
+    assert not r.changed and ran == ["getent -- group docker"]
+    assert r.extra["ansible_facts"] == {"getent_group": {"docker": ["x", "999", "alice,bob"]}}
+    r, _ = drive("getent", {"database": "group", "key": "nope"}, {}, lambda c: (2, "", ""))
+    assert r.failed and r.msg == "One or more supplied key could not be found in the database."
+
+
+def user_probe(entry="", groups="", known="root docker"):
+    return lambda c: (0, f"{entry}\n@@groups\n{groups}\n@@all\n{known.replace(' ', chr(10))}\n", "") \
+        if c.startswith("getent passwd") else (0, "", "")
+
+
+def test_user_appends_groups_only_when_missing():
+    alice = "alice:x:1000:1000::/home/alice:/bin/bash"
+    r, ran = drive("user", {"name": "alice", "groups": "docker", "append": True}, {}, user_probe(alice, "alice"))
+    assert r.changed and ran[1] == "usermod -a -G docker -- alice"
+    r, ran = drive("user", {"name": "alice", "groups": "docker", "append": True}, {},
+                   user_probe(alice, "alice docker"))
+    assert not r.changed and len(ran) == 1
+    r, ran = drive("user", {"name": "bob", "groups": ["docker"], "shell": "/bin/sh"}, {}, user_probe())
+    assert r.changed and ran[1] == "useradd -m -s /bin/sh -G docker -- bob"
+    r, _ = drive("user", {"name": "bob", "groups": ["nogroup"]}, {}, user_probe())
+    assert r.failed and r.msg == "Group nogroup does not exist"
+    r, ran = drive("user", {"name": "alice", "state": "absent"}, {}, user_probe(alice, "alice"))
+    assert ran[1] == "userdel -- alice"
+
+
+def test_group():
+    r, ran = drive("group", {"name": "gpu", "system": True}, {}, lambda c: (2, "", "") if "getent" in c else (0, "", ""))
+    assert r.changed and ran[1] == "groupadd -r -- gpu"
+    r, ran = drive("group", {"name": "gpu"}, {}, lambda c: (0, "gpu:x:998:\n", ""))
+    assert not r.changed and len(ran) == 1
+
+
+@pytest.mark.parametrize("text, kw, expect", [
+    ("", dict(section="s", option="k", value="v"), "[s]\nk = v\n"),
+    ("[s]\nk = old\n\n[t]\nk = x\n", dict(section="s", option="k", value="v"), "[s]\nk = v\n\n[t]\nk = x\n"),
+    ("[s]\na = 1\n\n[t]\n", dict(section="s", option="k", value="v", spaces=False), "[s]\na = 1\nk=v\n\n[t]\n"),
+    ("top = 1\n[s]\n", dict(section=None, option="top", value="2"), "top = 2\n[s]\n"),
+    ("[s]\nk = 1\nk = 2\n", dict(section="s", option="k", value="3"), "[s]\nk = 3\n"),
+    ("[s]\nk = 1\n[t]\nx = 1\n", dict(section="s", option="k", value=None, present=False), "[s]\n[t]\nx = 1\n"),
+    ("[s]\nk = 1\n[t]\nx = 1\n", dict(section="s", option=None, value=None, present=False), "[t]\nx = 1\n"),
+    ("a = 1\n", dict(section="repo", option="enabled", value="0"), "a = 1\n\n[repo]\nenabled = 0\n"),
+])
+def test_ini_file_edit(text, kw, expect):
+    from provision.ops.blockinfile import edit_ini
+    kw.setdefault("present", True)
+    assert edit_ini(text, kw.pop("section"), kw.pop("option"), kw.pop("value"), **kw) == expect
+
+
+def test_ini_file_plan_creates_the_file():
+    r, ran = drive("ini_file", {"path": "/etc/x.ini", "section": "s", "option": "k", "value": "v"}, {},
+                   lambda c: (0, "absent\n", "") if is_stat(c) else (0, "", ""))
+    assert r.changed and ran.stdins[1] == b"[s]\nk = v\n"
+
+
+def test_deb822_repository_fetches_the_key_on_the_host_then_writes_the_sources_file():
+    binary = bytes(range(64))
+    armored = ("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n" + base64.b64encode(binary).decode()
+               + "\n-----END PGP PUBLIC KEY BLOCK-----\n")
+
+    def host(c):
+        if is_stat(c):
+            return 0, "absent\n", ""
+        if "curl" in c:
+            return 0, base64.b64encode(armored.encode()).decode(), ""
+        return 0, "", ""
+    args = {"name": "docker", "types": "deb", "uris": "http://repo/debian", "suites": "bookworm",
+            "components": "stable", "signed_by": "http://repo/debian/gpg"}
+    r, ran = drive("deb822_repository", args, {}, host)
+    assert r.changed and "curl -fsSL --retry 3 http://repo/debian/gpg" in ran[1]
+    assert ran.stdins[2] == binary and "/etc/apt/keyrings/docker.gpg" in ran[2]
+    assert ran.stdins[4] == (b"Types: deb\nURIs: http://repo/debian\nSuites: bookworm\nComponents: stable\n"
+                             b"Signed-By: /etc/apt/keyrings/docker.gpg\n")
+    assert "/etc/apt/sources.list.d/docker.sources" in ran[4] and len(ran) == 5     # no apt-get update
+    r, ran = drive("deb822_repository", args, {}, host, check=True)
+    assert r.changed and not any("mv -f" in c for c in ran)

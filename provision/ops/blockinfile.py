@@ -1,4 +1,4 @@
-"""blockinfile and replace: text edits of one file, decided as pure functions of its content (read by one
+"""blockinfile, replace and ini_file: text edits of one file, decided as pure functions of its content (read by one
 stat+content probe) and written through write_file_plan, as lineinfile is (diff, check mode, backup, mode/owner)."""
 from __future__ import annotations
 
@@ -122,3 +122,70 @@ class Replace(_TextEdit):
     def edit(self, args, before: str) -> str:
         return edit_replace(before, str(args["regexp"]), str(args.get("replace") or ""), after=args.get("after"),
                             before=args.get("before"))[0]
+
+
+_SECTION = re.compile(r"^\s*\[([^\]]*)\]\s*$")
+
+
+def edit_ini(text: str, section: str | None, option: str | None, value: str | None, *, present: bool,
+             spaces: bool = True, allow_no_value: bool = False, exclusive: bool = True) -> str:
+    """ini_file's decision: ``option = value`` set (or removed) in ``section`` (None: before the first section);
+    ``present`` without an option only makes sure the section exists; absent without an option removes the
+    section. The first setting of the option is replaced, the others removed (``exclusive``)."""
+    lines = text.splitlines()
+    start, end = 0, len(lines)        # the section's body: lines[start:end]
+    found = section is None
+    if section is None:
+        end = next((i for i, line in enumerate(lines) if _SECTION.match(line)), len(lines))
+    else:
+        for i, line in enumerate(lines):
+            m = _SECTION.match(line)
+            if m and not found and m.group(1).strip() == section:
+                found, start, end = True, i + 1, len(lines)
+            elif m and found and i >= start:
+                end = i
+                break
+    if not present and option is None:
+        if found and section is not None:
+            del lines[start - 1:end]
+        return "\n".join(lines) + ("\n" if lines else "")
+    rx = re.compile(rf"^\s*[#;]?\s*{re.escape(option)}\s*(=|$)") if option else None
+    want = None
+    if option is not None:
+        sep = "=" if not spaces else " = "
+        want = option if value is None and allow_no_value else f"{option}{sep}{'' if value is None else value}"
+    if not found:
+        if present:
+            if lines and lines[-1].strip():
+                lines.append("")
+            lines += [f"[{section}]"] + ([want] if want is not None else [])
+        return "\n".join(lines) + ("\n" if lines else "")
+    body = lines[start:end]
+    hits = [i for i, line in enumerate(body) if rx and rx.match(line) and not line.lstrip().startswith(("#", ";"))]
+    if not present:
+        body = [line for i, line in enumerate(body) if i not in hits]
+    elif want is not None:
+        if hits:
+            body[hits[0]] = want
+            if exclusive:
+                body = [line for i, line in enumerate(body) if i not in hits[1:]]
+        else:
+            last = max([i for i, line in enumerate(body) if line.strip()] or [-1])
+            body.insert(last + 1, want)
+    lines[start:end] = body
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+@module("ini_file", args={
+    "path": ArgSpec("path", required=True, aliases=("dest",)), "section": ArgSpec("str"),
+    "option": ArgSpec("str", aliases=("key",)), "value": ArgSpec("str"),
+    "state": ArgSpec("str", default="present", choices=("present", "absent")),
+    "no_extra_spaces": ArgSpec("bool", default=False), "allow_no_value": ArgSpec("bool", default=False),
+    "exclusive": ArgSpec("bool", default=True), "create": ArgSpec("bool", default=True),
+    "backup": ArgSpec("bool", default=False), **_OWNERSHIP,
+})
+class IniFile(_TextEdit):
+    def edit(self, args, before: str) -> str:
+        return edit_ini(before, args.get("section"), args.get("option"), args.get("value"),
+                        present=args.get("state", "present") == "present", spaces=not args.get("no_extra_spaces"),
+                        allow_no_value=bool(args.get("allow_no_value")), exclusive=args.get("exclusive", True))

@@ -1,0 +1,132 @@
+"""user, group and getent: accounts decided from getent's answers (one read-only probe), changed with the shadow
+utilities (useradd/usermod/userdel, groupadd/groupdel); getent returns ``ansible_facts.getent_<database>`` as
+Ansible's does."""
+from __future__ import annotations
+
+from provision.ops.core import Cmd, Op, Plan, q
+from provision.ops.spec import ArgSpec, module
+
+_SPLIT = {"passwd": ":", "group": ":", "shadow": ":", "gshadow": ":"}
+
+
+def parse_getent(text: str, split: str | None) -> dict:
+    """getent's lines -> {key: [the other fields]} (split on ``split``, else on whitespace)."""
+    out = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split(split) if split else line.split()
+        out[fields[0]] = fields[1:]
+    return out
+
+
+@module("getent", args={"database": ArgSpec("str", required=True), "key": ArgSpec("str"),
+                        "split": ArgSpec("str"), "fail_key": ArgSpec("bool", default=True),
+                        "service": ArgSpec("str")})
+class Getent(Op):
+    """Read-only: runs in check mode too, never a change."""
+
+    def plan(self, args, facts, probe, ctx):
+        db = str(args["database"])
+        cmd = "getent" + (f" -s {q(args['service'])}" if args.get("service") else "") + f" -- {q(db)}"
+        if args.get("key"):
+            cmd += f" {q(str(args['key']))}"
+
+        def result(rs) -> dict:
+            res = rs[0]
+            if res.rc == 2 and args.get("key") and args.get("fail_key", True):
+                return {"failed": True, "rc": 2, "msg": "One or more supplied key could not be found in the database."}
+            if res.rc not in (0, 2):
+                return {"failed": True, "rc": res.rc, "msg": res.stderr.strip() or f"getent failed (rc {res.rc})"}
+            split = args.get("split") or _SPLIT.get(db)
+            return {"extra": {"ansible_facts": {f"getent_{db}": parse_getent(res.stdout, split)}}}
+        return Plan([Cmd(cmd, readonly=True, counts=False, ok_rc=None)], changed=False, result=result)
+
+
+@module("user", args={
+    "name": ArgSpec("str", required=True, aliases=("user",)),
+    "state": ArgSpec("str", default="present", choices=("present", "absent")),
+    "groups": ArgSpec("list"), "append": ArgSpec("bool", default=False), "group": ArgSpec("str"),
+    "shell": ArgSpec("str"), "home": ArgSpec("path"), "create_home": ArgSpec("bool", default=True,
+                                                                            aliases=("createhome",)),
+    "system": ArgSpec("bool", default=False), "uid": ArgSpec("int"), "comment": ArgSpec("str"),
+    "password": ArgSpec("str", no_log=True), "remove": ArgSpec("bool", default=False),
+})
+class User(Op):
+    def probe(self, args, ctx):
+        n = q(str(args["name"]))
+        return f"getent passwd -- {n}; echo @@groups; id -Gn -- {n} 2>/dev/null; echo @@all; getent group | cut -d: -f1"
+
+    def plan(self, args, facts, probe, ctx):
+        name = str(args["name"])
+        head, _, rest = (probe.stdout if probe else "").partition("@@groups")
+        have, _, known = rest.partition("@@all")
+        entry = head.strip().split(":") if head.strip() else None
+        extra = {"name": name}
+        if args.get("state") == "absent":
+            if entry is None:
+                return Plan(noop=f"user {name} does not exist", extra=extra)
+            return Plan([Cmd(f"userdel{' -r' if args.get('remove') else ''} -- {q(name)}")], extra=extra,
+                        diff=[_diff(f"user {name}", "present", "absent")])
+        groups = [str(g) for g in args.get("groups") or []]
+        missing = [g for g in groups if g not in known.split()]
+        if missing:
+            return Plan(failed=True, msg=f"Group {missing[0]} does not exist")
+        opts = []
+        if args.get("shell") and (entry is None or entry[6:7] != [args["shell"]]):
+            opts += ["-s", str(args["shell"])]
+        if args.get("home") and (entry is None or entry[5:6] != [str(args["home"])]):
+            opts += ["-d", str(args["home"])]
+        if args.get("comment") is not None and (entry is None or entry[4:5] != [str(args["comment"])]):
+            opts += ["-c", str(args["comment"])]
+        if args.get("uid") is not None and (entry is None or entry[2:3] != [str(args["uid"])]):
+            opts += ["-u", str(args["uid"])]
+        want_group = str(args.get("group") or "")
+        if want_group and (entry is None or want_group not in (entry[3], (have.split() or [""])[0])):
+            opts += ["-g", str(args["group"])]
+        current = set(have.split()[1:]) if entry is not None else set()   # the first is the primary group
+        if groups and entry is None:
+            opts += ["-G", ",".join(groups)]
+        elif groups and (set(groups) - current or (not args.get("append") and current - set(groups))):
+            opts += (["-a"] if args.get("append") else []) + ["-G", ",".join(groups)]
+        if entry is None:
+            opts = (["-r"] if args.get("system") else []) + (["-m"] if args.get("create_home", True) else ["-M"]) + opts
+            return Plan([Cmd("useradd " + " ".join(q(o) for o in opts + ["--", name]))], extra=extra,
+                        diff=[_diff(f"user {name}", "absent", "present" + _shown(opts))])
+        if not opts:
+            return Plan(noop=f"user {name} is as wanted", extra=extra)
+        return Plan([Cmd("usermod " + " ".join(q(o) for o in opts + ["--", name]))], extra=extra,
+                    diff=[_diff(f"user {name}", ":".join(entry) + (f" groups {','.join(sorted(current))}"
+                                                                    if groups else ""), _shown(opts).strip())])
+
+
+def _shown(opts: list[str]) -> str:
+    return (" " + " ".join(opts)) if opts else ""
+
+
+def _diff(header: str, before: str, after: str) -> dict:
+    return {"before_header": header, "after_header": header, "before": before + "\n", "after": after + "\n"}
+
+
+@module("group", args={"name": ArgSpec("str", required=True),
+                       "state": ArgSpec("str", default="present", choices=("present", "absent")),
+                       "gid": ArgSpec("int"), "system": ArgSpec("bool", default=False)})
+class Group(Op):
+    def probe(self, args, ctx):
+        return f"getent group -- {q(str(args['name']))}"
+
+    def plan(self, args, facts, probe, ctx):
+        name = str(args["name"])
+        entry = probe.stdout.strip().split(":") if probe and probe.stdout.strip() else None
+        if args.get("state") == "absent":
+            return Plan([Cmd(f"groupdel -- {q(name)}")], diff=[_diff(f"group {name}", "present", "absent")]) \
+                if entry else Plan(noop=f"group {name} does not exist")
+        gid = args.get("gid")
+        if entry is None:
+            opts = (["-r"] if args.get("system") else []) + (["-g", str(gid)] if gid is not None else [])
+            return Plan([Cmd("groupadd " + " ".join(q(o) for o in opts + ["--", name]))],
+                        diff=[_diff(f"group {name}", "absent", "present" + _shown(opts))])
+        if gid is not None and entry[2:3] != [str(gid)]:
+            return Plan([Cmd(f"groupmod -g {int(gid)} -- {q(name)}")],
+                        diff=[_diff(f"group {name}", f"gid {entry[2]}", f"gid {gid}")])
+        return Plan(noop=f"group {name} is as wanted")
