@@ -22,6 +22,7 @@ from agent import __version__ as AGENT_VERSION
 from agent.containers import ContainerSnapshot, ContainerSource
 from agent.hostpaths import MAINTENANCE_MARKER, UPGRADE_STATE_FILE
 from agent.nvml import CLOCK_EVENT_REASONS, NvmlSnapshot, NvmlSource
+from agent.profiling_families import container_utilization_families, profiling_families
 
 log = logging.getLogger("gpu-agent.collect")
 
@@ -348,15 +349,17 @@ class AgentCollector(Collector):
             for (link, cname), v in sorted(g.nvlink_errors.items()):
                 counter("gpufleet_gpu_nvlink_errors", "NVLink error counters", ["gpu", "link", "counter"]).add_metric(
                     gl + [str(link), cname], v)
+            ML = ["gpu", "mig", "uuid", "gpu_instance", "compute_instance"]
             for m in g.mig:
-                ml = gl + [str(m.index), m.uuid]
-                gauge("gpufleet_gpu_mig_instance_info", "MIG instance on the GPU; value 1",
-                      ["gpu", "mig", "uuid"]).add_metric(ml, 1)
+                ml = gl + [str(m.index), m.uuid] + ["" if v is None else str(v)
+                                                    for v in (m.gpu_instance, m.compute_instance)]
+                gauge("gpufleet_gpu_mig_instance_info", "MIG device on the GPU (one per compute instance); value 1",
+                      ML).add_metric(ml, 1)
                 if m.memory_used_bytes is not None:
-                    gauge("gpufleet_gpu_mig_memory_used_bytes", "MIG instance memory used",
-                          ["gpu", "mig", "uuid"]).add_metric(ml, m.memory_used_bytes)
-                    gauge("gpufleet_gpu_mig_memory_total_bytes", "MIG instance memory total",
-                          ["gpu", "mig", "uuid"]).add_metric(ml, m.memory_total_bytes or 0)
+                    gauge("gpufleet_gpu_mig_memory_used_bytes", "Memory used in the MIG device's GPU instance "
+                          "(its compute instances share it)", ML).add_metric(ml, m.memory_used_bytes)
+                    gauge("gpufleet_gpu_mig_memory_total_bytes", "Memory of the MIG device's GPU instance",
+                          ML).add_metric(ml, m.memory_total_bytes or 0)
             if g.slow_age_seconds is not None:
                 gauge("gpufleet_gpu_processes", "Processes using the GPU (read in the background; age in "
                       "gpufleet_gpu_slow_reading_age_seconds)").add_metric(gl, len(g.processes))
@@ -364,6 +367,7 @@ class AgentCollector(Collector):
         yield up
         yield from fam.values()
         yield from ctr.values()
+        yield from profiling_families([g for g in snap.gpus if g.up], self.agent.nvml.slow_interval)
         xc = _c("gpufleet_gpu_xid_errors", "XID errors seen by the NVML event thread since the agent started",
                 ["gpu", "xid"])
         xt = _g("gpufleet_gpu_xid_last_seen_timestamp_seconds", "When an XID code was last seen on the GPU",
@@ -410,6 +414,7 @@ class AgentCollector(Collector):
                 gm.add_metric([c.name, str(gpu)], used)
                 gp.add_metric([c.name, str(gpu)], n)
         yield from (info, state, cpu, mem, lim, rst, req, gm, gp)
+        yield from container_utilization_families(snap.containers)
 
     # -- host ------------------------------------------------------------------------------------------------------
     def _host_families(self, hs: HostSnapshot) -> Iterator[Any]:

@@ -71,6 +71,8 @@ class ContainerReading:
     gpus: list[str] = field(default_factory=list)  # indexes/UUIDs as given, or "all"
     # per GPU index: (used memory bytes, process count), from NVML processes mapped through /proc/PID/cgroup
     gpu_usage: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # per GPU index: (SM, memory-bandwidth) utilisation ratios summed over its processes (the last interval)
+    gpu_utilization: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -220,18 +222,32 @@ def container_of_pid(pid: int, proc_root: str = "/proc") -> str | None:
         return None
 
 
-def attribute_gpu_processes(gpus: Iterable[Any], proc_root: str = "/proc") -> dict[str, dict[int, tuple[int, int]]]:
-    """container id -> {gpu index: (used bytes, process count)} from the readings' NVML process lists."""
-    out: dict[str, dict[int, tuple[int, int]]] = {}
+def attribute_gpu_processes(gpus: Iterable[Any], proc_root: str = "/proc") -> tuple[
+        dict[str, dict[int, tuple[int, int]]], dict[str, dict[int, tuple[float, float]]]]:
+    """From the readings' NVML process lists and per-process utilisation, per container id:
+    {gpu index: (used bytes, process count)} and {gpu index: (SM ratio, memory-bandwidth ratio)}, summed."""
+    usage: dict[str, dict[int, tuple[int, int]]] = {}
+    util: dict[str, dict[int, tuple[float, float]]] = {}
+    owner: dict[int, str | None] = {}
+
+    def container(pid: int) -> str | None:
+        if pid not in owner:
+            owner[pid] = container_of_pid(pid, proc_root)
+        return owner[pid]
     for g in gpus:
         for p in getattr(g, "processes", []):
-            cid = container_of_pid(p.pid, proc_root)
-            if cid is None:
-                continue
-            per = out.setdefault(cid, {})
-            used, n = per.get(g.info.index, (0, 0))
-            per[g.info.index] = (used + (p.used_memory_bytes or 0), n + 1)
-    return out
+            cid = container(p.pid)
+            if cid is not None:
+                per = usage.setdefault(cid, {})
+                used, n = per.get(g.info.index, (0, 0))
+                per[g.info.index] = (used + (p.used_memory_bytes or 0), n + 1)
+        for pid, (sm, mem) in (getattr(g, "process_utilization", None) or {}).items():
+            cid = container(pid)
+            if cid is not None:
+                pu = util.setdefault(cid, {})
+                s0, m0 = pu.get(g.info.index, (0.0, 0.0))
+                pu[g.info.index] = (s0 + sm, m0 + mem)
+    return usage, util
 
 
 class ContainerSource:
@@ -246,7 +262,7 @@ class ContainerSource:
         except (DockerApiError, ValueError) as e:
             return ContainerSnapshot(up=False, error=str(e))
         snap = ContainerSnapshot(up=True)
-        usage = attribute_gpu_processes(gpus, self.proc_root)
+        usage, util = attribute_gpu_processes(gpus, self.proc_root)
         for c in listing:
             cid = c.get("Id", "")
             name = ((c.get("Names") or ["/" + cid[:12]])[0]).lstrip("/")
@@ -270,5 +286,6 @@ class ContainerSource:
             except (DockerApiError, ValueError):
                 snap.errors += 1  # the container may have gone between the listing and now
             rd.gpu_usage = usage.get(cid, {})
+            rd.gpu_utilization = util.get(cid, {})
             snap.containers.append(rd)
         return snap

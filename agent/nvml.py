@@ -10,7 +10,8 @@ If ``nvmlInit`` fails (no driver), the source reports ``up=False`` and tries aga
 ``reinit_interval`` seconds, so a driver installed after the agent started is picked up.
 
 Slow reads run in a background refresher, never in a scrape: the total-energy counter (3-16 ms a call on H100)
-and, when enabled, PCIe throughput (~20 ms per direction). Their values carry their age.
+and, when enabled, PCIe throughput (~20 ms per direction). Their values carry their age. GPM profiling metrics and
+per-process utilisation (agent.profiling) are read on a third thread, every ``slow_interval`` too.
 XID errors come from an event thread (nvmlEventSetCreate / nvmlDeviceRegisterEvents / nvmlEventSetWait).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.profiling import GpmReading, Profiler
 from agent.replay import handle_id
 
 log = logging.getLogger("gpu-agent.nvml")
@@ -36,14 +38,8 @@ _ABSENT = (ERR_NOT_SUPPORTED, ERR_FUNCTION_NOT_FOUND)
 
 # clock-event (throttle) reason bits, nvmlClocksEventReason*
 CLOCK_EVENT_REASONS = {
-    "gpu_idle": 0x1,
-    "applications_clocks_setting": 0x2,
-    "sw_power_cap": 0x4,
-    "hw_slowdown": 0x8,
-    "sync_boost": 0x10,
-    "sw_thermal_slowdown": 0x20,
-    "hw_thermal_slowdown": 0x40,
-    "hw_power_brake_slowdown": 0x80,
+    "gpu_idle": 0x1, "applications_clocks_setting": 0x2, "sw_power_cap": 0x4, "hw_slowdown": 0x8, "sync_boost": 0x10,
+    "sw_thermal_slowdown": 0x20, "hw_thermal_slowdown": 0x40, "hw_power_brake_slowdown": 0x80,
     "display_clock_setting": 0x100,
 }
 NVLINK_COUNTERS = {"replay": 0, "recovery": 1, "crc_flit": 2, "crc_data": 3}
@@ -68,6 +64,8 @@ class GpuInfo:
 class MigInstance:
     index: int
     uuid: str = ""
+    gpu_instance: int | None = None
+    compute_instance: int | None = None
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
 
@@ -115,6 +113,11 @@ class GpuReading:
     performance_state: int | None = None
     mig: list[MigInstance] = field(default_factory=list)
     processes: list[GpuProcess] = field(default_factory=list)
+    # agent.profiling: GPM support reason, whole-GPU and per GPU instance readings, {pid: (SM, memory) ratios}
+    gpm_support: str | None = None
+    gpm: GpmReading | None = None
+    mig_gpm: dict[int, GpmReading] = field(default_factory=dict)
+    process_utilization: dict[int, tuple[float, float]] | None = None
 
 
 @dataclass
@@ -138,7 +141,7 @@ SLOW_FIELDS = ("energy_joules", "pcie_tx_bytes_per_second", "pcie_rx_bytes_per_s
 
 
 class _Lost(Exception):
-    pass
+    """The GPU fell off the bus (GPU_IS_LOST)."""
 
 
 def _s(v: Any) -> str:
@@ -166,6 +169,8 @@ class NvmlSource:
         self._driver = self._cuda = self._nvml_version = ""
         self._slow: dict[int, dict[str, Any]] = {}
         self._slow_thread: threading.Thread | None = None
+        self._profile_thread: threading.Thread | None = None
+        self.profiler = Profiler(nvml, slow_interval, processes=processes)
         self._xid_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._generation = 0
@@ -219,6 +224,7 @@ class NvmlSource:
         self._cuda = self._try_static(cuda)
         self._handles, self._infos, self._unsupported = [], [], set()
         self._slow = {}
+        self.profiler.reset()
         for i in range(n):
             info = GpuInfo(index=i)
             try:
@@ -247,18 +253,24 @@ class NvmlSource:
     def _start_threads(self) -> None:
         self._stop.clear()
         if self._slow_thread is None or not self._slow_thread.is_alive():
-            self._slow_thread = threading.Thread(target=self._slow_loop, name="nvml-slow", daemon=True)
+            self._slow_thread = threading.Thread(target=self._every, args=(self.refresh_slow,), name="nvml-slow",
+                                                 daemon=True)
             self._slow_thread.start()
+        if self._profile_thread is None or not self._profile_thread.is_alive():
+            self._profile_thread = threading.Thread(target=self._every, args=(self.refresh_profiling,),
+                                                    name="nvml-profiling", daemon=True)
+            self._profile_thread.start()
         if self.xid_events and (self._xid_thread is None or not self._xid_thread.is_alive()):
             self._xid_thread = threading.Thread(target=self._xid_loop, name="nvml-xid", daemon=True)
             self._xid_thread.start()
 
     def close(self) -> None:
         self._stop.set()
-        for t in (self._slow_thread, self._xid_thread):
+        for t in (self._slow_thread, self._profile_thread, self._xid_thread):
             if t is not None:
                 t.join(timeout=3)
         with self._lock:
+            self.profiler.reset()
             if self._up:
                 try:
                     self.nvml.nvmlShutdown()
@@ -328,10 +340,7 @@ class NvmlSource:
             if fv:
                 v = fv[0]
                 if getattr(v, "nvmlReturn", 0) == 0:
-                    val = v.value
-                    r.memory_temperature_celsius = float(getattr(val, "uiVal", 0) if v.valueType == 1
-                                                         else getattr(val, "ullVal", 0) if v.valueType == 3
-                                                         else getattr(val, "uiVal", 0))
+                    r.memory_temperature_celsius = float(getattr(v.value, "ullVal" if v.valueType == 3 else "uiVal", 0))
                 elif v.nvmlReturn in _ABSENT:
                     self._unsupported.add((i, "memtemp"))
             p = rd(i, "power", lambda: nv.nvmlDeviceGetPowerUsage(h), errs)
@@ -369,6 +378,7 @@ class NvmlSource:
                 if k != "at":
                     setattr(r, k, v)
             r.slow_age_seconds = time.monotonic() - slow["at"]
+        r.gpm_support, r.gpm, r.mig_gpm, r.process_utilization = self.profiler.reading(i)
         return r
 
     def _read_nvlink(self, i: int, h: Any, r: GpuReading, errs: list[int]) -> None:
@@ -392,9 +402,11 @@ class NvmlSource:
                 if v is not None:
                     r.nvlink_errors[(link, cname)] = int(v)
 
-    def _read_mig(self, i: int, h: Any, r: GpuReading, errs: list[int]) -> None:
+    def _mig_devices(self, i: int, h: Any, errs: list[int]) -> list[tuple[MigInstance, Any]]:
+        """The GPU's MIG devices (one per compute instance), with their GPU and compute instance ids."""
         nv = self.nvml
         n = self._read(i, "migcount", lambda: nv.nvmlDeviceGetMaxMigDeviceCount(h), errs) or 0
+        out = []
         for j in range(int(n)):
             try:
                 mh = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
@@ -403,6 +415,14 @@ class NvmlSource:
                     raise _Lost(str(e))
                 continue  # NOT_FOUND: that slot holds no instance
             inst = MigInstance(index=j)
+            inst.gpu_instance = self._read(i, "mig_gi", lambda: nv.nvmlDeviceGetGpuInstanceId(mh), errs)
+            inst.compute_instance = self._read(i, "mig_ci", lambda: nv.nvmlDeviceGetComputeInstanceId(mh), errs)
+            out.append((inst, mh))
+        return out
+
+    def _read_mig(self, i: int, h: Any, r: GpuReading, errs: list[int]) -> None:
+        nv = self.nvml
+        for inst, mh in self._mig_devices(i, h, errs):
             inst.uuid = self._try_static(lambda: _s(nv.nvmlDeviceGetUUID(mh)))
             mem = self._read(i, "migmem", lambda: nv.nvmlDeviceGetMemoryInfo(mh), errs)
             if mem is not None:
@@ -484,13 +504,30 @@ class NvmlSource:
             self._slow[i] = out
             self._slow_errors += errs[0]
 
-    def _slow_loop(self) -> None:
+    def refresh_profiling(self) -> None:
+        """GPM samples and process utilisation of every GPU, once; done every slow_interval: the GPM window."""
+        with self._lock:
+            if not self._up:
+                return
+            devices = []
+            for i, h in [(i, h) for i, h in enumerate(self._handles) if h is not None]:
+                try:  # MIG on: the GPU instances, each sampled apart
+                    gis = sorted({m.gpu_instance for m, _ in self._mig_devices(i, h, [0]) if m.gpu_instance is not None}
+                                 ) if self._infos[i].mig_mode == "enabled" else None
+                except _Lost:
+                    continue
+                devices.append((i, h, gis))
+        self.profiler.refresh(devices)
+        self._slow_errors += self.profiler.errors
+        self.profiler.errors = 0
+
+    def _every(self, refresh: Any) -> None:
         gen = self._generation
         while not self._stop.is_set() and gen == self._generation:
             try:
-                self.refresh_slow()
-            except Exception:  # never let the refresher die
-                log.exception("slow refresh failed")
+                refresh()
+            except Exception:  # never let a refresher die
+                log.exception("%s failed", refresh.__name__)
             self._stop.wait(self.slow_interval)
 
     # ------------------------------------------------------------------------------------------------ XID events

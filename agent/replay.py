@@ -11,8 +11,13 @@ Keys are the function name and its arguments; device handles become tokens (``gp
 plain JSON; ctypes structures become ``{"struct": {field: value}}`` and are replayed as attribute objects.
 Replay steps through the recorded outcomes of a key on each call and then stays on the last one.
 
+GPM: sample buffers become the token ``sample``; ``nvmlGpmMetricsGet`` is keyed by the device (and GPU instance) its
+newer sample was taken from, ``nvmlGpmMetricsGet(gpu0)`` / ``nvmlGpmMetricsGet(gpu0,1)``, and holds the metrics asked
+for. ``nvmlDeviceGetProcessUtilization`` is keyed without its since-timestamp.
+
 Faults for tests: :meth:`ReplayNvml.lose_gpu`, ``init_error``, :meth:`fail`, :meth:`xid` (an XID event for the
-event thread), ``processes`` (running GPU processes to report per GPU).
+event thread), ``processes`` (running GPU processes to report per GPU), :meth:`ReplayNvml.gpm` (GPM values on a
+recording without them), :meth:`ReplayNvml.mig` (MIG instances: never switched on for a recording).
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ _IDENTITY_CALLS = ("nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo", "nvmlDeviceGetPc
 
 
 _MISSING = object()
+_SAMPLE = "sample"  # the token of every GPM sample buffer
+_KEY_ARGS = {"nvmlDeviceGetProcessUtilization": 1}  # arguments kept in the key (the rest is a timestamp)
 
 
 class Handle:
@@ -81,6 +88,7 @@ class Recorder:
         self._call_lock = threading.Lock()
         self.calls: dict[str, list[dict]] = {}
         self._tokens: dict[Any, str] = {}
+        self._sampled: dict[Any, str] = {}  # GPM sample -> "gpu0" / "gpu0,GI": where it was last taken
 
     # tokens for handles ----------------------------------------------------------------------------------------
     def _token(self, obj: Any) -> str | None:
@@ -143,7 +151,10 @@ class Recorder:
         one_at_a_time = contextlib.nullcontext() if name in self._UNTIMED else self._call_lock
 
         def call(*args: Any) -> Any:
-            key = f"{name}({','.join(self._arg(a) for a in args)})"
+            if name == "nvmlGpmMetricsGet":
+                key = f"{name}({self._sampled.get(handle_id(args[0].sample2), 'unknown')})"
+            else:
+                key = f"{name}({','.join(self._arg(a) for a in args[:_KEY_ARGS.get(name, len(args))])})"
             with one_at_a_time:
                 t0 = time.perf_counter()
                 try:
@@ -158,10 +169,22 @@ class Recorder:
                 self._tokens[handle_id(res)] = f"{self._arg(args[0])}/mig{args[1]}"
             elif name == "nvmlEventSetCreate":
                 self._tokens[handle_id(res)] = "eventset"
-            self._add(key, {"value": self._ser(res), "us": us})
+            elif name == "nvmlGpmSampleAlloc":
+                self._tokens[handle_id(res)] = _SAMPLE
+            elif name in ("nvmlGpmSampleGet", "nvmlGpmMigSampleGet"):
+                self._sampled[handle_id(args[-1])] = ",".join(self._arg(a) for a in args[:-1])
+            value = self._metrics(res) if name == "nvmlGpmMetricsGet" else self._ser(res)
+            self._add(key, {"value": value, "us": us})
             return res
 
         return call
+
+    @staticmethod
+    def _metrics(mg: Any) -> dict:
+        """The metrics a nvmlGpmMetricsGet call asked for and got (its samples and names left out)."""
+        return {"struct": {"metrics": [{"struct": {"metricId": int(m.metricId), "nvmlReturn": int(m.nvmlReturn),
+                                                   "value": float(m.value)}}
+                                       for m in list(mg.metrics)[:int(mg.numMetrics)]]}}
 
     def dump(self, meta: dict) -> dict:
         with self._lock:
@@ -209,6 +232,8 @@ class ReplayNvml:
         self.init_calls = 0
         self._events: list[tuple[int, int]] = []
         self._event_cond = threading.Condition()
+        self._samples: dict[Any, Any] = {}  # GPM sample address -> its buffer
+        self._sampled: dict[Any, tuple] = {}  # GPM sample address -> (device handle[, GPU instance])
         self.NVMLError = _pynvml.NVMLError
 
     @classmethod
@@ -228,6 +253,44 @@ class ReplayNvml:
         """From now on ``func`` (on that GPU, with these extra arguments) returns ``value`` (plain JSON form, as in
         a recording: {"struct": {...}} for structures)."""
         self.overrides[(func, gpu, tuple(args))] = value
+
+    def gpm(self, gpu: int, metrics: dict[int, float], gpu_instance: int | None = None) -> None:
+        """GPM answers on that GPU (or GPU instance) with these values, NVML_GPM_METRIC_* id -> value in NVML's units
+        (percent, MiB/s): for recordings made on GPUs or drivers without GPM."""
+        sample = Handle(_SAMPLE)
+        self.set("nvmlGpmQueryDeviceSupport", {"struct": {"version": 1, "isSupportedDevice": 1}}, gpu=gpu)
+        if gpu_instance is None:
+            self.set("nvmlGpmSampleGet", {"handle": _SAMPLE}, gpu=gpu, args=(sample,))
+        else:
+            self.set("nvmlGpmMigSampleGet", {"handle": _SAMPLE}, gpu=gpu, args=(gpu_instance, sample))
+        self.set("nvmlGpmMetricsGet", {"struct": {"metrics": [
+            {"struct": {"metricId": k, "nvmlReturn": 0, "value": v}} for k, v in metrics.items()]}},
+            gpu=gpu, args=() if gpu_instance is None else (gpu_instance,))
+
+    def mig(self, gpu: int, instances: list[tuple[int, int, int, int]]) -> None:
+        """MIG on for a recorded GPU, with these MIG devices: (GPU instance id, compute instance id, memory total,
+        memory used). Written into the recorded calls as a MIG host's recording holds them (MIG is never switched on
+        to make a recording). Call before NVML is initialised: the mode is read once."""
+        t = f"gpu{gpu}"
+        calls: dict[str, dict] = {f"nvmlDeviceGetMigMode({t})": {"value": [1, 1]},
+                                  f"nvmlDeviceGetMaxMigDeviceCount({t})": {"value": 7},
+                                  # what NVML answers for the whole GPU once MIG is on
+                                  f"nvmlDeviceGetUtilizationRates({t})": {"error": _pynvml.NVML_ERROR_NOT_SUPPORTED},
+                                  f"nvmlDeviceGetProcessUtilization({t})": {"error": _pynvml.NVML_ERROR_NOT_SUPPORTED}}
+        for j in range(7):
+            m = f"{t}/mig{j}"
+            calls[f"nvmlDeviceGetMigDeviceHandleByIndex({t},{j})"] = (
+                {"value": {"handle": m}} if j < len(instances) else {"error": _pynvml.NVML_ERROR_NOT_FOUND})
+        for j, (gi, ci, total, used) in enumerate(instances):
+            m = f"{t}/mig{j}"
+            calls.update({f"nvmlDeviceGetGpuInstanceId({m})": {"value": gi},
+                          f"nvmlDeviceGetComputeInstanceId({m})": {"value": ci},
+                          f"nvmlDeviceGetUUID({m})": {"value": f"MIG-{gpu:08x}-{gi:04x}-{ci:04x}-0000-000000000000"},
+                          f"nvmlDeviceGetMemoryInfo({m})": {"value": {"struct": {"total": total, "used": used,
+                                                                                  "free": total - used}}}})
+        for key, outcome in calls.items():
+            self._calls[key] = [outcome]
+            self._pos.pop(key, None)
 
     def xid(self, gpu: int, code: int) -> None:
         with self._event_cond:
@@ -430,3 +493,40 @@ class ReplayNvml:
                                eventData=code, gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
 
     _fn_nvmlEventSetWait = _fn_nvmlEventSetWait_v2
+
+    def _fn_nvmlDeviceGetProcessUtilization(self, device: Handle, since_us: int) -> list:
+        return self._replay("nvmlDeviceGetProcessUtilization", (device,))
+
+    # GPM: sample buffers are real ctypes pointers (nvmlGpmMetricsGet's structure holds them), to buffers of ours
+    def _fn_nvmlGpmSampleAlloc(self) -> Any:
+        if not self.initialized:
+            raise self._err(_pynvml.NVML_ERROR_UNINITIALIZED)
+        buf = (ctypes.c_char * 8)()
+        sample = ctypes.cast(buf, _pynvml.c_nvmlGpmSample_t)
+        self._samples[handle_id(sample)] = buf
+        return sample
+
+    def _fn_nvmlGpmSampleFree(self, sample: Any) -> None:
+        self._samples.pop(handle_id(sample), None)
+
+    def _fn_nvmlGpmSampleGet(self, device: Handle, sample: Any) -> Any:
+        self._replay("nvmlGpmSampleGet", (device, Handle(_SAMPLE)))
+        self._sampled[handle_id(sample)] = (device,)
+        return sample
+
+    def _fn_nvmlGpmMigSampleGet(self, device: Handle, gpu_instance: int, sample: Any) -> Any:
+        self._replay("nvmlGpmMigSampleGet", (device, gpu_instance, Handle(_SAMPLE)))
+        self._sampled[handle_id(sample)] = (device, gpu_instance)
+        return sample
+
+    def _fn_nvmlGpmMetricsGet(self, mg: Any) -> Any:
+        where = self._sampled.get(handle_id(mg.sample2))
+        if where is None or handle_id(mg.sample1) not in self._sampled:
+            raise self._err(_pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        got = {int(m.metricId): m for m in self._replay("nvmlGpmMetricsGet", where).metrics}
+        for k in range(int(mg.numMetrics)):
+            m = mg.metrics[k]
+            r = got.get(int(m.metricId))
+            m.nvmlReturn = _pynvml.NVML_ERROR_NOT_SUPPORTED if r is None else int(r.nvmlReturn)
+            m.value = 0.0 if r is None else float(r.value)
+        return mg
