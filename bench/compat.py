@@ -135,7 +135,7 @@ class Scanner:
         rep = RoleReport(name, path)
         for sub, handler in (("tasks", False), ("handlers", True)):
             base = os.path.join(path, sub)
-            for root, dirs, files in os.walk(base):
+            for root, dirs, files in os.walk(base, followlinks=True):
                 dirs.sort()
                 for f in sorted(files):
                     if f.endswith((".yml", ".yaml")):
@@ -187,7 +187,7 @@ def syntax_check(role_path: str) -> str:
 def find_sources(top: str) -> tuple[list[str], list[str]]:
     """(roles, playbooks) under ``top``: a folder with tasks/ is a role; molecule/ and tests/ folders are left out."""
     roles, books = [], []
-    for root, dirs, files in os.walk(top):
+    for root, dirs, files in os.walk(top, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in ("molecule", "tests"))
         if os.path.isdir(os.path.join(root, "tasks")) and os.path.basename(root) not in ("tasks", "handlers"):
             roles.append(root)
