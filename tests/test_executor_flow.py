@@ -303,3 +303,38 @@ def test_notify_naming_no_handler_is_caught_at_load_in_roles_and_includes(tmp_pa
     except InputError as err:
         assert (err.file, err.line, err.key) == (str(tmp_path / "roles/r/tasks/main.yml"), 2, "notify")
         assert "no handler named 'restart thing'" in str(err) and "restart other" in str(err)
+
+
+def test_remote_user_fills_in_what_the_inventory_leaves_unset_one_connection_per_login(tmp_path):
+    from provision.connectors.local import LocalConnector
+    from provision.executor import Executor, RunOptions
+    from provision.output.jsondoc import JsonReporter
+    opened = []
+
+    def factory(host, options):
+        opened.append((host.name, host.vars.get("ansible_user")))
+        return LocalConnector(host.name)
+    inv_path = write(tmp_path, "inv.yaml", """
+        all:
+          hosts:
+            free: {}
+            pinned: {ansible_user: carol}
+        """)
+    path = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          gather_facts: false
+          remote_user: alice
+          tasks:
+            - command: "true"
+            - command: "true"
+              remote_user: bob
+        - hosts: all
+          gather_facts: false
+          remote_user: alice
+          tasks:
+            - command: "true"
+        """)
+    ex = Executor(load_inventory(inv_path), RunOptions(forks=4), JsonReporter(), connector_factory=factory)
+    assert ex.run_playbook(load_playbook(path)).exit_code() == 0
+    assert sorted(set(opened)) == [("free", "alice"), ("free", "bob"), ("pinned", "carol")]
+    assert opened.count(("free", "alice")) == 1 and opened.count(("pinned", "carol")) == 1

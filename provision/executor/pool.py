@@ -8,6 +8,13 @@ from typing import Any, Callable
 from provision.connectors import ConnectOptions, connect
 
 
+def _key(host) -> str:
+    """A pool slot: the host and the login (a play's remote_user/connection keywords may log in otherwise than
+    the play before)."""
+    hv = getattr(host, "vars", None) or {}
+    return "\0".join((host.name, str(hv.get("ansible_user") or ""), str(hv.get("ansible_connection") or "")))
+
+
 class ConnectionPool:
     """At most ``limit`` open connections; one per host, reused for the whole run while it fits."""
 
@@ -22,7 +29,7 @@ class ConnectionPool:
         self.opened = 0
 
     def acquire(self, host) -> Any:
-        name = host.name
+        name = _key(host)
         with self._cond:
             while True:
                 if name in self._conns and self._conns[name] is not None:
@@ -59,37 +66,37 @@ class ConnectionPool:
 
     def release(self, host) -> None:
         with self._cond:
-            n = self._busy.get(host.name, 0) - 1
+            n = self._busy.get(_key(host), 0) - 1
             if n <= 0:
-                self._busy.pop(host.name, None)
+                self._busy.pop(_key(host), None)
             else:
-                self._busy[host.name] = n
+                self._busy[_key(host)] = n
             self._cond.notify_all()
 
     def reconnect(self, host) -> Any:
         """Drop the host's connection and open a new one in the same slot (reboot)."""
         with self._cond:
-            old = self._conns.get(host.name)
-            self._conns[host.name] = None
+            old = self._conns.get(_key(host))
+            self._conns[_key(host)] = None
         if old is not None:
             self._close(old)
         try:
             conn = self.factory(host, self.options)
         except BaseException:
             with self._cond:
-                self._conns.pop(host.name, None)
+                self._conns.pop(_key(host), None)
                 self._cond.notify_all()
             raise
         with self._cond:
-            self._conns[host.name] = conn
+            self._conns[_key(host)] = conn
             self.opened += 1
             self._cond.notify_all()
         return conn
 
     def drop(self, host) -> None:
         with self._cond:
-            old = self._conns.pop(host.name, None)
-            self._busy.pop(host.name, None)
+            old = self._conns.pop(_key(host), None)
+            self._busy.pop(_key(host), None)
             self._cond.notify_all()
         if old is not None:
             self._close(old)

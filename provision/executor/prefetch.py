@@ -38,6 +38,9 @@ def prefetch(ex, s, play) -> None:
     per host (per become setting). A task later uses a probe's answer, or a prefetched fact, only if nothing
     ran on the host in between (OpContext.probe; both live in the probe cache that any change clears)."""
     s.probe_cache = {}
+    login = (getattr(play, "remote_user", None), getattr(play, "connection", None))
+    if "{{" in f"{login[0] or ''}{login[1] or ''}":
+        return   # a templated login is known only when a task renders it
     started = ex._started
     groups: dict[tuple, list[str]] = {}
     facts: list[str] = []
@@ -48,7 +51,9 @@ def prefetch(ex, s, play) -> None:
                 continue
             started = True
         spec = reg.get(task.module)
-        if (spec is None or spec.runs_on_controller or not isinstance(spec.impl, type)
+        if (spec is None or task.delegate_to or task.unsupported     # another host, or nothing to probe
+                or (task.remote_user, task.connection) != login
+                or spec.runs_on_controller or not isinstance(spec.impl, type)
                 or getattr(spec.impl, "controller", False)
                 or not tag_selected(task.tags, ex.options.tags, ex.options.skip_tags)):
             continue
@@ -78,8 +83,9 @@ def prefetch(ex, s, play) -> None:
     fact_group = (False, "") if (False, "") in groups else next(iter(groups), None)
     if fact_group is None or sum(len(c) for c in groups.values()) + (1 if facts else 0) < 2:
         return   # nothing to save: one round trip either way
+    host = ex.runner(s, play).host   # as the play logs in (remote_user / connection keywords)
     try:
-        conn = ex.pool.acquire(s.host)
+        conn = ex.pool.acquire(host)
     except Unreachable:
         return   # the first task reports it
     try:
@@ -113,5 +119,5 @@ def prefetch(ex, s, play) -> None:
     except ConnectorError:
         s.probe_cache = {}
     finally:
-        ex.pool.release(s.host)
+        ex.pool.release(host)
 
