@@ -338,3 +338,22 @@ def test_remote_user_fills_in_what_the_inventory_leaves_unset_one_connection_per
     assert ex.run_playbook(load_playbook(path)).exit_code() == 0
     assert sorted(set(opened)) == [("free", "alice"), ("free", "bob"), ("pinned", "carol")]
     assert opened.count(("free", "alice")) == 1 and opened.count(("pinned", "carol")) == 1
+
+
+def test_apply_lists_unsupported_modules_up_front_and_strict_refuses(tmp_path, inv, capsys):
+    from test_executor_local import run
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          gather_facts: false
+          tasks:
+            - name: rpm
+              rpm_key: {key: x}
+              when: false
+            - command: "true"
+        """)
+    rc, out = run(capsys, "apply", inv, "-p", pb)
+    assert rc == 0 and "rpm_key: module rpm_key is not supported by gpufleet (RedHat family)" in out.err
+    assert "skipping: [a]" in out.out or "skipped" in out.out
+    rc, out = run(capsys, "apply", inv, "-p", pb, "--strict")
+    assert rc == 4 and f"{pb}:6: rpm_key: module rpm_key is not supported by gpufleet (RedHat family) (--strict)" \
+        in out.err and not list(tmp_path.glob("out*"))

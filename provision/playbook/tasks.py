@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from provision import yamlsrc
 from provision.errors import closest
+from provision.hostenv import env_name_problem
 from provision.playbook.fields import (HANDLER_KEYS, LOOP_CONTROL_KEYS, TASK_KEYS, UNSUPPORTED, _bool, _check_keys,
                                        _conditions, _err, _ident, _kpos, _mapping, _number, _str, _str_list,
                                        INCLUDE_KEYS, action_name)
@@ -52,6 +53,8 @@ def _environment(v: Any, pos: SourcePos) -> dict | str:
     env = _mapping(v, pos, "environment")
     out = {}
     for k, val in env.items():
+        if env_name_problem(k):
+            raise _err(f"environment: {env_name_problem(k)}", _kpos(env, k, pos), str(k))
         if isinstance(val, (dict, list)):
             raise _err(f"environment values must be strings, got {describe(val)}", _kpos(env, k, pos), k)
         out[k] = "" if val is None else (str(val).lower() if isinstance(val, bool) else str(val))
@@ -120,11 +123,14 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
         raise _err(f"a task runs one module, found {len(mods)}: {', '.join(mods)}", kp(mods[1]), mods[1])
     unsupported = None
     if others:
-        k = others[0]
-        if mods or len(others) > 1:
-            key_hint = closest(str(k), valid)
-            if key_hint or mods:
-                raise _err("unknown task key", kp(k), str(k), hint=key_hint or closest(str(k), reg))
+        if mods:
+            k = others[0]
+            raise _err("unknown task key", kp(k), str(k), hint=closest(str(k), valid) or closest(str(k), reg))
+        named = [k for k in others if isinstance(k, str) and is_ansible_module(k)]
+        k = named[0] if named else others[0]
+        for x in others:
+            if x != k:
+                raise _err("unknown task key", kp(x), str(x), hint=closest(str(x), valid))
         hint = closest(str(k), reg) or closest(str(k), valid)
         if not isinstance(k, str) or (hint and not is_ansible_module(k)):
             raise _err("unknown module", kp(k), str(k), hint=hint)
