@@ -205,3 +205,11 @@ def test_the_registry_is_chosen_where_the_host_reaches_the_controller(tarball, m
     assert FakeServer.withdrawn == ["t0k"] and failed.commands[0].stdin == path     # falls back to the stream
     done = failed.then({}, [res(), res(image_id + "\n")])
     assert "pull from 172.19.0.1:5000 failed: x509" in done.msg and "through the connection" in done.msg
+
+
+def test_progress_notes_show_at_v_and_commands_at_vv():
+    from provision.output.text import TextReporter
+    out = io.StringIO()
+    TextReporter(out, io.StringIO(), verbosity=1, color=False).verbose("h1", "v", "img.tar sent: 1.0 GB of 2.0 GB")
+    TextReporter(out, io.StringIO(), verbosity=1, color=False).verbose("h1", "cmd", "docker load")
+    assert out.getvalue() == "<h1> NOTE img.tar sent: 1.0 GB of 2.0 GB\n"

@@ -89,8 +89,8 @@ class GpuImage(Op):
             return _fetch_image(tag, source, via=via, ctx=ctx, **fetch)
         if wanted is None:
             return Plan([_inspect(tag, counts=False)], then=present_or_fetch)
-        look = (f"for r in {q(tag)} {q(wanted)}; do docker image inspect --format '{{{{.Id}}}}' -- \"$r\" "
-                "2>/dev/null || echo -; done")
+        look = (f"for r in {q(tag)} {q(wanted)}; do i=$(docker image inspect --format '{{{{.Id}}}}' -- \"$r\" "
+                '2>/dev/null); echo "${i:--}"; done')
         return Plan([Cmd(look, readonly=True, ok_rc=None, counts=False)], then=present_or_fetch)
 
 
