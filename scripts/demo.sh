@@ -11,10 +11,9 @@ cd "$(dirname "$0")/.."
 .venv/bin/python scripts/check_ssh.py inventories/testbed.yaml      # paramiko, RejectPolicy, testbed known_hosts
 # TEST EQUIPMENT: the stand-ins for the official PyTorch image and for the dev image built on it (no registry is
 # reachable here); the controller streams them to the hosts. Prints progress, then the two tags, dev last.
-dev_image=$(.venv/bin/python -m provision.testbed.standin_images | tail -n 1)
-# The dev containers' SSH takes keys only: give them the testbed's public key (use your own on a real lab).
-dev_key=$(cat .testbed/lab/id_ed25519.pub)
-.venv/bin/provision apply inventories/testbed.yaml -p playbooks/site.yaml \
-    -e "{\"devcontainer_image\": \"$dev_image\", \"devcontainer_bind\": \"127.0.0.1\", \"devcontainer_authorized_keys\": [\"$dev_key\"]}"
+.venv/bin/python -m provision.testbed.standin_images
+# The testbed's inventory carries the rest (dev containers on 127.0.0.1, SSH with the testbed's public key; use
+# your own on a real lab): the same command runs again as it is, with 0 changed.
+.venv/bin/provision apply inventories/testbed.yaml -p playbooks/site.yaml
 echo "demo: inventory inventories/testbed.yaml; run it again to see 0 changed;" \
      "remove the testbed with: .venv/bin/provision testbed down --name lab"

@@ -3,12 +3,15 @@ signatures, and the image recipe hash. No container is started here."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from provision.errors import InputError
 from provision.testbed import HostSpec, gpus, image, repo
 from provision.testbed.core import write_secure_boot_firmware
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_parse_gpus_forms():
@@ -107,3 +110,25 @@ def test_testbed_hosts_get_images_only_from_the_controller():
     """gpu_image's default `auto` would `docker pull` from a public registry first: never from the testbed."""
     from provision.testbed import Testbed
     assert Testbed(name="unit-vars").group_vars()["gpu_image_source"] == "stream"
+
+
+def test_testbed_inventory_carries_what_the_demo_needs(tmp_path):
+    """`provision apply inventories/testbed.yaml` runs again as it is after the demo (README command 1): the dev
+    containers' bind address and the testbed's key are in the inventory, and the stand-in dev image carries the
+    devcontainer role's default name, so no -e is needed."""
+    import yaml
+
+    from provision.testbed import Testbed
+    from provision.testbed.standin_images import BASE_TAG, DEV_DEFAULT_TAG
+    tb = Testbed(name="unit-demo", workdir=tmp_path)
+    assert tb.group_vars()["devcontainer_authorized_keys"] == []          # before `up` wrote the key
+    (tmp_path / "id_ed25519.pub").write_text("ssh-ed25519 AAAAC3Nza-test gpufleet-testbed-unit-demo\n")
+    v = tb.group_vars()
+    assert v["devcontainer_authorized_keys"] == ["ssh-ed25519 AAAAC3Nza-test gpufleet-testbed-unit-demo"]
+    assert v["devcontainer_bind"] == "127.0.0.1" and "devcontainer_image" not in v
+    defaults = yaml.safe_load((ROOT / "playbooks/roles/devcontainer/defaults/main.yaml").read_text())
+    role_default = defaults["devcontainer_image"].replace(
+        "{{ gpu_image | regex_replace('^.*:', '') }}", BASE_TAG.rsplit(":", 1)[1])
+    assert role_default == DEV_DEFAULT_TAG == "gpufleet/dev:2.7.0-cuda12.8-cudnn9-runtime"
+    demo = (ROOT / "scripts/demo.sh").read_text()
+    assert "provision apply inventories/testbed.yaml -p playbooks/site.yaml\n" in demo and " -e " not in demo

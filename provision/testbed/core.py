@@ -165,7 +165,17 @@ class Testbed:
             # Images reach testbed hosts only from the controller (docker save, streamed): a host must never try a
             # public registry (the network rule), which gpu_image's default `auto` would do first.
             "gpu_image_source": "stream",
+            # What the demo needs, here so that `provision apply inventories/testbed.yaml` runs again as it is: the
+            # dev containers' ports on the host's loopback, and SSH into them with the testbed's own key (the dev
+            # image is the role's default name, which standin_images.ensure_dev() tags).
+            "devcontainer_bind": "127.0.0.1",
+            "devcontainer_authorized_keys": self.authorized_keys(),
         }
+
+    def authorized_keys(self) -> list[str]:
+        """The testbed's public key (written by ``up``), for the dev containers' SSH."""
+        pub = self.workdir / "id_ed25519.pub"
+        return [pub.read_text().strip()] if pub.exists() else []
 
     # -- validation ----------------------------------------------------------------------------------------------
     @staticmethod

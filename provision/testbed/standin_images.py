@@ -4,7 +4,9 @@
                    (pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime): python3 in a venv at /opt/conda (the official
                    layout) and a stub ``torch`` (images/standin/torch) whose cuda.is_available() is False.
 ``ensure_dev()``   builds images/dev/Dockerfile on top of it (jupyter-server instead of the whole JupyterLab, wheels
-                   downloaded on the controller with pip; openssh-server from Debian's mirror through Docker's NAT).
+                   downloaded on the controller with pip; openssh-server from Debian's mirror through Docker's NAT),
+                   also tagged as the devcontainer role's default name (DEV_DEFAULT_TAG), so that the testbed's
+                   inventory needs no devcontainer_image (a second `provision apply` finds the same image).
 
 Both are cached by a hash of their recipe (files, arguments, base image id). Every stand-in carries the label
 ``gpufleet.standin=1``; a same-named image without it (a real one) is never overwritten.
@@ -14,7 +16,6 @@ Both are cached by a hash of their recipe (files, arguments, base image id). Eve
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,8 @@ STANDIN_DIR = IMAGES_DIR / "standin"
 DEV_DIR = IMAGES_DIR / "dev"
 BASE_TAG = "pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime"
 DEV_REPO = "gpufleet-dev-standin"
+# the devcontainer role's default image: "gpufleet/dev:" + the tag of gpu_image (roles/devcontainer/defaults)
+DEV_DEFAULT_TAG = "gpufleet/dev:" + BASE_TAG.rsplit(":", 1)[1]
 LABEL = "gpufleet.standin"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "util-linux")
 DEV_PIP = ("jupyter-server",)
@@ -132,10 +135,10 @@ def ensure_dev(log=print) -> str:
     base = ensure_base(log)
     tag = f"{DEV_REPO}:{recipe_hash(dev_recipe(base))}"
     if docker.exists("image", tag):
-        return tag
+        return _default_name(tag, log)
     with locked("gpu-standin-dev"):
         if docker.exists("image", tag):
-            return tag
+            return _default_name(tag, log)
         start = time.monotonic()
         log(f"gpu stand-in: building {tag} from images/dev/Dockerfile (TEST EQUIPMENT, once)")
         work = Path(tempfile.mkdtemp(prefix="gpu-dev-", dir=cache_dir()))
@@ -151,6 +154,15 @@ def ensure_dev(log=print) -> str:
         finally:
             subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
         log(f"gpu stand-in: built {tag} in {time.monotonic() - start:.0f}s")
+    return _default_name(tag, log)
+
+
+def _default_name(tag: str, log) -> str:
+    """Tag the stand-in dev image also as DEV_DEFAULT_TAG, unless that name is a real (non stand-in) image."""
+    if _label(DEV_DEFAULT_TAG, LABEL) not in (None, "1"):
+        log(f"gpu stand-in: {DEV_DEFAULT_TAG} exists here and is not a gpufleet stand-in: left as it is")
+    elif _image_id(tag) != (_image_id(DEV_DEFAULT_TAG) if docker.exists("image", DEV_DEFAULT_TAG) else None):
+        _sh([docker.docker_bin(), "tag", tag, DEV_DEFAULT_TAG])
     return tag
 
 
