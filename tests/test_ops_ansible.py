@@ -309,6 +309,7 @@ def test_kernel_blacklist_keeps_one_line():
     r, ran = drive("kernel_blacklist", {"name": "nouveau"}, {},
                    lambda c: (0, "absent\n", "") if is_stat(c) else (0, "", ""))
     assert r.changed and ran.stdins[1] == b"blacklist nouveau\n" and "/etc/modprobe.d/blacklist.conf" in ran[1]
+    assert ran[1].startswith("mkdir -p /etc/modprobe.d && ")
     r, ran = drive("kernel_blacklist", {"name": "nouveau"}, {}, lambda c: (0, stat_line(b"blacklist nouveau\n"), ""))
     assert not r.changed
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from provision.facts import section_script, split_sections
-from provision.ops.core import Cmd, Op, Plan, parse_stat, q, stat_probe, write_file_plan
+from provision.ops.core import Cmd, FilePut, Op, Plan, parse_stat, q, stat_probe, write_file_plan
 from provision.ops.files import LineInFile
 from provision.ops.spec import ArgSpec, module
 
@@ -87,4 +87,8 @@ class KernelBlacklist(LineInFile):
         name = str(args["name"])
         line_args = {"path": str(args["blacklist_file"]), "line": f"blacklist {name}", "create": True,
                      "regexp": rf"^\s*blacklist\s+{re.escape(name)}\s*$", "state": args.get("state", "present")}
-        return super().plan(line_args, facts, probe, ctx)
+        plan = super().plan(line_args, facts, probe, ctx)
+        for c in plan.commands:       # /etc/modprobe.d may not exist yet (a minimal system)
+            if isinstance(c, FilePut):
+                c.make_parent = True
+        return plan
