@@ -169,3 +169,72 @@ def test_site_playbook_and_lab_inventory_validate_without_connecting():
     assert names and all(n.endswith(".lab.example.com") for n in names)
     groups = {g: {h.name for h in inv.select(g)} for g in ("hopper", "blackwell", "ampere")}
     assert all(groups.values())
+
+
+# ---- dev containers: exposure (issue 15, F7) ---------------------------------------------------------------------
+def _dev_plan(args: dict, probe_text: str, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from provision.ops.core import OpContext
+    from provision.ops.spec import registry
+    from provision.ops.core import normalize
+    monkeypatch.setenv("GPUFLEET_SECRETS_DIR", str(tmp_path))
+    spec = registry()["gpu_devcontainer"]
+    full = normalize(spec, {"image": "gpufleet/dev:x", "authorized_keys": ["ssh-ed25519 AAAAC3Nza alice"], **args})
+    return spec.impl().plan(full, {}, SimpleNamespace(stdout=probe_text, rc=0), OpContext("h1"))
+
+
+def _probe(token="", tls=""):
+    return (f"{MARK} maintenance\n\n{MARK} token\n{token}\n{MARK} keys\n\n{MARK} tls\n{tls}\n"
+            f"{MARK} image\nsha256:9\n{MARK} container\n\n{MARK} end\n")
+
+
+def test_dev_container_binds_loopback_by_default_and_plain_jupyter_only_there(tmp_path, monkeypatch):
+    from provision.ops.spec import registry
+    import yaml
+    assert registry()["gpu_devcontainer"].args["bind"].default == "127.0.0.1" == dc.DevSpec("n", "i").bind
+    role = yaml.safe_load(open("playbooks/roles/devcontainer/defaults/main.yaml"))
+    assert role["devcontainer_bind"] == "127.0.0.1"
+    text = " ".join(dc.docker_run_args(SPEC, "abc"))
+    assert "-p 127.0.0.1:8888:8888 -p 127.0.0.1:2222:22" in text and "GPUFLEET_JUPYTER_TLS" not in text
+    plan = _dev_plan({}, _probe(), tmp_path, monkeypatch)
+    assert not any("openssl" in getattr(c, "cmd", "") for c in plan.commands)
+
+
+def test_dev_container_bound_elsewhere_serves_jupyter_over_tls_made_once(tmp_path, monkeypatch):
+    wide = dc.DevSpec(name="gpufleet-dev", image="gpufleet/dev:x", bind="0.0.0.0")
+    args = dc.docker_run_args(wide, "abc")
+    assert "GPUFLEET_JUPYTER_TLS=1" in args and f"{wide.state_dir}:{dc.STATE_MOUNT}" in args
+    assert args[-2:] == ["--", "gpufleet/dev:x"]
+    first = _dev_plan({"bind": "0.0.0.0"}, _probe(), tmp_path, monkeypatch)
+    made = [c for c in first.commands if "openssl req" in getattr(c, "cmd", "")]
+    assert len(made) == 1
+    again = _dev_plan({"bind": "0.0.0.0"}, _probe(tls="present"), tmp_path, monkeypatch)
+    assert not any("openssl" in getattr(c, "cmd", "") for c in again.commands)   # kept: made once per host
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0 -p 1:2", "my-host", "$(id)"])
+def test_dev_container_bind_is_an_address(bind, tmp_path, monkeypatch):
+    plan = _dev_plan({"bind": bind}, _probe(), tmp_path, monkeypatch)
+    assert plan.failed and "bind:" in plan.msg
+
+
+def test_the_certificate_command_makes_a_key_only_the_user_reads(tmp_path):
+    import os
+    import subprocess
+    spec = dc.DevSpec(name="gpufleet-dev", image="i", bind="10.1.2.3", data_root=str(tmp_path), uid=os.getuid())
+    os.makedirs(f"{spec.state_dir}/tls")
+    res = subprocess.run(["/bin/sh", "-c", dc.tls_command(spec)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert oct(os.stat(spec.tls_path("key")).st_mode & 0o777) == "0o600"
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", spec.tls_path("crt")], capture_output=True,
+                          text=True).stdout
+    assert "IP Address:10.1.2.3" in text and "IP Address:127.0.0.1" in text and "prime256v1" in text
+
+
+def test_the_token_file_is_the_container_users_on_the_host(tmp_path, monkeypatch):
+    from provision.ops.plan import FilePut
+    plan = _dev_plan({"uid": 1234}, _probe(), tmp_path, monkeypatch)
+    put = [c for c in plan.commands if isinstance(c, FilePut) and c.path.endswith("/jupyter_token")]
+    assert len(put) == 1 and (put[0].mode, put[0].owner, put[0].group) == (0o400, "1234", "1234")
+    fix = _dev_plan({"uid": 1234}, _probe(token="400 0"), tmp_path, monkeypatch)
+    assert any("chown -- 1234:1234" in getattr(c, "cmd", "") for c in fix.commands)

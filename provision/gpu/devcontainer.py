@@ -6,6 +6,13 @@ Pure: :func:`docker_run_args` and :func:`spec_hash` (what the container should b
 provision/ops/gpu_devcontainer.py) probes the host once (:func:`probe_command`, in the sections of provision.facts) and
 turns the difference into commands.
 
+Exposure (docs/security.md): the ports are published on 127.0.0.1 by default (users reach them through an SSH
+tunnel to the host; Docker-published ports bypass the host's INPUT firewall, so a wider ``bind`` is a choice the
+inventory makes). Bound anywhere else, Jupyter serves HTTPS only, with a self-signed certificate made once per host
+by ``openssl`` on the host and kept in the container's state folder (:attr:`DevSpec.state_dir`, mounted at
+:data:`STATE_MOUNT`), where the SSH host keys are kept too (made at the container's first start): a re-created
+container shows users the same host key and the same certificate.
+
 Secrets: the Jupyter token is generated on the controller (``secrets.token_urlsafe``), travels only as the stdin of
 one command into a host file readable by the container user alone (0400), is saved on the controller in a 0600
 file, is shown once on the controlling terminal when there is one, and never appears in a command line, a
@@ -14,6 +21,7 @@ message, a diff or the container's config (the entrypoint reads the file).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -29,6 +37,8 @@ LABEL = "gpufleet.devcontainer"
 HOST_ROOT = "/etc/gpufleet/devcontainers"
 DATA_ROOT = "/srv/gpufleet/devcontainers"
 VOLUMES = ("data", "models", "checkpoints")
+STATE_MOUNT = "/var/lib/gpufleet-dev"     # in the container: ssh/ (host keys, root 0700), tls/ (Jupyter's, the user's)
+LOOPBACK_BINDS = ("127.0.0.1", "::1", "localhost")
 
 
 class SpecError(ValueError):
@@ -44,7 +54,7 @@ class DevSpec:
     gpus: str = "all"                      # "all" or "0,1" / "GPU-uuid,..."
     jupyter_port: int = 8888
     ssh_port: int = 2222
-    bind: str = "0.0.0.0"
+    bind: str = "127.0.0.1"                # loopback: reach it through an SSH tunnel
     shm_size: str = "8g"
     runtime: str = "nvidia"
     data_root: str = DATA_ROOT
@@ -65,6 +75,31 @@ class DevSpec:
 
     def volume_dir(self, v: str) -> str:
         return f"{self.data_root}/{self.name}/{v}"
+
+    @property
+    def state_dir(self) -> str:
+        """Host folder of what must outlive the container: SSH host keys, Jupyter's TLS certificate."""
+        return f"{self.data_root}/{self.name}/state"
+
+    @property
+    def jupyter_tls(self) -> bool:
+        """Jupyter behind TLS wherever it is reachable from more than the host itself."""
+        return self.bind not in LOOPBACK_BINDS
+
+    def tls_path(self, what: str) -> str:
+        return f"{self.state_dir}/tls/jupyter.{what}"
+
+
+def bind_address(bind) -> str:
+    """The address the ports are published on: an IP address (Docker's -p takes no names but 'localhost')."""
+    text = str(bind or "127.0.0.1").strip()
+    if text == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise SpecError(f"bind: {text!r} is not an IP address (127.0.0.1, the default, is reached through an SSH "
+                        "tunnel)") from None
 
 
 def normalize_gpus(gpus, gpu_count: int | None = None) -> str:
@@ -107,17 +142,36 @@ def docker_run_args(spec: DevSpec, h: str) -> list[str]:
         a += ["--runtime", spec.runtime, "-e", f"NVIDIA_VISIBLE_DEVICES={spec.gpus}",
               "-e", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
     a += ["-e", f"GPUFLEET_DEV_USER={spec.user}", "-e", "GPUFLEET_JUPYTER_PORT=8888"]
+    if spec.jupyter_tls:
+        a += ["-e", "GPUFLEET_JUPYTER_TLS=1"]
     for k, v in spec.env:
         a += ["-e", f"{k}={v}"]
     a += ["-p", f"{spec.bind}:{spec.jupyter_port}:8888", "-p", f"{spec.bind}:{spec.ssh_port}:22"]
     for v in VOLUMES:
         a += ["-v", f"{spec.volume_dir(v)}:/workspace/{v}"]
+    a += ["-v", f"{spec.state_dir}:{STATE_MOUNT}"]
     a += ["-v", f"{spec.token_path}:/run/gpufleet/jupyter_token:ro",
           "-v", f"{spec.keys_path}:/etc/ssh/authorized_keys/{spec.user}:ro"]
     for k, v in labels(spec, h).items():
         a += ["--label", f"{k}={v}"]
-    a.append(spec.image)
+    a += ["--", spec.image]
     return a
+
+
+def tls_command(spec: DevSpec) -> str:
+    """Make Jupyter's self-signed certificate on the host, once (kept in the state folder; the key readable by the
+    container's user alone). EC P-256, ten years, the host's name and the bind address in subjectAltName."""
+    key, crt = shlex.quote(spec.tls_path("key")), shlex.quote(spec.tls_path("crt"))
+    folder = shlex.quote(f"{spec.state_dir}/tls")
+    ip = spec.bind if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", spec.bind) and spec.bind not in ("0.0.0.0", "::") \
+        else ""
+    san = "DNS:$(hostname -f 2>/dev/null || hostname),DNS:localhost,IP:127.0.0.1" + (f",IP:{ip}" if ip else "")
+    return (f"command -v openssl >/dev/null || {{ echo 'openssl is needed on the host to make the Jupyter "
+            f"certificate of the dev container' >&2; exit 127; }}; umask 077 && "
+            f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 "
+            f"-subj /CN={shlex.quote(spec.name)} -addext \"subjectAltName={san}\" -keyout {key} -out {crt} "
+            f"2>/dev/null && chmod 0600 {key} && chmod 0644 {crt} && chown -- {spec.uid}:{spec.uid} {key} {crt} "
+            f"{folder}")
 
 
 def probe_command(spec: DevSpec) -> str:
@@ -129,9 +183,11 @@ def probe_command(spec: DevSpec) -> str:
         ("maintenance", FACTS["maintenance"].command),
         ("token", f"[ -s {token} ] && stat -c '%a %u' {token}"),
         ("keys", f"[ -e {keys} ] && sha256sum < {keys} | cut -c1-64"),
-        ("image", f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(spec.image)} 2>&1"),
+        ("tls", f"[ -s {shlex.quote(spec.tls_path('crt'))} ] && [ -s {shlex.quote(spec.tls_path('key'))} ] && "
+                "echo present"),
+        ("image", f"docker image inspect --format '{{{{.Id}}}}' -- {shlex.quote(spec.image)} 2>&1"),
         ("container", f"docker inspect --format '{{{{.State.Status}}}} {{{{index .Config.Labels \"gpufleet.spec\"}}}}' "
-                      f"{n}"),
+                      f"-- {n}"),
     ])
 
 
@@ -146,6 +202,7 @@ def parse_probe(text: str) -> dict:
         "token_mode": token[0] if token else None,
         "token_uid": int(token[1]) if len(token) > 1 and token[1].isdigit() else None,
         "keys_sha": sec.get("keys", "").strip() or None,
+        "tls_present": sec.get("tls", "").strip() == "present",
         "image_id": image if image.startswith("sha256:") else None,
         "image_error": None if image.startswith("sha256:") else image[-200:],
         "container_status": cont[0] if cont else None,
