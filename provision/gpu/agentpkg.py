@@ -51,12 +51,17 @@ def _pip(*args: str) -> None:
         raise RuntimeError(f"pip {args[0]} failed: {' | '.join(tail)}")
 
 
-def build_wheelhouse(python_version: str, machine: str, cache: Path) -> tuple[Path, str]:
-    """(directory of wheels, bundle id) for a host running ``python_version`` (e.g. 3.11.2) on ``machine``."""
+def bundle_id(python_version: str, machine: str) -> tuple[str, str]:
+    """(pip platform, bundle id) of the wheelhouse for ``python_version`` on ``machine``, without building it."""
     plat = {"x86_64": "manylinux2014_x86_64", "aarch64": "manylinux2014_aarch64"}.get(machine)
     if plat is None:
         raise RuntimeError(f"no wheels for machine {machine!r} (x86_64 and aarch64 only)")
-    bundle = hashlib.sha256(f"{source_digest()} {python_version} {plat}".encode()).hexdigest()[:16]
+    return plat, hashlib.sha256(f"{source_digest()} {python_version} {plat}".encode()).hexdigest()[:16]
+
+
+def build_wheelhouse(python_version: str, machine: str, cache: Path) -> tuple[Path, str]:
+    """(directory of wheels, bundle id) for a host running ``python_version`` (e.g. 3.11.2) on ``machine``."""
+    plat, bundle = bundle_id(python_version, machine)
     out = cache / f"agent-{bundle}"
     if (out / ".complete").exists():
         return out, bundle

@@ -240,7 +240,8 @@ def _validate_nccl(n: int):
 @module("gpu_agent_install", args={"cache": ArgSpec("path")})
 class GpuAgentInstall(Op):
     """This project's agent into /opt/gpufleet/agent (a venv) from a wheelhouse the controller builds with pip for
-    the host's Python; nothing is fetched by the host. Unchanged when the host already has this bundle."""
+    the host's Python; nothing is fetched by the host. Unchanged when the host already has this bundle. Check mode
+    builds no wheelhouse (no download on the controller either): it compares the bundle id."""
 
     def probe(self, args, ctx):
         from provision.gpu import agentpkg
@@ -255,13 +256,14 @@ class GpuAgentInstall(Op):
         pyver, machine = lines[0].split()
         have = lines[1].strip() if len(lines) > 1 else ""
         cache = Path(args.get("cache") or Path.home() / ".cache" / "gpufleet")
-        try:
-            wheels, bundle = agentpkg.build_wheelhouse(pyver, machine, cache)
+        try:     # check mode builds nothing (pip would download the dependencies): the bundle id says enough
+            wheels, bundle = (None, agentpkg.bundle_id(pyver, machine)[1]) if ctx.check else \
+                agentpkg.build_wheelhouse(pyver, machine, cache)
         except RuntimeError as err:
             return Plan(failed=True, msg=f"cannot build the agent's wheelhouse: {err}")
         if have == bundle:
             return Plan(noop=f"agent bundle {bundle} already installed in {agentpkg.VENV}")
-        data = None if ctx.check else agentpkg.tar_bytes(wheels)
+        data = None if wheels is None else agentpkg.tar_bytes(wheels)
         w = f"{agentpkg.WHEELS}/{bundle}"
         size = f"{len(data) / 1e6:.1f} MB" if data is not None else "not built in check mode"
         return Plan(commands=[
