@@ -31,7 +31,8 @@ class SharedScrape:
     """Scrapes share work: a scrape that arrives while a collection runs waits for it and gets its body
     (single flight), and a body is reused by a scrape that arrived before that body's collection started, or
     that comes less than one collection's time after it was made. 50 scrapers started together thus cost a few
-    collections, not 50, and a lone scraper always gets a body made after its last answer was made."""
+    collections, not 50; no body served is older than the time of one collection (~1 ms on an H200), next to a
+    scrape interval of 15 s or more."""
 
     def __init__(self, render: Callable[[], bytes], clock: Callable[[], float] = time.monotonic):
         self._render, self._clock = render, clock
