@@ -17,10 +17,12 @@ from provision.inventory import Inventory, load_inventory
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "inventory", help="show the inventory as provision reads it (--list, --graph, --host)",
-        description="Show an Ansible YAML inventory as provision reads it: group membership, merged host "
+        description="Show Ansible inventories (YAML, INI, directories, host lists) as provision reads them: group membership, merged host "
                     "variables (group_vars/, host_vars/, precedence as in docs/inventory.md). No host is contacted.")
-    p.add_argument("inventory_pos", nargs="?", metavar="INVENTORY", help="inventory file (or use -i)")
-    p.add_argument("-i", "--inventory", dest="inventory", metavar="INVENTORY", help="inventory file (YAML)")
+    p.add_argument("inventory_pos", nargs="?", metavar="INVENTORY", help="inventory (or use -i)")
+    p.add_argument("-i", "--inventory", dest="inventory", action="append", metavar="INVENTORY",
+                   help="inventory file (YAML or INI), directory, or host list 'h1,h2,'; repeatable (merged in "
+                        "order); default: ansible.cfg's inventory")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--list", action="store_true", help="JSON like `ansible-inventory --list`")
     mode.add_argument("--graph", nargs="?", const="all", metavar="GROUP", help="a tree of groups and hosts")
@@ -96,12 +98,9 @@ def graph_inventory(inv: Inventory, group: str = "all", selected: set[str] | Non
 
 
 def run(args) -> int:
-    path = args.inventory or args.inventory_pos
-    if args.inventory and args.inventory_pos and args.inventory != args.inventory_pos:
-        raise OptionError("give the inventory once (either INVENTORY or -i INVENTORY)", key="-i")
-    if not path:
-        raise OptionError("an inventory is required (provision inventory -i INVENTORY --list)", key="-i")
-    inv = load_inventory(path)
+    from provision.commands.apply import inventory_sources
+    inv = load_inventory(inventory_sources(args, must_exist=False))   # a missing one: exit 4
+    path = ", ".join(inv.sources)
     for w in inv.warnings:
         print(f"WARNING: {w}", file=sys.stderr)
     selected = None

@@ -14,7 +14,7 @@ def cmd_ping(args) -> int:
     hosts = inv.limit(inv.select("all"), opts.limit)
     opts.connect.become_password = become_password(args)
     stats = Executor(inv, opts, AdhocReporter(json_out=args.json)).run_adhoc(hosts, "ping", {},
-                                                                             become=args.become)
+                                                                             become=opts.become)
     return stats.exit_code()
 
 

@@ -1,4 +1,5 @@
-"""`provision run INVENTORY HOSTS -m MODULE -a ARGS`: one module on some hosts (ad hoc, as `ansible HOSTS -m`)."""
+"""`provision run [-i] INVENTORY HOSTS -m MODULE -a ARGS`: one module on some hosts (ad hoc, as `ansible HOSTS -i
+INVENTORY -m`)."""
 from __future__ import annotations
 
 import argparse
@@ -92,6 +93,10 @@ def cmd_run(args) -> int:
     opts = run_options(args, check=args.check)
     opts.diff = args.diff
     module_args = parse_module_args(args.module, args.args)
+    if args.pattern is None:            # `provision run -i INV HOSTS` (or ansible.cfg's inventory)
+        args.pattern, args.inventory_pos = args.inventory_pos, None
+    if args.pattern is None:
+        raise OptionError("a host pattern is required (provision run [INVENTORY] HOSTS -m MODULE)", key="HOSTS")
     inv = load_inventory_arg(args)
     try:
         hosts = inv.select(args.pattern, exit_code=5, key="HOSTS")
@@ -100,7 +105,7 @@ def cmd_run(args) -> int:
     hosts = inv.limit(hosts, opts.limit)
     opts.connect.become_password = become_password(args)
     rep = AdhocReporter(json_out=args.json, diff=args.diff)
-    stats = Executor(inv, opts, rep).run_adhoc(hosts, args.module, module_args, become=args.become)
+    stats = Executor(inv, opts, rep).run_adhoc(hosts, args.module, module_args, become=opts.become)
     rep.dump()
     return stats.exit_code()
 
@@ -112,8 +117,9 @@ def register(subparsers) -> None:
                     "  provision run inv.yaml gpu -m shell -a 'nvidia-smi -L'\n"
                     "  provision run inv.yaml all -m apt -a 'name=htop state=present' -b --check --diff",
         epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inventory_pos", metavar="INVENTORY", help="inventory file")
-    p.add_argument("pattern", metavar="HOSTS", help="host pattern (all, a group, a host, globs, a:&b ...)")
+    p.add_argument("inventory_pos", nargs="?", metavar="INVENTORY",
+                   help="inventory (or -i INVENTORY, or ansible.cfg's inventory)")
+    p.add_argument("pattern", nargs="?", metavar="HOSTS", help="host pattern (all, a group, a host, globs, a:&b ...)")
     p.add_argument("-m", "--module", default="command", help="module name (default command)")
     p.add_argument("-a", "--args", help="module arguments: key=value ..., free-form text, or JSON")
     p.add_argument("-C", "--check", action="store_true", help="report what would change, change nothing")

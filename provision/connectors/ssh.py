@@ -121,7 +121,7 @@ class SSHConnector:
                  known_hosts_file: str | None = None, host_key_checking: str = "yes",
                  connect_timeout: float = 10.0, command_timeout: float | None = None, keepalive: int = 15,
                  become_password: str | None = None, ssh_config: str | None = None,
-                 warn: Callable[[str], None] | None = None, _depth: int = 0):
+                 warn: Callable[[str], None] | None = None, _depth: int = 0, proxy_jump: str | None = None):
         self.host = name
         self._warn = warn or _warn_stderr
         self._password = become_password
@@ -161,7 +161,7 @@ class SSHConnector:
         client.set_missing_host_key_policy(_CheckingPolicy(host_key_checking, self.known_hosts_file, self._warn))
 
         sock = None
-        jump = c.get("proxyjump")
+        jump = proxy_jump or c.get("proxyjump")
         if jump and jump.lower() != "none" and _depth < 5:
             sock = self._open_jump(jump.split(",")[0].strip(), host_key_checking, keepalive, ssh_config, _depth,
                                    keys)

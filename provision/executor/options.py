@@ -27,6 +27,7 @@ class RunOptions:
     retry_files: bool = True
     verbosity: int = 0
     prefetch: bool = True        # batch the play's read-only probes into one round trip per host
+    force_handlers: bool = False  # --force-handlers: notified handlers run on hosts that failed too
     strict: bool = False         # --strict: a task whose module gpufleet lacks is an error, not a warning
 
 

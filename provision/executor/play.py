@@ -201,7 +201,8 @@ class Executor(Reporting, Rolling, Flow):
     def _run_handlers(self, play, batch: list[HostState], workers) -> None:
         for handler in (*play.handlers, *self._dyn_handlers):
             keys = set(handler.handler_names or (handler.name,)) | set(handler.listen)
-            targets = [s for s in batch if s.active and keys & set(s.notified)]
+            targets = [s for s in batch if (s.active or (self.options.force_handlers and s.failed and not
+                                                         s.unreachable)) and keys & set(s.notified)]
             if not targets:
                 continue
             self._run_on(targets, workers, handler.name, lambda s, t=handler: self._run_task(s, t, play), play,
