@@ -357,3 +357,26 @@ def test_apply_lists_unsupported_modules_up_front_and_strict_refuses(tmp_path, i
     rc, out = run(capsys, "apply", inv, "-p", pb, "--strict")
     assert rc == 4 and f"{pb}:6: rpm_key: module rpm_key is not supported by gpufleet (RedHat family) (--strict)" \
         in out.err and not list(tmp_path.glob("out*"))
+
+
+def test_templated_ignore_errors_and_block_notify(tmp_path, inv, capsys):
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          gather_facts: false
+          tasks:
+            - name: tolerated in check mode only
+              command: "false"
+              ignore_errors: "{{ inventory_hostname == 'a' }}"
+            - name: notifying block
+              notify: done
+              block:
+                - command: "true"
+          handlers:
+            - name: done
+              command: touch {{ out }}-handled-{{ inventory_hostname }}
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    assert rc == 2
+    assert host_status(rep, "tolerated in check mode only", "a")["ignored"] is True
+    assert stats(rep, "b")["failed"] == 1
+    assert os.path.exists(str(tmp_path / "out-handled-a")) and not os.path.exists(str(tmp_path / "out-handled-b"))

@@ -28,9 +28,10 @@ from provision.executor.prefetch import FACT_KEY, prefetch
 from provision.executor.report import Reporting
 from provision.executor.rolling import Rolling
 from provision.executor.runner import HostRunner
-from provision.executor.state import (ANSIBLE_VERSION, HostState, batches, connecting_host, render_args,
-                                      render_environment)
+from provision.executor.state import (ANSIBLE_VERSION, HostState, batches, connecting_host, ignores_errors,
+                                      render_args, render_environment)
 from provision.hostio import CommandTimeout, ConnectorError, Unreachable
+from provision.hostenv import env_problem
 from provision.ops.core import OpContext, OpError, normalize
 from provision.results import SKIPPED_BY_WHEN, HostResult, RunStats
 
@@ -282,6 +283,7 @@ class Executor(Reporting, Rolling, Flow):
         return v
 
     def _run_task(self, s: HostState, task, play) -> None:
+        v = None
         try:
             v = self._vars(s, play, task)
             secrets = self._secrets(v)
@@ -319,12 +321,12 @@ class Executor(Reporting, Rolling, Flow):
                 r.msg = "All items completed" if not r.failed else "One or more items failed"
                 if not results:
                     r.skipped, r.msg = True, "No items in the list"
-                if r.failed and task.ignore_errors:
+                if r.failed and ignores_errors(task, v):
                     r.ignored = True
         except (templating.TemplateError, OpError, InputError) as err:
             r = HostResult(s.name, failed=True, msg=str(err))
             secrets = s.secrets        # an error message is masked like any output (this task's, or the last)
-            if task.ignore_errors:
+            if ignores_errors(task, v):
                 r.ignored = True
         self._finish(s, task, r, secrets, loop_summary=task.loop is not None)
 
@@ -393,7 +395,7 @@ class Executor(Reporting, Rolling, Flow):
             t.set_facts.update(r.extra["ansible_facts"])
             if task.module not in ("set_fact", "include_vars"):   # variables, not facts of the host
                 t.facts.update(r.extra["ansible_facts"])
-        if r.failed and task.ignore_errors:
+        if r.failed and ignores_errors(task, v):
             r.ignored = True
         return r
 
@@ -407,8 +409,9 @@ class Executor(Reporting, Rolling, Flow):
                                    or getattr(play, "playbook_dir", None)) if p)
         controller = spec.runs_on_controller or getattr(op, "controller", False)
         t = self._delegate(s, task, v)
-        env = task.environment
-        env = (dict(env) or None) if isinstance(env, Mapping) else render_environment(env, v)
+        env = render_environment(task.environment, v) if task.environment else None   # values templated too
+        if env and env_problem(env):
+            raise OpError(env_problem(env))
         runner = None if controller else self.runner(t, task, v)
         ctx = OpContext(host=t.name, check=check, diff=self.options.diff, become=become, become_user=become_user,
                         env=env, vars=v, facts=t.facts,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provision import templating
+from provision.truthy import lenient_bool
 
 # the Ansible release whose playbook language gpufleet follows (roles compare ansible_version against it)
 ANSIBLE_VERSION = {"full": "2.19.0", "major": 2, "minor": 19, "revision": 0, "string": "2.19.0"}
@@ -136,6 +137,20 @@ def reaches(s: HostState, frames: tuple) -> bool:
         if section == "rescue":
             s.rescuing.add(bid)
     return all(f.id in s.rescuing for f in frames if f.section == "rescue")
+
+
+def ignores_errors(task, variables) -> bool:
+    """``ignore_errors`` for one host: a boolean, or a template (``"{{ ansible_check_mode }}"``) rendered with the
+    host's variables (unrenderable, or no variables yet: False)."""
+    value = task.ignore_errors
+    if not isinstance(value, str):
+        return bool(value)
+    if variables is None:
+        return False
+    try:
+        return lenient_bool(templating.render(value, variables))
+    except templating.TemplateError:
+        return False
 
 
 def connecting_host(host, remote_user: str | None, connection: str | None):

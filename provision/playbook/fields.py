@@ -26,7 +26,7 @@ TASK_KEYS = (
 HANDLER_KEYS = TASK_KEYS + ("listen",)
 BLOCK_KEYS = ("block", "name", "when", "tags", "become", "become_user", "become_method", "ignore_errors", "no_log",
               "environment", "vars", "rescue", "always", "check_mode", "run_once", "delegate_to", "remote_user",
-              "connection")
+              "connection", "notify")
 IMPORT_KEYS = {"import_tasks", "include_tasks", "import_role", "include_role"}   # short names: see action_name
 INCLUDE_KEYS = ("include_tasks", "include_role")   # dynamic: loaded per host when the task runs
 # the collections whose names resolve to gpufleet's modules and keywords (ansible.builtin.apt -> apt)

@@ -145,11 +145,9 @@ class _Loader:
                    roles_path=self.roles_path)
         ctx.tags = _str_list(data.get("tags"), kp("tags"), "tags", split_commas=True)
         ctx.environment = _environment(data.get("environment"), kp("environment"))
-        ctx = _inherit({k: data[k] for k in ("remote_user", "connection") if k in data}, pos, ctx)
-        if "ignore_errors" in data:
-            ctx.ignore_errors = _bool(data["ignore_errors"], kp("ignore_errors"), "ignore_errors")
-        if "no_log" in data:
-            ctx.no_log = _bool(data["no_log"], kp("no_log"), "no_log")
+        for k in ("remote_user", "connection", "ignore_errors", "no_log"):   # the keywords tasks inherit
+            if k in data:
+                ctx = _inherit({k: data[k]}, kp(k), ctx)
 
         tasks: list[Task] = []
         tasks += self._task_list(data.get("pre_tasks"), kp("pre_tasks"), ctx, "pre_tasks")

@@ -44,7 +44,7 @@ class Task:
     tags: tuple[str, ...] = ()
     become: bool | None = None
     become_user: str | None = None
-    ignore_errors: bool = False
+    ignore_errors: bool | str = False      # or a template (``"{{ ansible_check_mode }}"``) rendered per host
     changed_when: tuple[str, ...] | None = None
     failed_when: tuple[str, ...] | None = None
     until: str | None = None

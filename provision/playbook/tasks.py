@@ -14,6 +14,7 @@ from provision.playbook.fields import (HANDLER_KEYS, LOOP_CONTROL_KEYS, TASK_KEY
                                        INCLUDE_KEYS, action_name)
 from provision.playbook.compat import is_ansible_module, unsupported_reason
 from provision.playbook.models import Task, _freeze
+from provision.templating import is_template
 from provision.playbook.module_args import _parse_kv, _split_free_form, check_module_args
 from provision.yamlsrc import LineDict, SourcePos, describe
 
@@ -32,11 +33,12 @@ class _Ctx:
     become_user: str | None = None
     environment: dict | str | tuple = field(default_factory=dict)
     vars: dict = field(default_factory=dict)
-    ignore_errors: bool | None = None
+    ignore_errors: bool | str | None = None   # a template string is rendered per host
     no_log: bool | None = None
     check_mode: bool | None = None
     handler: bool = False
     roles_path: tuple = ()                # where include_role looks for roles at run time
+    notify: tuple = ()                    # a block's notify: its tasks' when they give none
     frames: tuple = ()                    # BlockFrame of each enclosing block, outermost first
     run_once: bool | None = None
     delegate_to: str | None = None
@@ -47,7 +49,6 @@ class _Ctx:
 def _environment(v: Any, pos: SourcePos) -> dict | str:
     """An ``environment:`` mapping -> {name: string}; a template string (``"{{ proxy_env | default({}) }}"``) stays
     as written, rendered to a mapping when the task runs."""
-    from provision.templating import is_template
     if is_template(v):
         return v
     env = _mapping(v, pos, "environment")
@@ -90,8 +91,12 @@ def _inherit(data: LineDict, pos: SourcePos, ctx: _Ctx) -> _Ctx:
     if "vars" in data:
         sub.vars = {**ctx.vars, **_mapping(data["vars"], kp("vars"), "vars")}
     for k in ("ignore_errors", "no_log", "check_mode", "run_once"):
-        if k in data:
+        if k == "ignore_errors" and is_template(data.get(k)):
+            sub.ignore_errors = data[k]    # "{{ ansible_check_mode }}": decided per host when the task runs
+        elif k in data:
             setattr(sub, k, _bool(data[k], kp(k), k))
+    if "notify" in data:
+        sub.notify = _str_list(data["notify"], kp("notify"), "notify")
     for k in ("delegate_to", "remote_user", "connection"):
         if data.get(k) not in (None, ""):
             setattr(sub, k, _str(data[k], kp(k), k))
@@ -217,7 +222,7 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
             pause = _number(lc["pause"], lcp("pause"), "pause")
 
     register = _ident(data["register"], kp("register"), "register") if data.get("register") else None
-    notify = _str_list(data.get("notify"), kp("notify"), "notify")
+    notify = sub.notify
     listen = _str_list(data.get("listen"), kp("listen"), "listen") if ctx.handler else ()
     changed_when = _conditions(data["changed_when"], kp("changed_when"), "changed_when") \
         if "changed_when" in data else None
@@ -235,7 +240,7 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
     return Task(
         name=name, module=module, args=_freeze(args), when=tuple(sub.when), loop=loop, loop_var=loop_var,
         register=register, notify=notify, listen=listen, tags=tuple(dict.fromkeys(sub.tags)),
-        become=sub.become, become_user=sub.become_user, ignore_errors=bool(sub.ignore_errors),
+        become=sub.become, become_user=sub.become_user, ignore_errors=sub.ignore_errors if isinstance(sub.ignore_errors, str) else bool(sub.ignore_errors),
         changed_when=changed_when, failed_when=failed_when, until=until, retries=int(retries),
         delay=float(delay), no_log=bool(sub.no_log),
         environment=_freeze(sub.environment) if isinstance(sub.environment, Mapping) else
