@@ -165,6 +165,8 @@ BAD = [
     ("[gpu]\nh1 x='unterminated\n", 2, None, "cannot split the host line: No closing quotation"),
     ("[gpu]\ngpu[3:1]\n", 2, "gpu[3:1]", "bad host range '[3:1]' in 'gpu[3:1]': start is after end"),
     ("[gpu]\nh1 x=1\n[gpu]\nh1 x=2\n", 4, "x", "host 'h1' sets it to 2 here but to 1 at {path}:2"),
+    ("[gpu]\nh1\n[gpu:vars]\nansible_ssh_common_args=-o ControlPersist=60s\n", 4, "ansible_ssh_common_args",
+     "host 'h1': -o ControlPersist=60s is not supported (paramiko honours -o ProxyJump=HOST / -J HOST"),
 ]
 
 

@@ -385,6 +385,13 @@ def _check_host_vars(name: str, vars_: Mapping, src: Mapping[str, SourcePos], wa
                 strict_bool(v)
             except NotABoolean as err:
                 raise bad(key, f"host '{name}': {err.message}") from None
+    v = vars_.get("ansible_ssh_common_args")
+    if v and not is_template(v):
+        from provision.connectors import parse_ssh_args
+        try:
+            parse_ssh_args(str(v), "ansible_ssh_common_args")
+        except InputError as err:
+            raise bad("ansible_ssh_common_args", f"host '{name}': {err.message}") from None
     for k in vars_:
         if isinstance(k, str) and k.startswith("ansible_") and k not in KNOWN_ANSIBLE_VARS:
             hint = closest(k, KNOWN_ANSIBLE_VARS)
