@@ -194,6 +194,7 @@ def test_run_once_and_delegate_to(tmp_path, inv, capsys):
                   - ansible_version.major == 2 and ansible_version.full is version('2.9', '>=')
                   - ansible_play_hosts == ['a', 'b'] and ansible_play_batch == ['a', 'b']
                   - ansible_run_tags == ['all']
+                  - "'out' in vars and vars['out'] == out"
         """)
     rc, rep = report(capsys, "apply", inv, "-p", pb)
     assert rc == 0, failures(rep)

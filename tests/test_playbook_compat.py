@@ -157,3 +157,20 @@ def test_play_remote_user_connection_and_environment_template(tmp_path):
     assert (t.remote_user, t.connection, t.delegate_to, t.run_once) == ("root", "local", "{{ groups['all'][0] }}",
                                                                          True)
     assert t.environment == ("{{ proxy_env | default({}) }}",)
+
+
+def test_dependency_roles_beside_a_path_role_vars_magic_and_fact_module_names(tmp_path, inventory):
+    write(tmp_path, "lib/base/tasks/main.yml", "- command: 'true'\n")
+    write(tmp_path, "lib/app/meta/main.yml", "dependencies: [base]\n")
+    write(tmp_path, "lib/app/tasks/main.yml", """
+        - command: 'true'
+          no_log: "{{ hide | default(true) }}"
+          when: "'x' in vars"
+        - service_facts:
+        - debug: msg="{{ services | length }}"
+        """)
+    path = write(tmp_path, "play/pb.yaml", "- hosts: all\n  roles: [{role: ../lib/app}]\n")
+    pb = load_playbook(path)
+    base, cmd = pb.plays[0].tasks[:2]
+    assert (base.role, cmd.role, cmd.no_log) == ("base", "app", True)
+    validate(pb, inventory)

@@ -280,6 +280,8 @@ class Executor(Reporting, Rolling, Flow):
         for src in (magic, extra or {}):
             v.update(src)
             v.raw_keys.update(src)
+        v["vars"] = templating.lazy(v)   # Ansible's `vars`: every variable by name ('x' in vars)
+        v.raw_keys.add("vars")
         return v
 
     def _run_task(self, s: HostState, task, play) -> None:

@@ -45,6 +45,7 @@ class _Loader:
         self.role_handlers: list[Task] = []
         self.roles_loaded: list[str] = []
         self.role_stack: list[str] = []
+        self.role_dirs: list[str] = []       # folders of the roles being loaded (their dependencies sit beside)
         self.import_stack: list[str] = []
         self._registry = None
 
@@ -235,7 +236,8 @@ class _Loader:
             if os.path.isdir(d):
                 return d
             raise _err(f"role '{name}' not found ({d} is not a folder)", pos, key)
-        dirs = [self.roles_dir, *self.roles_path, self.playbook_dir]
+        # a role's dependencies are also found beside it (roles/a/meta naming b finds roles/b)
+        dirs = [self.roles_dir, *self.roles_path, self.playbook_dir, *(os.path.dirname(d) for d in self.role_dirs)]
         for base in dirs:
             d = os.path.join(base, name)
             if os.path.isdir(d) and (base != self.playbook_dir or os.path.isdir(os.path.join(d, "tasks"))):
@@ -300,6 +302,7 @@ class _Loader:
         if name in self.role_stack:
             raise _err(f"role dependency loop: {' -> '.join(self.role_stack + [name])}", pos, key)
         self.role_stack.append(name)
+        self.role_dirs.append(d)
         try:
             tasks: list[Task] = []
             meta = self._main(d, "meta")
@@ -334,6 +337,7 @@ class _Loader:
             return tasks
         finally:
             self.role_stack.pop()
+            self.role_dirs.pop()
 
     # -------------------------------------------------------------- tasks
     def _task_file(self, path: str, ctx: _Ctx) -> list[Task]:

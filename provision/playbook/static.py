@@ -16,8 +16,10 @@ MAGIC_VARS = frozenset({
     "ansible_play_hosts", "ansible_play_batch", "ansible_play_hosts_all", "ansible_check_mode", "ansible_diff_mode",
     "omit", "item", "ansible_facts", "playbook_dir", "inventory_dir", "inventory_file", "role_name", "role_path",
     "ansible_loop", "ansible_loop_var", "ansible_index_var", "ansible_version", "ansible_run_tags",
-    "ansible_skip_tags", "ansible_limit", "ansible_forks", "ansible_verbosity",
+    "ansible_skip_tags", "ansible_limit", "ansible_forks", "ansible_verbosity", "vars",
 })
+# the variables a facts module sets (besides ansible_*): service_facts -> services, package_facts -> packages
+FACT_MODULE_VARS = {"service_facts": ("services",), "package_facts": ("packages",)}
 
 
 def _template_strings(value: Any, path: str):
@@ -98,6 +100,7 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None, *
             defined.update(h.vars)
         for t in (*play.tasks, *play.handlers):
             defined.update(t.defines)   # what include_tasks/include_role/include_vars files may define
+            defined.update(FACT_MODULE_VARS.get(t.module, ()))
             if t.register:
                 defined.add(t.register)
             if t.module == "set_fact":

@@ -93,6 +93,8 @@ def _inherit(data: LineDict, pos: SourcePos, ctx: _Ctx) -> _Ctx:
     for k in ("ignore_errors", "no_log", "check_mode", "run_once"):
         if k == "ignore_errors" and is_template(data.get(k)):
             sub.ignore_errors = data[k]    # "{{ ansible_check_mode }}": decided per host when the task runs
+        elif k == "no_log" and is_template(data.get(k)):
+            sub.no_log = True              # "{{ hide_secrets | bool }}": hidden whatever it renders to
         elif k in data:
             setattr(sub, k, _bool(data[k], kp(k), k))
     if "notify" in data:
