@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import ssl
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from provision.gpu.images import Blob, Tarball
 from provision.progress import Meter
+from provision.ratelog import PEER_FAULTS, FaultLog
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -146,6 +148,15 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     offers: dict[str, Offer]
+    faults = FaultLog("image server")
+
+    def handle_error(self, request, client_address):
+        """A client's reset, hang-up or bad TLS: one rate-limited line (provision/ratelog.py), no traceback."""
+        err = sys.exc_info()[1]
+        if isinstance(err, PEER_FAULTS):
+            self.faults.fault(client_address, err)
+        else:
+            super().handle_error(request, client_address)
 
     def get_request(self):
         sock, addr = super().get_request()
