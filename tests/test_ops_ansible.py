@@ -378,7 +378,8 @@ def test_user_appends_groups_only_when_missing():
 
 
 def test_group():
-    r, ran = drive("group", {"name": "gpu", "system": True}, {}, lambda c: (2, "", "") if "getent" in c else (0, "", ""))
+    r, ran = drive("group", {"name": "gpu", "system": True}, {},
+                   lambda c: (2, "", "") if "getent" in c else (0, "", ""))
     assert r.changed and ran[1] == "groupadd -r -- gpu"
     r, ran = drive("group", {"name": "gpu"}, {}, lambda c: (0, "gpu:x:998:\n", ""))
     assert not r.changed and len(ran) == 1
@@ -427,3 +428,52 @@ def test_deb822_repository_fetches_the_key_on_the_host_then_writes_the_sources_f
     assert "/etc/apt/sources.list.d/docker.sources" in ran[4] and len(ran) == 5     # no apt-get update
     r, ran = drive("deb822_repository", args, {}, host, check=True)
     assert r.changed and not any("mv -f" in c for c in ran)
+
+
+# ------------------------------------------------------------------------------------------- fetch, tempfile, upgrade
+
+def test_fetch_copies_a_host_file_to_the_controller_once(tmp_path):
+    data = base64.b64encode(b"fw 1.2\n").decode()
+    args = {"src": "/var/log/fw.log", "dest": str(tmp_path / "out")}
+    r, ran = drive("fetch", args, {}, lambda c: (0, data, ""), check=True)
+    assert r.changed and not (tmp_path / "out").exists() and len(ran) == 1       # check mode writes nothing
+    r, _ = drive("fetch", args, {}, lambda c: (0, data, ""))
+    local = tmp_path / "out" / "h" / "var" / "log" / "fw.log"
+    assert r.changed and local.read_bytes() == b"fw 1.2\n" and r.extra["dest"] == str(local)
+    r, _ = drive("fetch", args, {}, lambda c: (0, data, ""))
+    assert not r.changed
+    r, _ = drive("fetch", {**args, "flat": True, "dest": str(tmp_path) + "/"}, {}, lambda c: (0, data, ""))
+    assert (tmp_path / "fw.log").read_bytes() == b"fw 1.2\n"
+    r, _ = drive("fetch", args, {}, lambda c: (3, "missing\n", ""))
+    assert r.failed and r.msg == "the remote file does not exist: /var/log/fw.log"
+    r, _ = drive("fetch", {**args, "fail_on_missing": False}, {}, lambda c: (3, "missing\n", ""))
+    assert not r.failed and not r.changed
+
+
+def test_tempfile_and_wait_for_connection():
+    r, ran = drive("tempfile", {"state": "directory", "suffix": "fw"}, {}, lambda c: (0, "/tmp/ansible.abcfw\n", ""))
+    assert r.changed and ran == ["mktemp -d --tmpdir -- ansible.XXXXXXXXXXfw"]
+    assert r.extra["path"] == "/tmp/ansible.abcfw"
+    r, ran = drive("tempfile", {}, {}, lambda c: (0, "", ""), check=True)
+    assert r.skipped and not ran
+    answers = iter([(255, "", "")] + [(0, "", "")] * 3)
+    r, ran = drive("wait_for_connection", {"timeout": 30}, {}, lambda c: next(answers), check=True)
+    assert not r.failed and not r.changed and ran == ["true", "true"]
+
+
+def test_apt_upgrade_simulates_first_and_upgrades_only_when_something_would_change():
+    sim = "Inst curl [7.88] (8.0 Debian:12)\n"
+
+    def host(out):
+        return lambda c: (0, out, "") if " -s " in c else (0, "", "")
+    r, ran = drive("apt", {"upgrade": "dist"}, no_apt(), host(sim))
+    assert r.changed and "-s dist-upgrade" in ran[0] and ran[1].endswith(" dist-upgrade")
+    assert r.diff[0]["before"] == "curl 7.88\n" and r.diff[0]["after"] == "curl 8.0\n"
+    r, ran = drive("apt", {"upgrade": True}, no_apt(), host(""))
+    assert not r.changed and len(ran) == 1 and "-s upgrade --with-new-pkgs" in ran[0]
+    r, ran = drive("apt", {"upgrade": "safe"}, no_apt(), host(sim), check=True)
+    assert r.changed and len(ran) == 1 and "curl: 7.88 -> 8.0" in r.diff[0]["after"]
+    _, ran = drive("apt", {"upgrade": "no", "name": "x"}, no_apt(), host(""))
+    assert not any("upgrade" in c for c in ran)
+    with pytest.raises(OpError, match="not one of dist"):
+        drive("apt", {"upgrade": "sometimes"}, no_apt(), host(""))

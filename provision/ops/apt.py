@@ -112,6 +112,7 @@ APT_ARGS = {
     "allow_downgrade": ArgSpec("bool", default=False, aliases=("allow-downgrade", "allow_downgrades")),
     "autoremove": ArgSpec("bool", default=False),
     "deb": ArgSpec("str"),                     # a .deb on the host, or a url the host downloads
+    "upgrade": ArgSpec("raw", default="no"),   # no, yes/safe, dist/full
     "dpkg_options": ArgSpec("str", default=DPKG_OPTIONS),
 }
 
@@ -160,17 +161,23 @@ class Apt(Op):
             reads.append(Cmd(_policy(args), readonly=True, counts=False, ok_rc=None))
         if args.get("autoremove"):
             reads.append(Cmd(f"{APT_GET} -s autoremove", become=False, readonly=True, counts=False, ok_rc=None))
+        verb = upgrade_verb(args.get("upgrade"))
+        if verb:
+            reads.append(Cmd(f"{APT_GET} -s {verb}", become=False, readonly=True, counts=False, ok_rc=None))
         if not reads:
             return self.decide(args, facts, policy, [], note, ctx)
 
         def then(_facts, results):
             got = list(results)
             pol = policy if policy is not None or not _policy(args) else got.pop(0)
-            return self.decide(args, facts, pol, parse_simulation(got[0].stdout) if got else [], note, ctx)
+            removes = parse_simulation(got.pop(0).stdout) if args.get("autoremove") else []
+            upgrades = parse_simulation(got.pop(0).stdout) if verb else []
+            return self.decide(args, facts, pol, removes, note, ctx, upgrades=upgrades)
         return Plan(reads, then=then)
 
-    def decide(self, args, facts, policy, autoremove: list[str], note: str, ctx) -> Plan:
-        """``autoremove``: what `apt-get -s autoremove` would remove (nothing: no autoremove)."""
+    def decide(self, args, facts, policy, autoremove: list[str], note: str, ctx, upgrades=()) -> Plan:
+        """``autoremove``: what `apt-get -s autoremove` would remove (nothing: no autoremove); ``upgrades``: what
+        `apt-get -s upgrade` (or dist-upgrade) would change."""
         state = {"installed": "present", "removed": "absent"}.get(args.get("state"), args.get("state", "present"))
         pkgs: dict = facts.get("packages", {})
         held = set(facts.get("held_packages", []))
@@ -232,6 +239,11 @@ class Apt(Op):
                                 desc=f"apt-mark {verb} {' '.join(change)}"))
                 hb = [f"{n} {'held' if n in held else 'not held'}" for n in change]
                 ha = [f"{n} {'held' if hold else 'not held'}" for n in change]
+        if upgrades:
+            verb = upgrade_verb(args.get("upgrade"))
+            cmds.append(Cmd(f"{base} {verb}", timeout=3600, desc=f"apt-get {verb}"))
+            before += [u.split(" -> ")[0].replace(":", "", 1) for u in upgrades]
+            after += [u.split(": ", 1)[0] + " " + u.split(" -> ")[-1] for u in upgrades]
         if autoremove:
             cmds.append(Cmd(f"{APT_GET} autoremove", timeout=3600, desc="apt-get autoremove"))
         if not cmds:
@@ -241,7 +253,7 @@ class Apt(Op):
         msg = note.strip("; ").strip()
         if ctx.check:    # predict the exact package changes (dependencies included) with a simulation
             def simulated(results) -> Plan:
-                lines = [x for res in results for x in parse_simulation(res.stdout)] + autoremove
+                lines = [x for res in results for x in parse_simulation(res.stdout)] + list(upgrades) + autoremove
                 diff = [{"before_header": "packages", "after_header": "packages (simulated)", "before": "",
                          "after": "".join(x + "\n" for x in lines)}] + holds if lines else predicted
                 return Plan(cmds, diff=diff, msg=msg, extra=updated)
@@ -283,6 +295,21 @@ class Apt(Op):
             return Plan([install] + cleanup, refresh_facts=("packages",),
                         diff=[_pkg_diff([f"{name} {cur}" if cur else f"{name} (absent)"], [f"{name} {version}"])])
         return Plan([read], then=decide)
+
+
+def upgrade_verb(value) -> str | None:
+    """apt's ``upgrade`` (no, yes/safe, dist/full) -> the apt-get command, or None."""
+    from provision.ops.core import OpError
+    from provision.truthy import NotABoolean, strict_bool
+    text = str(value).strip().lower() if value is not None else "no"
+    if text in ("dist", "full"):
+        return "dist-upgrade"
+    if text == "safe":
+        return "upgrade --with-new-pkgs"
+    try:
+        return "upgrade --with-new-pkgs" if strict_bool(value) else None
+    except NotABoolean:
+        raise OpError(f"upgrade: {value!r} is not one of dist, full, no, safe, yes") from None
 
 
 def _policy(args) -> str | None:

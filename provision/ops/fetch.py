@@ -1,4 +1,5 @@
-"""get_url and unarchive: files that come from a url or an archive, downloaded and unpacked ON THE HOST.
+"""get_url and unarchive: files that come from a url or an archive, downloaded and unpacked ON THE HOST; fetch: a
+host's file copied to the controller.
 
 get_url decides from one stat of ``dest`` (prefetchable): a file that exists is left alone without ``force`` unless
 a given checksum differs; otherwise the host downloads (curl, else wget) to a temp file beside ``dest``, checks the
@@ -250,3 +251,49 @@ class Unarchive(Op):
                                "after": "".join(f"{t}\n" for t in todo)}])
         return Plan([Cmd(look, stdin=stdin, timeout=3600, readonly=True, counts=False, ok_rc=None,
                          desc=f"unpack {src} to compare with {dest}")], then=decide)
+
+
+@module("fetch", args={
+    "src": ArgSpec("path", required=True), "dest": ArgSpec("path", required=True),
+    "flat": ArgSpec("bool", default=False), "fail_on_missing": ArgSpec("bool", default=True),
+    "validate_checksum": ArgSpec("bool", default=True),
+})
+class Fetch(Op):
+    """A file of the host copied to the controller: ``dest/HOST/SRC`` (``flat``: ``dest`` itself, or ``dest``
+    + the file's name when it ends in /). The host sends it base64-encoded in one read-only command; the controller
+    writes it only when its bytes differ (never in check mode)."""
+
+    def plan(self, args, facts, probe, ctx):
+        src = str(args["src"])
+        dest = str(args["dest"])
+        if args.get("flat"):
+            local = dest + os.path.basename(src) if dest.endswith("/") else dest
+        else:
+            local = os.path.join(dest, ctx.host, src.lstrip("/"))
+        read = Cmd(f"if [ -f {q(src)} ]; then base64 -w0 < {q(src)}; else echo missing; exit 3; fi",
+                   readonly=True, counts=False, ok_rc=None, desc=f"read {src}")
+
+        def result(rs) -> dict:
+            import base64
+            res = rs[0]
+            if res.rc == 3:
+                if args.get("fail_on_missing", True):
+                    return {"failed": True, "msg": f"the remote file does not exist: {src}"}
+                return {"changed": False, "msg": f"the remote file does not exist, not transferring: {src}"}
+            if res.rc != 0:
+                return {"failed": True, "rc": res.rc, "msg": f"cannot read {src}: {res.stderr.strip()[-500:]}"}
+            data = base64.b64decode(res.stdout.strip() or b"")
+            extra = {"dest": local, "checksum": hashlib.sha1(data).hexdigest()}
+            try:
+                with open(local, "rb") as fh:
+                    if fh.read() == data:
+                        return {"changed": False, "extra": extra}
+            except OSError:
+                pass
+            if not ctx.check:
+                os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+                with open(local + ".part", "wb") as fh:
+                    fh.write(data)
+                os.replace(local + ".part", local)
+            return {"changed": True, "extra": extra}
+        return Plan([read], result=result)

@@ -72,3 +72,48 @@ class Ping(Op):
                 return {"failed": True, "rc": res.rc, "msg": f"ping failed: {res.stderr.strip()}"}
             return {"extra": {"ping": data}, "show": {"ping": data}}
         return Plan([Cmd("echo pong", become=False, readonly=True, counts=False, ok_rc=None)], result=result)
+
+
+@module("tempfile", args={"state": ArgSpec("str", default="file", choices=("file", "directory")),
+                          "path": ArgSpec("path"), "prefix": ArgSpec("str", default="ansible."),
+                          "suffix": ArgSpec("str", default="")})
+class TempFile(Op):
+    """mktemp on the host; its path is the result's ``path``. Not run in check mode (as Ansible's)."""
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        where = f"-p {q(str(args['path']))}" if args.get("path") else "--tmpdir"
+        template = f"{args.get('prefix') or ''}XXXXXXXXXX{args.get('suffix') or ''}"
+        cmd = f"mktemp {'-d ' if args.get('state') == 'directory' else ''}{where} -- {q(template)}"
+        return Plan([Cmd(cmd, ok_rc=None)], skip_in_check="skipped: tempfile does not run in check mode",
+                    result=lambda rs: {"extra": {"path": rs[0].stdout.strip()}} if rs[0].rc == 0 else
+                    {"failed": True, "rc": rs[0].rc, "msg": rs[0].stderr.strip()})
+
+
+@module("wait_for_connection", args={"delay": ArgSpec("int", default=0), "sleep": ArgSpec("int", default=1),
+                                     "timeout": ArgSpec("int", default=600),
+                                     "connect_timeout": ArgSpec("int", default=5)})
+class WaitForConnection(Op):
+    """Until a command works on the host (a new connection after each failure), or ``timeout``."""
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        import time
+
+        from provision.hostio import CommandResult, ConnectorError
+        from provision.ops.plan import Call
+
+        def wait(runner, c) -> CommandResult:
+            start = time.monotonic()
+            runner.sleep(max(0, int(args.get("delay") or 0)))
+            last = ""
+            while time.monotonic() - start < int(args.get("timeout") or 600):
+                try:
+                    if runner.shell(c, "true", become=False, readonly=True, timeout=30).rc == 0:
+                        return CommandResult(0, "", "", time.monotonic() - start)
+                except ConnectorError as err:
+                    last = str(err)
+                runner.drop()
+                runner.sleep(max(1, int(args.get("sleep") or 1)))
+            return CommandResult(1, "", f"timed out waiting for connection: {last[:200]}", time.monotonic() - start)
+        return Plan([Call(wait, desc="wait for the connection", counts=False, readonly=True)], changed=False,
+                    result=lambda rs: {"extra": {"elapsed": int(rs[0].duration)}} if rs[0].rc == 0 else
+                    {"failed": True, "msg": rs[0].stderr})
