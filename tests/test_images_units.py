@@ -213,3 +213,11 @@ def test_progress_notes_show_at_v_and_commands_at_vv():
     TextReporter(out, io.StringIO(), verbosity=1, color=False).verbose("h1", "v", "img.tar sent: 1.0 GB of 2.0 GB")
     TextReporter(out, io.StringIO(), verbosity=1, color=False).verbose("h1", "cmd", "docker load")
     assert out.getvalue() == "<h1> NOTE img.tar sent: 1.0 GB of 2.0 GB\n"
+
+
+def test_without_a_controller_copy_the_tag_decides_and_a_fetch_says_why(tmp_path):
+    missing = {"image": TAG, "source": "stream", "tarball": str(tmp_path / "gone.tar"), "check_gpus": False}
+    look = GpuImage().plan(missing, {}, None, OpContext(host="h"))
+    assert look.then({}, [res("sha256:1\n")]).noop == f"{TAG} present (sha256:1)"
+    fetch = look.then({}, [res("", rc=1)])
+    assert fetch.failed and fetch.msg.startswith(f"cannot stream {TAG}: ") and "gone.tar" in fetch.msg
