@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 
-from test_executor_local import host_status, inv, report, write  # noqa: F401  (inv: the two-host fixture)
+import test_executor_local
+from test_executor_local import host_status, report, run, write
 
 from provision.errors import InputError
 from provision.inventory import load_inventory
 from provision.playbook import load_playbook, validate
+
+
+inv = test_executor_local.inv   # the fixture: hosts a and b with the local connection, `out` a path under tmp_path
 
 
 def stats(rep, host):
@@ -342,7 +346,6 @@ def test_remote_user_fills_in_what_the_inventory_leaves_unset_one_connection_per
 
 
 def test_apply_lists_unsupported_modules_up_front_and_strict_refuses(tmp_path, inv, capsys):
-    from test_executor_local import run
     pb = write(tmp_path, "pb.yaml", """
         - hosts: all
           gather_facts: false
