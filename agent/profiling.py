@@ -54,7 +54,7 @@ GPM_REASONS = {
     "supported": "GPM answers",
     "gpu": "the GPU has no GPM (before Hopper): nvmlGpmQueryDeviceSupport says no",
     "driver": "the driver has no GPM functions (before R520)",
-    "binding": "the nvidia-ml-py binding has no GPM functions (before 12.535)",
+    "binding": "the nvidia-ml-py binding installed has no GPM functions (an old release)",
     "mig": "MIG is on: GPM is read per GPU instance",
     "no_permission": "NVML refused GPM to this user",
     "error": "GPM calls failed; retried every interval",

@@ -9,7 +9,7 @@ from agent.containers import (ContainerSource, DockerClient, container_cgroups, 
                               requested_gpus)
 from agent.nvml import NvmlSource
 from test_agent_nvml import metrics, values
-from test_agent_support import containers, replay  # noqa: F401  (fixture)
+from test_agent_support import containers, process_utilization, replay  # noqa: F401  (fixture)
 
 CID = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899"
 CASES = [
@@ -173,3 +173,45 @@ def test_cgroup_usage_v1_cgroupfs_driver(tmp_path):
 def test_cgroup_usage_unreadable_is_none(tmp_path):
     from agent.containers import cgroup_usage
     assert cgroup_usage(4242, str(tmp_path / "proc"), str(tmp_path / "cg")) == (None, None, None)
+
+
+def test_real_containers_gpu_utilization_summed_per_container(containers, tmp_path):  # noqa: F811
+    """Per-process SM / memory-bandwidth utilisation (nvmlDeviceGetProcessUtilization) mapped through
+    /proc/PID/cgroup like memory, summed per container and GPU; no PID label."""
+    a = containers.run("util-a", "-e", "NVIDIA_VISIBLE_DEVICES=0")
+    b = containers.run("util-b", "-e", "NVIDIA_VISIBLE_DEVICES=0")
+    pa, pb = a["State"]["Pid"], b["State"]["Pid"]
+    r = replay(gpus=2)
+    r.set("nvmlDeviceGetProcessUtilization", process_utilization((pa, 60, 20), (pb, 30, 5), (1, 9, 9)), gpu=0)
+    src = NvmlSource(r, xid_events=False)
+    agent = Agent(src, ContainerSource(DockerClient()), maintenance_file="/nonexistent/m",
+                  upgrade_state_file="/nonexistent/u")
+    reg = registry_for(agent)
+    try:
+        metrics(reg)
+        src.refresh_profiling()  # read in the background
+        metrics(reg)  # the docker worker maps what NVML last reported
+        m = metrics(reg)
+        na, nb = a["Name"].lstrip("/"), b["Name"].lstrip("/")
+        sm = values(m, "gpufleet_container_gpu_sm_utilization_ratio")
+        mem = values(m, "gpufleet_container_gpu_memory_utilization_ratio")
+        assert sm == {(("container", na), ("gpu", "0")): 0.6, (("container", nb), ("gpu", "0")): 0.3}
+        assert mem == {(("container", na), ("gpu", "0")): 0.2, (("container", nb), ("gpu", "0")): 0.05}
+        assert not [k for k in m if ("pid", str(pa)) in k[1]]
+    finally:
+        agent.close()
+
+
+def test_gpu_utilization_of_two_processes_of_one_container_is_summed(tmp_path):
+    from types import SimpleNamespace
+
+    from agent.containers import attribute_gpu_processes
+    proc = tmp_path / "proc"
+    for pid in (11, 12, 13):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "cgroup").write_text(f"0::/system.slice/docker-{CID}.scope\n" if pid != 13
+                                                else "0::/user.slice\n")
+    gpu = SimpleNamespace(info=SimpleNamespace(index=3), processes=[],
+                          process_utilization={11: (0.5, 0.1), 12: (0.25, 0.2), 13: (0.9, 0.9)})
+    usage, util = attribute_gpu_processes([gpu], str(proc))
+    assert util == {CID: {3: (0.75, pytest.approx(0.3))}} and usage == {}

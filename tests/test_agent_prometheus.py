@@ -13,7 +13,8 @@ import pytest
 import requests
 import yaml
 
-from test_agent_support import ROOT, RunningAgent, containers, free_port, replay  # noqa: F401  (fixture)
+from test_agent_support import (ROOT, RunningAgent, containers, free_port, process_utilization,  # noqa: F401
+                                replay)
 
 pytestmark = pytest.mark.prometheus
 
@@ -127,6 +128,9 @@ def test_real_prometheus_evaluates_every_alert_and_dashboard_query(containers, t
     ra.set("nvmlDeviceGetCurrentClocksEventReasons", 0x4 | 0x40 | 0x80, gpu=0)
     ra.set("nvmlDeviceGetTemperature", 90, gpu=0, args=(0,))
     ra.processes = {0: [(train["State"]["Pid"], 6 << 30)]}
+    # GPM on GPU 0 (the H100 recording has none): held by the container, SMs at 2 %, tensor pipes idle
+    ra.gpm(0, {2: 2.0, 3: 1.0, 5: 0.0, 7: 0.0, 9: 0.0, 6: 0.0, 8: 0.0, 10: 0.5, 20: 1.0, 21: 1.0})
+    ra.set("nvmlDeviceGetProcessUtilization", process_utilization((train["State"]["Pid"], 2, 1)), gpu=0)
     # B: 2 GPUs then 1 (a GPU gone from the bus), on an older driver than the rest of the fleet
     rb = replay(gpus=2)
     rb.set("nvmlSystemGetDriverVersion", "570.133.20")
@@ -156,10 +160,11 @@ def test_real_prometheus_evaluates_every_alert_and_dashboard_query(containers, t
 
         with open(RULES) as f:
             rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+        rule = {r.get("alert"): r["expr"] for r in rules}
         expect_instance = {"GpuDown": "a", "GpuMissing": "b", "GpuXidCritical": "a", "GpuEccUncorrectable": "a",
                            "GpuRowRemapFailure": "a", "GpuRowRemapPending": "a", "GpuThermalThrottling": "a",
                            "GpuPowerThrottling": "a", "GpuTemperatureHigh": "a", "GpuDriverDrift": "b",
-                           "GpuNvmlDown": "c"}
+                           "GpuNvmlDown": "c", "GpuHeldIdle": "a"}
         checked = set()
         for r in rules:
             name = r.get("alert") or r.get("record")
@@ -181,10 +186,18 @@ def test_real_prometheus_evaluates_every_alert_and_dashboard_query(containers, t
         mem = prom.query("gpufleet_container_gpu_memory_used_bytes")
         assert [(s["metric"]["container"], s["value"][1]) for s in mem] == [(train["Name"].lstrip("/"),
                                                                             str(6 << 30))]
+        held = prom.query(rule["GpuHeldIdle"])
+        assert [(s["metric"]["container"], s["metric"]["gpu"], s["value"][1]) for s in held] == [
+            (train["Name"].lstrip("/"), "0", "0.02")]
+        sm = prom.query("gpufleet_container_gpu_sm_utilization_ratio")
+        assert [(s["metric"]["container"], s["value"][1]) for s in sm] == [(train["Name"].lstrip("/"), "0.02")]
+        # GPM absent on the hosts whose recording has none: no series, the reason instead
+        assert {s["metric"]["instance"] for s in prom.query("gpufleet_gpu_sm_active_ratio")} == {inst["a"]}
+        assert {s["metric"]["reason"] for s in prom.query('gpufleet_gpu_gpm_supported{instance="%s"}' % inst["d"])
+                } == {"driver"}
 
         # the upgrade fails on A; collection errors on A (the lost GPU is an NVML error on every scrape)
         u_file.write_text(json.dumps({"state": "failed", "target": "580.95.05", "since": time.time()}))
-        rule = {r.get("alert"): r["expr"] for r in rules}
         assert prom.wait(rule["GpuDriverUpgradeFailed"])[0]["metric"]["instance"] == inst["a"]
         assert inst["a"] in {s["metric"]["instance"] for s in prom.wait(rule["GpuAgentCollectionErrors"])}
         # an agent goes down

@@ -30,6 +30,13 @@ def replay(**kw):
     return ReplayNvml.from_file(FIXTURE, **kw)
 
 
+def process_utilization(*samples: tuple[int, int, int]) -> list:
+    """nvmlDeviceGetProcessUtilization's answer in a recording's JSON form, from (pid, SM %, memory %) samples:
+    for ReplayNvml.set("nvmlDeviceGetProcessUtilization", ..., gpu=N)."""
+    return [{"struct": {"pid": pid, "smUtil": sm, "memUtil": mem, "encUtil": 0, "decUtil": 0, "timeStamp": 1}}
+            for pid, sm, mem in samples]
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
