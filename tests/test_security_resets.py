@@ -25,7 +25,8 @@ def test_fifty_resets_and_junk_handshakes_are_a_few_lines_without_traceback(caps
         capsys.readouterr()
         for i in range(50):
             # a TLS hello cut short, junk that is not TLS, or nothing at all
-            _reset(server.port, (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"GET / HTTP/1.1\r\n\r\n", b"")[i % 3])
+            hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+            _reset(server.port, (hello, b"GET / HTTP/1.1\r\n\r\n", b"")[i % 3])
         time.sleep(1.0)
         err = capsys.readouterr().err
     finally:
