@@ -174,3 +174,15 @@ def test_dependency_roles_beside_a_path_role_vars_magic_and_fact_module_names(tm
     base, cmd = pb.plays[0].tasks[:2]
     assert (base.role, cmd.role, cmd.no_log) == ("base", "app", True)
     validate(pb, inventory)
+
+
+def test_role_entry_keywords_reach_its_tasks(tmp_path):
+    write(tmp_path, "roles/r/tasks/main.yml", "- command: 'true'\n")
+    path = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          roles:
+            - {role: r, remote_user: admin, connection: ssh, ignore_errors: true, become: true, level: 3}
+        """)
+    t = load_playbook(path).plays[0].tasks[0]
+    assert (t.remote_user, t.connection, t.ignore_errors, t.become, dict(t.vars)) == ("admin", "ssh", True, True,
+                                                                                     {"level": 3})

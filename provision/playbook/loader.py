@@ -22,6 +22,7 @@ from provision.yamlsrc import LineDict, LineList, SourcePos, describe
 _BLOCK_IDS = itertools.count(1)   # block ids unique in the process (included files are read while a run goes on)
 INCLUDE_ROLE_KEYS = ("name", "tasks_from", "vars_from", "defaults_from", "handlers_from", "apply", "public",
                      "allow_duplicates", "rolespec_validate")
+ROLE_TASK_KEYS = ("remote_user", "connection", "ignore_errors", "no_log", "check_mode", "run_once", "delegate_to")
 APPLY_KEYS = ("when", "tags", "become", "become_user", "environment", "vars", "ignore_errors", "no_log",
               "check_mode", "remote_user", "connection", "delegate_to", "run_once")
 
@@ -281,6 +282,8 @@ class _Loader:
                 sub.become_user = _str(v, kp(k), k)
             elif k == "environment":
                 sub.environment = _merge_env(ctx.environment, _environment(v, kp(k)))
+            elif k in ROLE_TASK_KEYS:   # keywords the role's tasks inherit
+                sub = _inherit({k: v}, kp(k), sub)
             elif k in UNSUPPORTED or k in TASK_KEYS:
                 raise _err(UNSUPPORTED.get(k, f"'{k}' is not supported on a role entry"), kp(k), str(k))
             else:  # Ansible's role parameters: any other key is a variable for the role
