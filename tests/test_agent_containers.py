@@ -85,6 +85,22 @@ def test_docker_absent_gives_docker_up_0_and_gpu_metrics_unaffected(tmp_path):
         agent.close()
 
 
+def _scraped_with_docker(r, refresh: str) -> dict:
+    """Metrics of an agent on the replay ``r`` and the real Docker engine, once ``refresh`` (the NvmlSource method
+    that reads in the background what is attributed) has run and the docker worker has mapped its result."""
+    src = NvmlSource(r, xid_events=False)
+    agent = Agent(src, ContainerSource(DockerClient()), maintenance_file="/nonexistent/m",
+                  upgrade_state_file="/nonexistent/u")
+    reg = registry_for(agent)
+    try:
+        metrics(reg)
+        getattr(src, refresh)()
+        metrics(reg)  # the docker worker maps what NVML last reported
+        return metrics(reg)
+    finally:
+        agent.close()
+
+
 def test_real_containers_with_gpu_processes_attributed(containers):  # noqa: F811
     a = containers.run("train", "-e", "NVIDIA_VISIBLE_DEVICES=0,1", "--memory", "64m")
     b = containers.run("infer", "-e", "NVIDIA_VISIBLE_DEVICES=1")
@@ -93,39 +109,29 @@ def test_real_containers_with_gpu_processes_attributed(containers):  # noqa: F81
     # NVML reports these PIDs on the GPUs; the agent must find their containers through /proc/PID/cgroup
     r.processes = {0: [(a["State"]["Pid"], 3 << 30)],
                    1: [(a["State"]["Pid"], 1 << 30), (b["State"]["Pid"], 2 << 30), (1, 5 << 20)]}
-    src = NvmlSource(r, xid_events=False)
-    agent = Agent(src, ContainerSource(DockerClient()), maintenance_file="/nonexistent/m",
-                  upgrade_state_file="/nonexistent/u")
-    reg = registry_for(agent)
-    try:
-        metrics(reg)
-        src.refresh_slow()  # processes are read in the background
-        metrics(reg)  # the docker worker maps the processes NVML last reported
-        m = metrics(reg)
-        assert m[("gpufleet_docker_up", ())] == 1
-        na, nb, nc = a["Name"].lstrip("/"), b["Name"].lstrip("/"), c["Name"].lstrip("/")
-        mem = values(m, "gpufleet_container_gpu_memory_used_bytes")
-        procs = values(m, "gpufleet_container_gpu_processes")
-        assert mem[(("container", na), ("gpu", "0"))] == 3 << 30
-        assert mem[(("container", na), ("gpu", "1"))] == 1 << 30
-        assert mem[(("container", nb), ("gpu", "1"))] == 2 << 30
-        assert procs[(("container", nb), ("gpu", "1"))] == 1
-        assert not [k for k in mem if ("container", nc) in k]  # no GPU process, no series
-        # pid 1 (the host's init) is in no container: not attributed to anyone
-        assert sum(mem.values()) == (3 << 30) + (1 << 30) + (2 << 30)
-        req = values(m, "gpufleet_container_gpu_requested")
-        assert {k for k in req if ("container", na) in k} == {(("container", na), ("gpu", "0")),
-                                                               (("container", na), ("gpu", "1"))}
-        # CPU, memory and limit from the container's cgroup
-        assert m[("gpufleet_container_memory_limit_bytes", (("container", na),))] == 64 << 20
-        assert m[("gpufleet_container_memory_usage_bytes", (("container", na),))] > 0
-        assert ("gpufleet_container_cpu_seconds_total", (("container", na),)) in m
-        assert m[("gpufleet_container_state", (("container", nc), ("state", "running")))] == 1
-        assert m[("gpufleet_container_restarts_total", (("container", nc),))] == 0
-        info = values(m, "gpufleet_container_info")
-        assert (("container", na), ("id", a["Id"][:12]), ("image", "gpufleet-agenttest-busybox:1")) in info
-    finally:
-        agent.close()
+    m = _scraped_with_docker(r, "refresh_slow")  # processes are read in the background
+    assert m[("gpufleet_docker_up", ())] == 1
+    na, nb, nc = a["Name"].lstrip("/"), b["Name"].lstrip("/"), c["Name"].lstrip("/")
+    mem = values(m, "gpufleet_container_gpu_memory_used_bytes")
+    procs = values(m, "gpufleet_container_gpu_processes")
+    assert mem[(("container", na), ("gpu", "0"))] == 3 << 30
+    assert mem[(("container", na), ("gpu", "1"))] == 1 << 30
+    assert mem[(("container", nb), ("gpu", "1"))] == 2 << 30
+    assert procs[(("container", nb), ("gpu", "1"))] == 1
+    assert not [k for k in mem if ("container", nc) in k]  # no GPU process, no series
+    # pid 1 (the host's init) is in no container: not attributed to anyone
+    assert sum(mem.values()) == (3 << 30) + (1 << 30) + (2 << 30)
+    req = values(m, "gpufleet_container_gpu_requested")
+    assert {k for k in req if ("container", na) in k} == {(("container", na), ("gpu", "0")),
+                                                           (("container", na), ("gpu", "1"))}
+    # CPU, memory and limit from the container's cgroup
+    assert m[("gpufleet_container_memory_limit_bytes", (("container", na),))] == 64 << 20
+    assert m[("gpufleet_container_memory_usage_bytes", (("container", na),))] > 0
+    assert ("gpufleet_container_cpu_seconds_total", (("container", na),)) in m
+    assert m[("gpufleet_container_state", (("container", nc), ("state", "running")))] == 1
+    assert m[("gpufleet_container_restarts_total", (("container", nc),))] == 0
+    info = values(m, "gpufleet_container_info")
+    assert (("container", na), ("id", a["Id"][:12]), ("image", "gpufleet-agenttest-busybox:1")) in info
 
 
 def _tree(tmp_path, cgroup_text, files):
@@ -183,23 +189,13 @@ def test_real_containers_gpu_utilization_summed_per_container(containers, tmp_pa
     pa, pb = a["State"]["Pid"], b["State"]["Pid"]
     r = replay(gpus=2)
     r.set("nvmlDeviceGetProcessUtilization", process_utilization((pa, 60, 20), (pb, 30, 5), (1, 9, 9)), gpu=0)
-    src = NvmlSource(r, xid_events=False)
-    agent = Agent(src, ContainerSource(DockerClient()), maintenance_file="/nonexistent/m",
-                  upgrade_state_file="/nonexistent/u")
-    reg = registry_for(agent)
-    try:
-        metrics(reg)
-        src.refresh_profiling()  # read in the background
-        metrics(reg)  # the docker worker maps what NVML last reported
-        m = metrics(reg)
-        na, nb = a["Name"].lstrip("/"), b["Name"].lstrip("/")
-        sm = values(m, "gpufleet_container_gpu_sm_utilization_ratio")
-        mem = values(m, "gpufleet_container_gpu_memory_utilization_ratio")
-        assert sm == {(("container", na), ("gpu", "0")): 0.6, (("container", nb), ("gpu", "0")): 0.3}
-        assert mem == {(("container", na), ("gpu", "0")): 0.2, (("container", nb), ("gpu", "0")): 0.05}
-        assert not [k for k in m if ("pid", str(pa)) in k[1]]
-    finally:
-        agent.close()
+    m = _scraped_with_docker(r, "refresh_profiling")
+    na, nb = a["Name"].lstrip("/"), b["Name"].lstrip("/")
+    sm = values(m, "gpufleet_container_gpu_sm_utilization_ratio")
+    mem = values(m, "gpufleet_container_gpu_memory_utilization_ratio")
+    assert sm == {(("container", na), ("gpu", "0")): 0.6, (("container", nb), ("gpu", "0")): 0.3}
+    assert mem == {(("container", na), ("gpu", "0")): 0.2, (("container", nb), ("gpu", "0")): 0.05}
+    assert not [k for k in m if ("pid", str(pa)) in k[1]]
 
 
 def test_gpu_utilization_of_two_processes_of_one_container_is_summed(tmp_path):

@@ -59,15 +59,7 @@ step_system() {
 
 step_load() {
     local seconds=${1:?load SECONDS [WARMUP]} warmup=${2:-12}
-    python3 - "$seconds" >>"$LOG" 2>&1 <<'PY' &
-import sys, time, torch
-a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-end = time.time() + float(sys.argv[1])
-while time.time() < end:
-    for _ in range(20):
-        b = a @ a
-    torch.cuda.synchronize()
-PY
+    python3 bench/agent/matmul_load.py "$seconds" >>"$LOG" 2>&1 &
     LOADPID=$!
     sleep "$warmup"
 }

@@ -8,7 +8,9 @@ Under a bf16 matmul loop (a separate process, so that its PID shows in the per-p
   2. runs the agent's NvmlSource (its profiling thread, window --window s) beside this script's own GPM sampling
      (nvmlGpmSampleGet, sleep, nvmlGpmSampleGet, nvmlGpmMetricsGet: no agent code) and compares every metric, round by
      round, under load and then idle; per-process utilisation of the load's PID likewise;
-  3. times nvmlGpmSampleGet / nvmlGpmMetricsGet / nvmlDeviceGetProcessUtilization on their own.
+  3. times nvmlGpmSampleGet / nvmlGpmMetricsGet / nvmlDeviceGetProcessUtilization on their own;
+  4. with --scrape-path N: N in-process scrapes (collection + rendering, no HTTP) with the profiling thread sampling
+     every 0.2 s, and N with it stopped, alternating in blocks: the profiling thread's cost to a scrape.
 Writes OUTDIR/gpm-compare.json and OUTDIR/gpm-compare.md (machine, driver, date, the table).
 """
 from __future__ import annotations
@@ -25,15 +27,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-LOAD = """
-import sys, time, torch
-a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-end = time.time() + float(sys.argv[1])
-while time.time() < end:
-    for _ in range(20):
-        b = a @ a
-    torch.cuda.synchronize()
-"""
 
 
 def direct_window(nv, h, window: float, ids: list[int]) -> tuple[dict[int, float], dict[str, float]]:
@@ -95,6 +88,36 @@ def compare(nv, src, h, window: float, rounds: int, phase: str, load_pid: int | 
     return out
 
 
+def scrape_path(nv, n: int, blocks: int = 10) -> dict:
+    """Scrape latency (collect + render in this process) with the profiling thread at work and without it."""
+    from agent.collectors import Agent, registry_for, render_metrics
+    from agent.nvml import NvmlSource
+    out: dict = {}
+    lat: dict[str, list[float]] = {"profiling_on": [], "profiling_off": []}
+    srcs = {}
+    for mode in lat:
+        src = NvmlSource(nv, slow_interval=0.2, xid_events=False)
+        if mode == "profiling_off":
+            src.refresh_profiling = lambda: None  # the thread runs, does nothing
+        agent = Agent(src, None, maintenance_file="/nonexistent/m", upgrade_state_file="/nonexistent/u")
+        srcs[mode] = (src, agent, registry_for(agent))
+        render_metrics(srcs[mode][2])
+    time.sleep(1)
+    for _ in range(blocks):
+        for mode, (src, agent, reg) in srcs.items():
+            for _ in range(n // blocks):
+                t = time.perf_counter()
+                render_metrics(reg)
+                lat[mode].append(time.perf_counter() - t)
+                time.sleep(0.002)
+    for mode, (src, agent, reg) in srcs.items():
+        xs = sorted(lat[mode])
+        out[mode] = {"n": len(xs), "p50_ms": round(xs[len(xs) // 2] * 1e3, 3),
+                     "p99_ms": round(xs[int(len(xs) * 0.99)] * 1e3, 3), "max_ms": round(xs[-1] * 1e3, 3)}
+        agent.close()
+    return out
+
+
 def summary(rows: list[dict]) -> list[str]:
     lines = ["| phase | metric | agent (median) | direct (median) | max abs diff | rounds |", "|---|---|---|---|---|---|"]
     keys = []
@@ -122,16 +145,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--record-seconds", type=float, default=12)
     ap.add_argument("--fixture", default="h200-gpm.json")
+    ap.add_argument("--scrape-path", type=int, default=0, metavar="N")
+    ap.add_argument("--skip-record", action="store_true")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     import pynvml as nv
     from agent.nvml import NvmlSource
-    load = subprocess.Popen([sys.executable, "-c", LOAD, str(a.load_seconds)])
+    load = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "agent", "matmul_load.py"),
+                             str(a.load_seconds)])
     time.sleep(a.warmup)
-    rec = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "agent", "bench.py"), "record",
-                          os.path.join(a.out, a.fixture), "--seconds", str(a.record_seconds)],
-                         capture_output=True, text=True)
-    print("record:", rec.returncode, rec.stdout[-3000:], rec.stderr[-3000:], flush=True)
+    if not a.skip_record:
+        rec = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "agent", "bench.py"), "record",
+                              os.path.join(a.out, a.fixture), "--seconds", str(a.record_seconds)],
+                             capture_output=True, text=True)
+        print("record:", rec.returncode, rec.stdout[-3000:], rec.stderr[-3000:], flush=True)
     src = NvmlSource(nv, slow_interval=a.window, xid_events=False)
     rows = []
     try:
@@ -143,6 +170,7 @@ def main() -> None:
         time.sleep(2 * a.window + 1)
         rows += compare(nv, src, h, a.window, max(2, a.rounds // 2), "idle", None)
         support = src.collect().gpus[0].gpm_support
+        scrape = scrape_path(nv, a.scrape_path) if a.scrape_path else None
         meta = {"date": datetime.date.today().isoformat(),
                 "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "machine": os.uname().nodename, "gpu": nv.nvmlDeviceGetName(h),
@@ -161,14 +189,16 @@ def main() -> None:
         src.close()
     timing = {k: round(statistics.median(r["timing"][k] for r in rows), 3) for k in rows[0]["timing"]}
     timing["process_utilization_ms"] = round(statistics.median(r["process_utilization_ms"] for r in rows), 3)
-    doc = {"meta": meta, "call_ms_median": timing, "rounds": rows}
+    doc = {"meta": meta, "call_ms_median": timing, "scrape_path": scrape, "rounds": rows}
     with open(os.path.join(a.out, "gpm-compare.json"), "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
     md = [f"# gpu-agent GPM vs direct NVML GPM ({meta['gpu']}, driver {meta['driver']}, {meta['at']})", "",
           f"Machine {meta['machine']}, nvidia-ml-py {meta.get('nvidia-ml-py')}, torch {meta.get('torch')}; agent "
           f"window {a.window:g} s, direct window {a.window:g} s (not aligned: the two sample at their own times); "
           f"load: bf16 8192x8192 matmul loop. GPM support: {meta['gpm_support']}.", "",
-          f"Call cost (median): {json.dumps(timing)}", ""] + summary(rows) + [""]
+          f"Call cost (median): {json.dumps(timing)}", "",
+          f"Scrape path (collect + render in process, profiling thread every 0.2 s vs stopped): {json.dumps(scrape)}",
+          ""] + summary(rows) + [""]
     procs = [(r["phase"], r["load_pid"], r["agent_processes"], r["direct_processes"]) for r in rows]
     md += ["Per-process utilisation [SM, memory] (agent | direct):", ""] + [f"- {p}" for p in procs]
     with open(os.path.join(a.out, "gpm-compare.md"), "w") as f:
