@@ -109,10 +109,10 @@ class Profiler:
             sup = self._query_support(h)
             self.support[i] = sup
         if sup in ("supported", "mig"):
-            if gis is None:
-                self._sample((i, None), h)
-            for gi in gis or ():
-                self._sample((i, gi), h)
+            keys = [(i, None)] if gis is None else [(i, gi) for gi in gis]
+            self._drop([k for k in list(self._samples) if k[0] == i and k not in keys])  # instances gone
+            for key in keys:
+                self._sample(key, h)
             if gis is not None and sup == "supported":
                 self.support[i] = "mig"
             elif gis is None and sup == "mig":
@@ -161,6 +161,8 @@ class Profiler:
             log.debug("GPM %s: %s", key, e)
             if pair is not None:
                 pair[1] = (pair[1][0], 0.0)  # the next round starts a new window
+            with self._lock:
+                self._gpm.pop(key, None)  # absent rather than stale
             if key[1] is None and code in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND, _NO_PERMISSION):
                 self.support[key[0]] = "gpu" if code == _NOT_SUPPORTED else "error"
 
@@ -215,13 +217,16 @@ class Profiler:
             mig = {k[1]: v for k, v in self._gpm.items() if k[0] == i and k[1] is not None}
             return self.support.get(i), whole, mig, self._proc_util.get(i)
 
-    def _forget(self, i: int) -> None:
+    def _drop(self, keys: list[tuple[int, int | None]]) -> None:
         with self._lock:
-            for d in (self._gpm, self._samples, self._bytes):
-                for k in [k for k in d if k[0] == i]:
-                    if d is self._samples:
-                        self._free(d[k])
-                    del d[k]
+            for k in keys:
+                self._free(self._samples.pop(k, []))
+                self._gpm.pop(k, None)
+                self._bytes.pop(k, None)
+
+    def _forget(self, i: int) -> None:
+        self._drop([k for k in set(self._samples) | set(self._gpm) if k[0] == i])
+        with self._lock:
             self._proc_util.pop(i, None)
 
     def _free(self, pair: list) -> None:

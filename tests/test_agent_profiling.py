@@ -226,3 +226,42 @@ def test_docs_map_every_gpm_metric_to_its_dcgm_field():
         want[by_id[mid]] = (series, dcgm or "-")
     assert rows == want and len(names) == len(rows)
     assert re.search(r"gpu_gpm_supported", text) and re.search(r"container_gpu_sm_utilization_ratio", text)
+
+
+def test_gpm_error_leaves_the_reading_absent_not_stale_and_counts_an_error():
+    r = ReplayNvml.from_file(H200_GPM)
+    src = NvmlSource(r, xid_events=False, slow_interval=3600)
+    try:
+        src.collect()
+        src.refresh_profiling()
+        src.refresh_profiling()
+        assert src.collect().gpus[0].gpm is not None
+        r.fail("nvmlGpmSampleGet", 999)  # NVML_ERROR_UNKNOWN
+        src.refresh_profiling()
+        snap = src.collect()
+        assert snap.gpus[0].gpm is None and snap.gpus[0].gpm_support == "supported" and snap.errors >= 1
+        del r.failures[("nvmlGpmSampleGet", None)]
+        src.refresh_profiling()  # a new window starts: one sample
+        assert src.collect().gpus[0].gpm is None
+        src.refresh_profiling()
+        assert src.collect().gpus[0].gpm is not None
+    finally:
+        src.close()
+
+
+def test_a_gpu_instance_destroyed_loses_its_series():
+    r = ReplayNvml.from_file(H200_GPM)
+    r.mig(0, [(1, 0, 70 * GiB, GiB), (2, 0, 35 * GiB, GiB)])
+    r.gpm(0, {2: 50.0}, gpu_instance=1)
+    r.gpm(0, {2: 20.0}, gpu_instance=2)
+    src = NvmlSource(r, xid_events=False, slow_interval=3600)
+    try:
+        src.collect()
+        src.refresh_profiling()
+        src.refresh_profiling()
+        assert sorted(src.collect().gpus[0].mig_gpm) == [1, 2]
+        r.mig(0, [(1, 0, 70 * GiB, GiB)])
+        src.refresh_profiling()
+        assert sorted(src.collect().gpus[0].mig_gpm) == [1]
+    finally:
+        src.close()
