@@ -106,3 +106,8 @@ def test_a_real_chown_is_not_given_an_option_as_owner(tmp_path, capsys):
     tasks = {t["task"]["name"]: t["hosts"]["a"] for p in rep["plays"] for t in p["tasks"]}
     assert tasks["touch"]["failed"] and "--help" in tasks["touch"]["msg"] + tasks["touch"].get("stderr", ""), tasks
     assert tasks["copy"]["failed"], tasks
+
+
+def test_command_chdir_after_double_dash():
+    r, ran = drive("command", {"_raw_params": "pwd", "chdir": "-P"}, {}, lambda cmd: (0, "", ""))
+    assert_value_after_double_dash(ran, "-P")

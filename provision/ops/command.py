@@ -41,7 +41,7 @@ class _Command(Op):
         else:
             raise OpError("no command given (free-form text, cmd or argv)")
         if args.get("chdir"):
-            line = f"cd {q(args['chdir'])} && {line}"
+            line = f"cd -- {q(args['chdir'])} && {line}"
         return line
 
     def probe(self, args, ctx):
