@@ -78,3 +78,26 @@ def test_through_the_connection_and_a_retag_when_the_id_is_there(tb, image, tmp_
     assert rc == 0 and r["status"] == "changed" and "already on the host" in r["msg"], out
     rc, again, out = apply(tb, tmp_path, capsys, tag, "ssh")
     assert rc == 0 and again["status"] == "ok", out
+
+
+def test_a_load_that_fails_part_way_says_so_and_leaves_nothing(tb, image, tmp_path, capsys):
+    tag, image_id = image
+    whole = tmp_path / "whole.tar"
+    subprocess.run(["docker", "save", "-o", str(whole), tag], check=True)
+    cut = tmp_path / "cut.tar"
+    with open(whole, "rb") as src, open(cut, "wb") as dst:
+        dst.write(src.read(whole.stat().st_size // 2))
+    tb.exec("i1", f"docker image rm -f {image_id}; docker image prune -f")
+    layers_before = tb.exec("i1", "ls /var/lib/docker/overlay2 | wc -l")[1]
+    pb = tmp_path / "cut.yaml"
+    pb.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False, "tasks": [
+        {"name": "image", "gpu_image": {"image": "cut:1", "source": "stream", "tarball": str(cut), "via": "ssh",
+                                        "check_gpus": False}}]}]))
+    capsys.readouterr()
+    rc = main(["apply", str(tb.inventory_path), "-p", str(pb), "--json", "--no-retry-file"])
+    r = json.loads(capsys.readouterr().out)["plays"][0]["tasks"][0]["hosts"]["i1"]
+    assert rc != 0 and r["status"] == "failed" and "nothing of it kept on the host" in r["msg"], r
+    rc, left, _ = tb.exec("i1", f"docker images -q --no-trunc | grep -c {image_id}; ls /var/lib/docker/tmp "
+                                "/var/tmp | grep -c gpufleet")
+    assert left.split() == ["0", "0"]
+    assert tb.exec("i1", "ls /var/lib/docker/overlay2 | wc -l")[1] == layers_before     # no layer of it stays
