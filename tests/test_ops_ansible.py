@@ -477,3 +477,20 @@ def test_apt_upgrade_simulates_first_and_upgrades_only_when_something_would_chan
     assert not any("upgrade" in c for c in ran)
     with pytest.raises(OpError, match="not one of dist"):
         drive("apt", {"upgrade": "sometimes"}, no_apt(), host(""))
+
+
+def test_apt_repository_removes_a_ppa_and_refuses_to_add_one():
+    r, ran = drive("apt_repository", {"repo": "ppa:graphics-drivers/ppa", "state": "absent"}, {},
+                   lambda c: (0, "", ""))
+    assert not r.changed and len(ran) == 1 and "ppa\\.launchpad(content)?\\.net/graphics-drivers/ppa/" in ran[0]
+    f = "/etc/apt/sources.list.d/graphics-drivers-ubuntu-ppa-jammy.list"
+    r, ran = drive("apt_repository", {"repo": "ppa:graphics-drivers/ppa", "state": "absent"}, {},
+                   lambda c: (0, f + "\n", "") if c.startswith("grep") else (0, "", ""))
+    assert r.changed and ran[1].startswith("sed -i -E ") and ran[1].endswith(f" -- {f}") and " update" in ran[2]
+    r, _ = drive("apt_repository", {"repo": "ppa:graphics-drivers/ppa"}, {}, lambda c: (0, "", ""))
+    assert r.failed and "adding a PPA needs Launchpad" in r.msg
+
+
+def test_reboot_in_check_mode_plans_and_runs_nothing():
+    r, ran = drive("reboot", {}, {}, lambda c: (0, "", ""), check=True)
+    assert r.changed and not r.failed and not ran and r.msg == "would reboot"

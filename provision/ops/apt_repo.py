@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from provision.ops.apt import UPDATE, update_one_source
 from provision.ops.core import (Cmd, Op, OpError, Plan, parse_mode, parse_stat, q, sha256, stat_probe,
                                 write_file_plan)
+from provision.ops.ppa import is_ppa, ppa_plan, ppa_probe
 from provision.ops.spec import ArgSpec, module
 
 
@@ -266,9 +267,11 @@ class AptRepository(Op):
         return f"/etc/apt/sources.list.d/{name}.list", line + "\n", uri
 
     def probe(self, args, ctx):
-        return stat_probe(self.content(args)[0])
+        return ppa_probe(args["repo"]) if is_ppa(args.get("repo")) else stat_probe(self.content(args)[0])
 
     def plan(self, args, facts, probe, ctx) -> Plan:
+        if is_ppa(args.get("repo")):
+            return ppa_plan(args, probe, UPDATE)
         path, text, _ = self.content(args)
         st = parse_stat(probe.stdout)
         if args.get("state") == "absent":

@@ -21,7 +21,8 @@ class Reboot(Op):
                                test_command=args.get("test_command") or "whoami")
         return Plan([reboot], msg="would reboot" if ctx.check else "rebooted", extra={"rebooted": not ctx.check},
                     refresh_facts=("boot_id", "kernel"),
-                    result=lambda rs: {"extra": {"rebooted": True, "elapsed": int(rs[0].duration)}})
+                    result=lambda rs: {} if rs[0] is None else   # check mode: nothing ran
+                    {"extra": {"rebooted": True, "elapsed": int(rs[0].duration)}})
 
 
 @module("wait_for", args={
