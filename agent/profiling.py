@@ -93,6 +93,7 @@ class Profiler:
         self._proc_util: dict[int, dict[int, tuple[float, float]]] = {}
         self._no_proc_util: set[int] = set()
         self.errors = 0
+        self.rounds = 0  # refresh rounds done (tests and benchmarks wait on it)
 
     # ----------------------------------------------------------------------------------------------- reading
     def refresh(self, devices: list[tuple[int, Any, list[int] | None]]) -> None:
@@ -102,6 +103,7 @@ class Profiler:
                 self._refresh_gpu(i, h, gis)
             except _Lost:
                 self._forget(i)
+        self.rounds += 1
 
     def _refresh_gpu(self, i: int, h: Any, gis: list[int] | None) -> None:
         sup = self.support.get(i)

@@ -14,20 +14,28 @@ from agent.nvml import NvmlSource
 from agent.profiling import GPM_METRICS, GPM_REASONS
 from agent.profiling_families import GPM_FAMILIES
 from agent.replay import Recorder, ReplayNvml
-from test_agent_nvml import metrics, values
+from test_agent_nvml import metrics, values, wait_until
 from test_agent_support import FIXTURE, ROOT, process_utilization
 
 H200_GPM = os.path.join(ROOT, "tests", "fixtures", "nvml", "h200-2026-12-02.json")
 NOT_SUPPORTED = 3
 
 
-def _scraped(nvml, rounds: int = 2):
-    """Metrics after ``rounds`` profiling rounds (two GPM samples make the first window)."""
+def _started(src: NvmlSource) -> NvmlSource:
+    """NVML initialised and the profiling thread's first round (one GPM sample) done; its next is an hour away, so
+    the test's own refresh_profiling() calls are the only ones."""
+    src.collect()
+    assert wait_until(lambda: src.profiler.rounds >= 1)
+    return src
+
+
+def _scraped(nvml, rounds: int = 1):
+    """Metrics after the thread's first round and ``rounds`` more (two GPM samples make the first window)."""
     src = NvmlSource(nvml, xid_events=False, slow_interval=3600)
     agent = Agent(src, None, maintenance_file="/nonexistent/m", upgrade_state_file="/nonexistent/u")
     try:
         reg = registry_for(agent)
-        metrics(reg)  # NVML initialised
+        _started(src)
         for _ in range(rounds):
             src.refresh_profiling()
         return metrics(reg), src.collect()
@@ -76,9 +84,8 @@ def test_gpm_families_are_ratios_and_base_units():
 def test_byte_counters_sum_rate_times_window():
     r = ReplayNvml.from_file(FIXTURE)
     r.gpm(0, {20: 100.0, 21: 50.0, 2: 10.0})  # PCIe TX 100 MiB/s, RX 50 MiB/s
-    src = NvmlSource(r, xid_events=False, slow_interval=3600)
+    src = _started(NvmlSource(r, xid_events=False, slow_interval=3600))
     try:
-        src.collect()
         for _ in range(4):
             src.refresh_profiling()
         g = src.collect().gpus[0]
@@ -133,8 +140,7 @@ def test_gpm_and_process_utilization_are_never_read_in_a_scrape():
     agent = Agent(src, None, maintenance_file="/nonexistent/m", upgrade_state_file="/nonexistent/u")
     try:
         reg = registry_for(agent)
-        metrics(reg)
-        src.refresh_profiling()
+        _started(src)
         src.refresh_profiling()
         rec.calls.clear()
         for _ in range(5):
@@ -163,9 +169,8 @@ def test_recorder_round_trip_keeps_gpm_and_process_utilization():
 
 def test_lost_gpu_drops_its_profiling_readings():
     r = ReplayNvml.from_file(H200_GPM, gpus=2)
-    src = NvmlSource(r, xid_events=False, slow_interval=3600)
+    src = _started(NvmlSource(r, xid_events=False, slow_interval=3600))
     try:
-        src.collect()
         src.refresh_profiling()
         src.refresh_profiling()
         assert src.collect().gpus[1].gpm is not None
@@ -230,9 +235,8 @@ def test_docs_map_every_gpm_metric_to_its_dcgm_field():
 
 def test_gpm_error_leaves_the_reading_absent_not_stale_and_counts_an_error():
     r = ReplayNvml.from_file(H200_GPM)
-    src = NvmlSource(r, xid_events=False, slow_interval=3600)
+    src = _started(NvmlSource(r, xid_events=False, slow_interval=3600))
     try:
-        src.collect()
         src.refresh_profiling()
         src.refresh_profiling()
         assert src.collect().gpus[0].gpm is not None
@@ -254,9 +258,8 @@ def test_a_gpu_instance_destroyed_loses_its_series():
     r.mig(0, [(1, 0, 70 * GiB, GiB), (2, 0, 35 * GiB, GiB)])
     r.gpm(0, {2: 50.0}, gpu_instance=1)
     r.gpm(0, {2: 20.0}, gpu_instance=2)
-    src = NvmlSource(r, xid_events=False, slow_interval=3600)
+    src = _started(NvmlSource(r, xid_events=False, slow_interval=3600))
     try:
-        src.collect()
         src.refresh_profiling()
         src.refresh_profiling()
         assert sorted(src.collect().gpus[0].mig_gpm) == [1, 2]
