@@ -29,10 +29,11 @@ class ScrapeFailed(Exception):
 
 class SharedScrape:
     """Scrapes share work: a scrape that arrives while a collection runs waits for it and gets its body
-    (single flight), and a body is reused by a scrape that arrived before that body's collection started, or
-    that comes less than one collection's time after it was made. 50 scrapers started together thus cost a few
-    collections, not 50; no body served is older than the time of one collection (~1 ms on an H200), next to a
-    scrape interval of 15 s or more."""
+    (single flight), and a body is reused by any scrape whose request arrived before the body was made or less
+    than one collection's time after (the request's arrival, not when a worker got to it: 50 scrapes at once
+    queue behind each other's answers). 50 scrapers started together thus cost about one collection, not 50; no
+    body is older than one collection's time (~1 ms on an H200) when its request arrived, next to a scrape
+    interval of 15 s or more."""
 
     def __init__(self, render: Callable[[], bytes], clock: Callable[[], float] = time.monotonic):
         self._render, self._clock = render, clock
@@ -45,8 +46,8 @@ class SharedScrape:
     def get(self, arrived: float) -> bytes:
         """The body for a scrape whose request was complete at ``arrived`` (the clock's time)."""
         with self._cond:
-            body, started, finished = self._result
-            if body is not None and (started >= arrived or self._clock() - finished < finished - started):
+            body, started, finished = self._result   # made from `started` to `finished`
+            if body is not None and arrived - finished < finished - started:
                 return body
             if self._running:
                 gen = self._generation

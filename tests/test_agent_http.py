@@ -306,12 +306,13 @@ def test_a_shared_body_is_never_older_than_one_collection_for_a_lone_scraper():
         now[0] += 0.002          # a collection takes 2 ms
         return str(n[0]).encode()
     shared = SharedScrape(render, clock=lambda: now[0])
-    assert shared.get(now[0]) == b"1"
+    assert shared.get(now[0]) == b"1"          # made from 100.000 to 100.002
     now[0] += 0.001
     assert shared.get(now[0]) == b"1"          # made 1 ms ago, within one collection's time: reused
     assert shared.get(99.0) == b"1"            # asked before that collection started: reused
     now[0] += 0.0015
-    assert shared.get(now[0]) == b"2"          # 2.5 ms old: a new collection
+    assert shared.get(100.0035) == b"1"        # asked 1.5 ms after it was made, answered later: reused
+    assert shared.get(now[0]) == b"2"          # 2.5 ms old when asked: a new collection
     assert shared.collections == 2
 
 
