@@ -494,3 +494,11 @@ def test_apt_repository_removes_a_ppa_and_refuses_to_add_one():
 def test_reboot_in_check_mode_plans_and_runs_nothing():
     r, ran = drive("reboot", {}, {}, lambda c: (0, "", ""), check=True)
     assert r.changed and not r.failed and not ran and r.msg == "would reboot"
+
+
+def test_apt_key_without_a_keyring_is_trusted_for_every_source_as_apt_key_add():
+    r, ran = drive("apt_key", {"url": "https://nvidia.github.io/nvidia-docker/gpgkey"}, {},
+                   lambda c: (0, "absent\n", ""), check=True)
+    assert r.changed and "/etc/apt/trusted.gpg.d/nvidia.github.io_nvidia-docker_gpgkey.gpg" in ran[0]
+    r, ran = drive("apt_key", {"id": "7fa2af80", "state": "absent"}, {}, lambda c: (0, "absent\n", ""))
+    assert not r.changed and "/etc/apt/trusted.gpg.d/7fa2af80.gpg" in ran[0]

@@ -140,6 +140,8 @@ class AptKey(Op):
             return str(args["keyring"])
         if args.get("name"):
             return f"/etc/apt/keyrings/{args['name']}.gpg"
+        if args.get("url") or args.get("id"):    # Ansible's `apt-key add`: trusted for every source, as there
+            return f"/etc/apt/trusted.gpg.d/{_repo_filename(str(args.get('url') or args['id']))}.gpg"
         raise OpError("apt_key needs keyring (the destination file) or name")
 
     def probe(self, args, ctx):
