@@ -83,10 +83,13 @@ def test_site_check_plans_no_download_and_fails_nowhere(rf):
                  "Install the planned driver package (and the distribution's signed modules)"):
         assert res[task].get("skipped"), (task, res[task])
     assert "would fetch" in res["NVIDIA container toolkit repository key"]["msg"]
-    # the H200's own settings: images by the default source (a registry first), which check mode does not contact
+    # as on the H200: images by the default source (a registry first, which check mode does not contact), and a
+    # PID 1 that is not systemd (the agent is installed, no service is started: the role says so)
     auto = report(cli("check", rf.inventory_path, "-p", "playbooks/site.yaml", "--json", "-e",
-                      "gpu_image_source=auto"))
+                      "gpu_image_source=auto", "-e", "ansible_service_mgr=sysvinit"))
     assert not failures(auto), failures(auto)
+    assert host_results(auto)["Say that no systemd runs the agent here"]["msg"].startswith(
+        "PID 1 of this host is sysvinit, not systemd")
 
 
 def test_driver_playbook_keeps_it_with_no_repository_and_no_change(rf):
