@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import socket
-import ssl
 import struct
 import subprocess
 import sys
@@ -18,10 +17,12 @@ import time
 import pytest
 import requests
 
-from test_agent_server import NONE, _cert, pki  # noqa: F401  (fixture)
+import test_agent_server
+from test_agent_server import NONE
 from test_agent_support import FIXTURE, ROOT, RunningAgent, free_port, replay
 
 UNIT = os.path.join(ROOT, "agent", "packaging", "gpu-agent.service")
+pki = test_agent_server.pki   # the fixture: a CA, a server and a client certificate
 
 
 def _tasks_max() -> int:
