@@ -22,7 +22,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 
-from provision import yamlsrc
+from provision import ansiblecfg, yamlsrc
 from provision.errors import InputError
 from provision.playbook import load_playbook
 from provision.playbook.compat import _FAMILY_OF
@@ -82,6 +82,7 @@ def _module_of(item: dict) -> str:
 
 class Scanner:
     def __init__(self) -> None:
+        self.roles_path: tuple[str, ...] = ()      # the scanned folder's ansible.cfg roles_path
         self.loader = _Loader(os.path.join(tempfile.gettempdir(), "compat-playbook.yml"))
         self.top = os.getcwd()     # task files are shown relative to the folder scanned
 
@@ -133,6 +134,9 @@ class Scanner:
     def role(self, path: str) -> RoleReport:
         name = os.path.basename(os.path.abspath(path))
         rep = RoleReport(name, path)
+        # the roles it includes are found beside it and on the roles_path, as when a playbook applies it
+        self.loader = _Loader(os.path.join(os.path.dirname(os.path.abspath(path)), "compat.yml"), self.roles_path)
+        self.loader.role_dirs.append(os.path.abspath(path))
         for sub, handler in (("tasks", False), ("handlers", True)):
             base = os.path.join(path, sub)
             for root, dirs, files in os.walk(base, followlinks=True):
@@ -142,7 +146,7 @@ class Scanner:
                         ctx = _Ctx(file="", playbook_dir=os.path.dirname(path), base_dir=root, role=name,
                                    role_path=path, handler=handler)
                         self.task_file(os.path.join(root, f), ctx, rep.tasks)
-        rep.syntax_check = syntax_check(path)
+        rep.syntax_check = syntax_check(path, self.roles_path)
         return rep
 
     def playbook(self, path: str) -> RoleReport | None:
@@ -154,21 +158,22 @@ class Scanner:
         if not isinstance(data, list) or not all(isinstance(p, dict) for p in data) or \
                 not any("hosts" in p or "import_playbook" in p for p in data):
             return None
-        rep = RoleReport(os.path.relpath(path), path)
+        rep = RoleReport(os.path.relpath(path, self.top), path)
+        self.loader = _Loader(path, self.roles_path)     # its roles are found as the playbook finds them
         for play in data:
             for key in ("pre_tasks", "tasks", "post_tasks", "handlers"):
                 ctx = _Ctx(file=path, playbook_dir=os.path.dirname(path), base_dir=os.path.dirname(path),
                            handler=key == "handlers")
                 self.walk(play.get(key), ctx, [], rep.tasks)
         try:
-            load_playbook(path)
+            load_playbook(path, self.roles_path)
             rep.syntax_check = "ok"
         except InputError as err:
             rep.syntax_check = str(err)
         return rep
 
 
-def syntax_check(role_path: str) -> str:
+def syntax_check(role_path: str, roles_path: tuple[str, ...] = ()) -> str:
     """Load the role whole, as ``--syntax-check`` does: a one-play playbook beside a roles/ link to it."""
     with tempfile.TemporaryDirectory(prefix="compat-") as d:
         os.mkdir(os.path.join(d, "roles"))
@@ -178,7 +183,7 @@ def syntax_check(role_path: str) -> str:
         with open(site, "w") as fh:
             fh.write(f"- hosts: all\n  roles:\n    - {name}\n")
         try:
-            load_playbook(site)
+            load_playbook(site, roles_path)
             return "ok"
         except InputError as err:
             return str(err).replace(os.path.abspath(role_path), name).replace(d + "/", "")
@@ -202,6 +207,7 @@ def scan(tops: list[str]) -> list[RoleReport]:
     out = []
     for top in tops:
         s.top = os.path.abspath(top)
+        s.roles_path = ansiblecfg.load(env={}, cwd=s.top).roles_path
         roles, books = find_sources(top)
         out += [s.role(r) for r in roles]
         out += [r for r in (s.playbook(b) for b in books) if r is not None and r.tasks]

@@ -502,3 +502,31 @@ def test_apt_key_without_a_keyring_is_trusted_for_every_source_as_apt_key_add():
     assert r.changed and "/etc/apt/trusted.gpg.d/nvidia.github.io_nvidia-docker_gpgkey.gpg" in ran[0]
     r, ran = drive("apt_key", {"id": "7fa2af80", "state": "absent"}, {}, lambda c: (0, "absent\n", ""))
     assert not r.changed and "/etc/apt/trusted.gpg.d/7fa2af80.gpg" in ran[0]
+
+
+def test_copy_remote_src_reads_the_host_file_then_writes_dest():
+    data = b"[Unit]\n"
+
+    def host(dest_stat):
+        return lambda c: (0, stat_line(data), "") if "/lib/x.service" in c and is_stat(c) else \
+            (0, dest_stat, "") if is_stat(c) else (0, "", "")
+    args = {"src": "/lib/x.service", "dest": "/etc/x.service", "remote_src": True, "mode": "0644"}
+    r, ran = drive("copy", args, {}, host("absent\n"))
+    assert r.changed and ran.stdins[2] == data and "/etc/x.service" in ran[2]
+    r, ran = drive("copy", args, {}, host(stat_line(data)))
+    assert not r.changed and len(ran) == 2
+    big = f"file 644 root root 0 0 {10 ** 7}\n{'ab' * 32}\n\n"      # too big to carry: the host copies it
+    r, ran = drive("copy", args, {}, lambda c: (0, big, "") if "/lib/x.service" in c and is_stat(c) else
+                   (0, "absent\n", "") if is_stat(c) else (0, "", ""))
+    assert r.changed and ran[2] == "cp -- /lib/x.service /etc/x.service" and ran[3] == "chmod 644 -- /etc/x.service"
+    r, _ = drive("copy", {**args, "src": "/nope"}, {}, lambda c: (0, "absent\n", ""))
+    assert r.failed and "/nope is absent on the host" in r.msg
+
+
+def test_user_force_and_move_home():
+    alice = "alice:x:1000:1000::/home/alice:/bin/bash"
+    _, ran = drive("user", {"name": "alice", "state": "absent", "force": True, "remove": True}, {},
+                   user_probe(alice, "alice"))
+    assert ran[1] == "userdel -r -f -- alice"
+    _, ran = drive("user", {"name": "alice", "home": "/data/alice", "move_home": True}, {}, user_probe(alice, "alice"))
+    assert ran[1] == "usermod -d /data/alice -m -- alice"

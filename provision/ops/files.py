@@ -56,8 +56,39 @@ class _Writer(Op):
 
 @module("copy", args={"dest": ArgSpec("path", required=True), "content": ArgSpec("raw"), "src": ArgSpec("path"),
                       "backup": ArgSpec("bool", default=False), "force": ArgSpec("bool", default=True),
-                      **_OWNERSHIP})
+                      "remote_src": ArgSpec("bool", default=False), **_OWNERSHIP})
 class Copy(_Writer):
+    def plan(self, args, facts, probe, ctx):
+        if not args.get("remote_src"):
+            return super().plan(args, facts, probe, ctx)
+        src = str(args.get("src") or "")      # a file of the host: read with one stat+content probe, then written
+        if not src:
+            return Plan(failed=True, msg="copy with remote_src needs src (a file on the host)")
+        return Plan([Cmd(stat_probe(src), readonly=True, counts=False, ok_rc=None)],
+                    then=lambda _facts, rs: self.from_host(args, src, parse_stat(probe.stdout),
+                                                           parse_stat(rs[0].stdout)))
+
+    def from_host(self, args, src: str, st: FileState, got: FileState) -> Plan:
+        dest = str(args["dest"])
+        if got.kind != "file":
+            return Plan(failed=True, msg=f"{src} is {'absent' if got.kind == 'absent' else 'a ' + got.kind} on the "
+                                         "host (remote_src copies one file)")
+        if st.kind == "directory":
+            return Plan(failed=True, msg=f"{dest} is a directory: give the file's path as dest with remote_src")
+        if st.kind != "absent" and args.get("force") is False:
+            return Plan(noop=f"{dest} exists and force is off")
+        mode, owner, group = parse_mode(args.get("mode")), args.get("owner"), args.get("group")
+        if got.content is not None:
+            return write_file_plan(dest, got.content, st, mode=mode, owner=owner, group=group,
+                                   backup=bool(args.get("backup")))
+        same = st.kind == "file" and st.sha256 == got.sha256     # too big to carry: the host copies it
+        cmds = [] if same else [Cmd(f"cp -- {q(src)} {q(dest)}")]
+        if mode is not None and (not same or st.mode != mode):
+            cmds.append(Cmd(f"chmod {mode:o} -- {q(dest)}"))
+        cmds += owner_cmds(dest, owner, group, st if same else None)
+        return Plan(cmds, extra={"dest": dest, "checksum": got.sha256}) if cmds else \
+            Plan(noop=f"{dest} is up to date", extra={"dest": dest, "checksum": got.sha256})
+
     def data(self, args, ctx) -> bytes:
         if args.get("content") is not None:
             c = args["content"]

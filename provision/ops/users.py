@@ -51,6 +51,7 @@ class Getent(Op):
                                                                             aliases=("createhome",)),
     "system": ArgSpec("bool", default=False), "uid": ArgSpec("int"), "comment": ArgSpec("str"),
     "password": ArgSpec("str", no_log=True), "remove": ArgSpec("bool", default=False),
+    "force": ArgSpec("bool", default=False), "move_home": ArgSpec("bool", default=False),
 })
 class User(Op):
     def probe(self, args, ctx):
@@ -66,7 +67,8 @@ class User(Op):
         if args.get("state") == "absent":
             if entry is None:
                 return Plan(noop=f"user {name} does not exist", extra=extra)
-            return Plan([Cmd(f"userdel{' -r' if args.get('remove') else ''} -- {q(name)}")], extra=extra,
+            flags = (" -r" if args.get("remove") else "") + (" -f" if args.get("force") else "")
+            return Plan([Cmd(f"userdel{flags} -- {q(name)}")], extra=extra,
                         diff=[_diff(f"user {name}", "present", "absent")])
         groups = [str(g) for g in args.get("groups") or []]
         missing = [g for g in groups if g not in known.split()]
@@ -76,7 +78,7 @@ class User(Op):
         if args.get("shell") and (entry is None or entry[6:7] != [args["shell"]]):
             opts += ["-s", str(args["shell"])]
         if args.get("home") and (entry is None or entry[5:6] != [str(args["home"])]):
-            opts += ["-d", str(args["home"])]
+            opts += ["-d", str(args["home"])] + (["-m"] if entry is not None and args.get("move_home") else [])
         if args.get("comment") is not None and (entry is None or entry[4:5] != [str(args["comment"])]):
             opts += ["-c", str(args["comment"])]
         if args.get("uid") is not None and (entry is None or entry[2:3] != [str(args["uid"])]):
