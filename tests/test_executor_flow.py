@@ -384,3 +384,32 @@ def test_templated_ignore_errors_and_block_notify(tmp_path, inv, capsys):
     assert host_status(rep, "tolerated in check mode only", "a")["ignored"] is True
     assert stats(rep, "b")["failed"] == 1
     assert os.path.exists(str(tmp_path / "out-handled-a")) and not os.path.exists(str(tmp_path / "out-handled-b"))
+
+
+def test_delegate_facts_and_include_apply(tmp_path, inv, capsys):
+    write(tmp_path, "sub.yml", """
+        - name: tagged by apply
+          command: touch {{ out }}-sub-{{ inventory_hostname }}-{{ level }}
+        """)
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          gather_facts: false
+          tasks:
+            - name: give b a fact
+              set_fact: {from_a: yes}
+              delegate_to: b
+              delegate_facts: true
+              when: inventory_hostname == 'a'
+            - include_tasks:
+                file: sub.yml
+                apply: {tags: [sub], vars: {level: 2}}
+              tags: [sub]
+            - assert:
+                that: (from_a is defined) == (inventory_hostname == 'b')
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb, "--tags", "sub,all")
+    assert rc == 0, failures(rep)
+    assert os.path.exists(str(tmp_path / "out-sub-a-2")) and os.path.exists(str(tmp_path / "out-sub-b-2"))
+    rc, rep = report(capsys, "apply", inv, "-p", pb, "--skip-tags", "sub")
+    assert rc == 0, failures(rep)
+    assert host_status(rep, "tagged by apply", "a") is None
