@@ -117,6 +117,7 @@ class BoundedHTTPServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        self._wake_pending = False
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
@@ -182,6 +183,10 @@ class BoundedHTTPServer:
                 pass
 
     def _wake(self) -> None:
+        """Wake the loop; one byte for any number of workers done before it looks (a burst of 50 answers)."""
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -214,6 +219,7 @@ class BoundedHTTPServer:
                     self._close(c)
 
     def _drain_wake(self) -> None:
+        self._wake_pending = False    # before _take_back reads the queue: a worker done after this wakes again
         try:
             while self._wake_r.recv(4096):
                 pass
@@ -421,9 +427,15 @@ class BoundedHTTPServer:
             hdr.append("Connection: close")
         data = ("\r\n".join(hdr) + "\r\n\r\n").encode("latin-1") + (resp.body if method != "HEAD" else b"")
         try:
-            c.sock.settimeout(WRITE_TIMEOUT)
-            c.sock.sendall(data)
-            c.sock.setblocking(False)
+            if not isinstance(c.sock, ssl.SSLSocket):  # most answers fit the socket buffer: no blocking mode needed
+                try:
+                    data = data[c.sock.send(data):]
+                except BlockingIOError:
+                    pass
+            if data:
+                c.sock.settimeout(WRITE_TIMEOUT)
+                c.sock.sendall(data)
+                c.sock.setblocking(False)
             return True
         except (ConnectionResetError, BrokenPipeError, socket.timeout, ssl.SSLError) as e:
             self.peer_errors.note(c.addr, "before its answer was sent", e)
