@@ -413,3 +413,16 @@ def test_delegate_facts_and_include_apply(tmp_path, inv, capsys):
     rc, rep = report(capsys, "apply", inv, "-p", pb, "--skip-tags", "sub")
     assert rc == 0, failures(rep)
     assert host_status(rep, "tagged by apply", "a") is None
+
+
+def test_syntax_check_warns_of_unsupported_modules_and_strict_refuses(tmp_path, capsys):
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          tasks:
+            - yum_repository: {name: cuda, baseurl: http://x}
+              when: ansible_os_family == 'RedHat'
+        """)
+    rc, out = run(capsys, "apply", "-p", pb, "--syntax-check")
+    assert rc == 0 and "[WARNING]: " in out.err and "yum_repository is not supported by gpufleet" in out.err
+    rc, out = run(capsys, "apply", "-p", pb, "--syntax-check", "--strict")
+    assert rc == 4 and f"{pb}:4: yum_repository:" in out.err

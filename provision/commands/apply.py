@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import sys
 
 from provision.connectors import HOST_KEY_CHECKING, SSH_ARGS_HELP
 from provision.errors import OptionError, closest
@@ -242,7 +243,7 @@ def run_options(args, *, check: bool = False):
 def run_playbook_command(args, *, check: bool = False) -> int:
     from provision.executor import Executor
     from provision.output import make_reporter
-    from provision.playbook import load_playbook, validate
+    from provision.playbook import load_playbook, unsupported_tasks, validate
     opts = run_options(args, check=check)           # bad options: exit 5, nothing read or contacted
     path = playbook_path(args)
     listing = next((m for m in LISTINGS if getattr(args, m, False)), None)
@@ -254,6 +255,8 @@ def run_playbook_command(args, *, check: bool = False) -> int:
     if inventory is not None:   # undefined variables, host patterns: exit 4 (a bare --syntax-check only parses)
         validate(playbook, inventory, opts.extra_vars, strict=opts.strict)
     if listing:
+        for line in unsupported_tasks(playbook, strict=opts.strict):   # modules gpufleet lacks: warnings
+            print(f"[WARNING]: {line}", file=sys.stderr)
         from provision.commands.listing import print_listing
         return print_listing(listing, playbook, inventory, opts)
     for play in playbook.plays:                      # bad --limit: exit 5

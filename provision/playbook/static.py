@@ -57,13 +57,15 @@ def _expression_args(module: str) -> frozenset:
     return frozenset(getattr(spec.impl, "raw_args", ()) or ()) if spec is not None else frozenset()
 
 
-def unsupported_tasks(playbook: Playbook) -> list[str]:
+def unsupported_tasks(playbook: Playbook, *, strict: bool = False) -> list[str]:
     """One line per task whose module gpufleet lacks (``file:line: module: why; ...``): such a task fails only the
-    hosts that reach it. Files that include_tasks/include_role read at run time are listed when they are read."""
-    out = []
-    for play in playbook.plays:
-        out += [unsupported_line(t) for t in (*play.tasks, *play.handlers) if t.unsupported]
-    return out
+    hosts that reach it. Files that include_tasks/include_role read at run time are listed when they are read.
+    ``strict`` (--strict): the first such task is an InputError instead."""
+    tasks = [t for play in playbook.plays for t in (*play.tasks, *play.handlers) if t.unsupported]
+    if strict and tasks:
+        t = tasks[0]
+        raise _err(f"{t.unsupported} (--strict)", t.positions.get("module", t.source), t.module)
+    return [unsupported_line(t) for t in tasks]
 
 
 def unsupported_line(task) -> str:
@@ -116,8 +118,6 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None, *
         for t in (*play.tasks, *play.handlers):
             mpos = t.positions.get("module", t.source)
             if t.unsupported or t.include is not None:
-                if t.unsupported and strict:
-                    raise _err(f"{t.unsupported} (--strict)", mpos, t.module)
                 continue
             if t.module not in reg:   # the registry may have changed since load_playbook
                 raise _err("unknown module", mpos, t.module, hint=closest(t.module, reg))
@@ -165,4 +165,4 @@ def validate(playbook: Playbook, inventory, extra_vars: Mapping | None = None, *
                     continue
                 for path, s in _template_strings(value, key):
                     _undefined_check(s, expression=False, defined=tdefined, guarded=guarded, pos=pos, key=path)
-    return unsupported_tasks(playbook)
+    return unsupported_tasks(playbook, strict=strict)
