@@ -206,7 +206,11 @@ class BoundedHTTPServer:
                 elif key.fileobj is self._wake_r:
                     self._drain_wake()
                 else:
-                    self._readable(key.data)
+                    try:
+                        self._readable(key.data)
+                    except Exception:  # never lose the loop to one connection
+                        log.exception("connection from %s", key.data.addr)
+                        self._close(key.data)
             self._take_back()
             now = time.monotonic()
             if self._accept_paused_until and now >= self._accept_paused_until:
