@@ -336,6 +336,6 @@ def test_concurrent_http_scrapes_share_collections(monkeypatch):
         for t in ts:
             t.join(30)
         assert len(bodies) == 50 and all(b'gpufleet_gpu_up{gpu="7"} 1.0' in b for b in bodies)
-        assert a.srv.app.scrape.collections - before < 25
+        assert a.srv.app.scrape.collections - before < 40   # without sharing: 50
     finally:
         a.stop()
