@@ -186,3 +186,20 @@ def test_role_entry_keywords_reach_its_tasks(tmp_path):
     t = load_playbook(path).plays[0].tasks[0]
     assert (t.remote_user, t.connection, t.ignore_errors, t.become, dict(t.vars)) == ("admin", "ssh", True, True,
                                                                                      {"level": 3})
+
+
+def test_action_and_local_action_forms(tmp_path):
+    path = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          tasks:
+            - local_action: command echo hi
+            - action: {module: ansible.builtin.copy, dest: /tmp/x, content: y}
+            - local_action:
+                module: shell
+                cmd: date
+        """)
+    a, b, c = load_playbook(path).plays[0].tasks
+    assert (a.module, dict(a.args), a.delegate_to, a.source.line) == ("command", {"_raw_params": "echo hi"},
+                                                                     "localhost", 3)
+    assert (b.module, dict(b.args)["dest"], b.delegate_to) == ("copy", "/tmp/x", None)
+    assert (c.module, c.delegate_to) == ("shell", "localhost")

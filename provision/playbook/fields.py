@@ -34,8 +34,6 @@ FQCN_PREFIXES = ("ansible.builtin.", "ansible.legacy.", "community.general.", "a
 ROLE_KEYS = ("role", "name", "vars", "tags", "when", "become", "become_user", "environment")
 LOOP_CONTROL_KEYS = ("loop_var", "index_var", "label", "pause", "extended")
 UNSUPPORTED = {
-    "local_action": "local_action is not supported; use a 'local' connection host",
-    "action": "write the module name as the key (e.g. 'apt:') instead of 'action:'",
     "async": "async tasks are not supported",
     "poll": "async tasks are not supported",
     "throttle": "throttle is not supported",

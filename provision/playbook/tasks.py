@@ -12,6 +12,7 @@ from provision.hostenv import env_name_problem
 from provision.playbook.fields import (HANDLER_KEYS, LOOP_CONTROL_KEYS, TASK_KEYS, UNSUPPORTED, _bool, _check_keys,
                                        _conditions, _err, _ident, _kpos, _mapping, _number, _str, _str_list,
                                        INCLUDE_KEYS, action_name)
+from provision.inventory.models import CONNECTIONS
 from provision.playbook.compat import is_ansible_module, unsupported_reason
 from provision.playbook.models import Task, _freeze
 from provision.templating import is_template
@@ -108,13 +109,33 @@ def _inherit(data: LineDict, pos: SourcePos, ctx: _Ctx) -> _Ctx:
     return sub
 
 
-CONNECTIONS = ("ssh", "paramiko", "smart", "local", "docker")
+def _action_form(data: LineDict, pos: SourcePos) -> LineDict:
+    """``action: MODULE ARGS`` / ``local_action: ...`` (text, or a mapping with ``module:``) -> the task written with
+    the module as its key (local_action: delegated to localhost)."""
+    key = "local_action" if "local_action" in data else "action"
+    val = data[key]
+    if isinstance(val, dict):
+        module = val.get("module")
+        args = {k: v for k, v in val.items() if k != "module"}
+    else:
+        module, _, rest = str(val or "").strip().partition(" ")
+        args = rest.strip() or None
+    if not isinstance(module, str) or not module:
+        raise _err(f"{key} needs a module name", _kpos(data, key, pos), key)
+    out = LineDict((k, v) for k, v in data.items() if k != key)
+    out.file, out.line, out.key_lines = data.file, data.line, {**data.key_lines, module: data.pos(key).line}
+    out[module] = args
+    if key == "local_action":
+        out["delegate_to"] = "localhost"
+    return out
 
 
 def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
     """One task (not a block or an import) -> Task, its module and arguments checked against ``reg``. A module
     gpufleet lacks (yum on a RedHat branch, say) gives a Task marked ``unsupported``: it fails only the hosts that
     reach it, and the static check lists it as a warning."""
+    if isinstance(data, LineDict) and ("action" in data or "local_action" in data):
+        data = _action_form(data, pos)
     kp = lambda k: _kpos(data, k, pos)  # noqa: E731
     valid = HANDLER_KEYS if ctx.handler else TASK_KEYS
     rest = [k for k in data if k not in valid]
