@@ -426,3 +426,18 @@ def test_syntax_check_warns_of_unsupported_modules_and_strict_refuses(tmp_path, 
     assert rc == 0 and "[WARNING]: " in out.err and "yum_repository is not supported by gpufleet" in out.err
     rc, out = run(capsys, "apply", "-p", pb, "--syntax-check", "--strict")
     assert rc == 4 and f"{pb}:4: yum_repository:" in out.err
+
+
+def test_play_batch_and_play_hosts_with_serial(tmp_path, inv, capsys):
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          gather_facts: false
+          serial: 1
+          tasks:
+            - copy:
+                dest: "{{ out }}-{{ inventory_hostname }}"
+                content: "{{ ansible_play_batch | join(',') }}/{{ ansible_play_hosts | join(',') }}"
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    assert rc == 0, failures(rep)
+    assert [open(str(tmp_path / f"out-{h}")).read() for h in "ab"] == ["a/a,b", "b/a,b"]

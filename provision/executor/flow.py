@@ -15,7 +15,8 @@ from provision.results import SKIPPED_BY_WHEN, HostResult
 
 
 class Flow:
-    """Uses the executor's options, reporter, stats, _lock, _run_on, _run_task, _vars, _meta, _check_failures."""
+    """Uses the executor's options, reporter, stats, _lock, _run_on, _run_task, _vars, _meta, _check_failures,
+    _note_play_hosts."""
 
     def _run_tasks(self, play, tasks, batch, workers, frames: tuple = ()) -> bool:
         """Run ``tasks`` in lockstep on the hosts of ``batch`` that reach each one (``frames``: the blocks the list
@@ -36,6 +37,7 @@ class Flow:
             active = [s for s in batch if s.active and reaches(s, task.frames)]
             if not active:
                 continue
+            self._note_play_hosts(batch)
             if task.module == "meta":
                 if self._meta(play, task, active, workers):
                     return True

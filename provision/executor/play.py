@@ -54,7 +54,7 @@ class Executor(Reporting, Rolling, Flow):
         self._lock = threading.Lock()
         self._dyn_handlers: list = []        # handlers of roles include_role brought in (this play)
         self._play_names: list[str] = []     # ansible_play_hosts_all
-        self._batch: list[HostState] = []
+        self._play_lists: dict = {}          # ansible_play_hosts / _batch / _hosts_all as the current task sees them
 
     # -- entry points ---------------------------------------------------------------------------------
     def run_playbook(self, playbook, *, validated: bool = False) -> RunStats:
@@ -152,8 +152,8 @@ class Executor(Reporting, Rolling, Flow):
                 break   # every host of the batch failed: stop the play, as Ansible does
 
     def _run_batch(self, play, batch: list[HostState], workers) -> None:
-        self._batch = batch
         self._batch_size = len(batch)
+        self._note_play_hosts(batch)
         self._batch_failed_before = {s.name for s in batch if not s.active}
         if play.gather_facts:
             self._run_on(batch, workers, "Gathering Facts", lambda s: self._gather_task(s, play), play)
@@ -262,20 +262,23 @@ class Executor(Reporting, Rolling, Flow):
         self.pool.drop(s.host)
         self._record(s, HostResult(s.name, unreachable=True, msg=msg), None)
 
+    def _note_play_hosts(self, batch: list[HostState]) -> None:
+        """The magic host lists for the next task (once per task, not per host): the batch's hosts still running,
+        the play's hosts not failed, all the play's hosts."""
+        live = [x.name for x in batch if x.active]
+        self._play_lists = {"ansible_play_batch": live, "play_hosts": live,
+                            "ansible_play_hosts_all": list(self._play_names),
+                            "ansible_play_hosts": [n for n in self._play_names if not (
+                                self.states[n].failed or self.states[n].unreachable)]}
+
     def _vars(self, s: HostState, play, task, extra: Mapping | None = None):
         from provision.variables import host_variables
         v = host_variables(s.host, play if getattr(play, "source", None) is not None else None,
                            extra_vars=self.options.extra_vars, facts=s.facts, set_facts=s.set_facts,
                            registered=s.registered, task=task, inventory=self.inventory,
                            check_mode=self.options.check, diff_mode=self.options.diff)
-        live = [x.name for x in self._batch if x.active] if self._batch else None
         magic = {"ansible_version": ANSIBLE_VERSION, "ansible_run_tags": list(self.options.tags or ("all",)),
-                 "ansible_skip_tags": list(self.options.skip_tags)}
-        if live is not None:
-            magic.update(ansible_play_batch=live, ansible_play_hosts_all=list(self._play_names),
-                         ansible_play_hosts=[n for n in self._play_names if not (
-                             self.states[n].failed or self.states[n].unreachable)])
-            magic["play_hosts"] = magic["ansible_play_batch"]
+                 "ansible_skip_tags": list(self.options.skip_tags), **self._play_lists}
         magic.update(s.block_vars)
         for src in (magic, extra or {}):
             v.update(src)
