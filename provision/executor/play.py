@@ -9,6 +9,9 @@
 * Handlers run once at the end of each batch (and on ``meta: flush_handlers``), in handler order, on the hosts
   that notified them.
 * Everything the user gave (inventory, playbook, extra vars) is loaded and validated before the first connection.
+* The task list's flow (blocks' rescue/always, dynamic includes, run_once, modules gpufleet lacks) is
+  :mod:`provision.executor.flow`; a task's delegate_to and the remote_user/connection keywords are decided here
+  (``_delegate``, ``runner``).
 """
 from __future__ import annotations
 
