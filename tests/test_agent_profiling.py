@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from agent.collectors import Agent, registry_for
+from agent.collectors import Agent, registry_for, render_metrics
 from agent.nvml import NvmlSource
 from agent.profiling import GPM_METRICS, GPM_REASONS
 from agent.profiling_families import GPM_FAMILIES
@@ -29,8 +29,9 @@ def _started(src: NvmlSource) -> NvmlSource:
     return src
 
 
-def _scraped(nvml, rounds: int = 1):
-    """Metrics after the thread's first round and ``rounds`` more (two GPM samples make the first window)."""
+def _scraped(nvml, rounds: int = 1, text: bool = False):
+    """Metrics (parsed, or the exposition ``text``) after the thread's first round and ``rounds`` more (two GPM
+    samples make the first window), and the snapshot."""
     src = NvmlSource(nvml, xid_events=False, slow_interval=3600)
     agent = Agent(src, None, maintenance_file="/nonexistent/m", upgrade_state_file="/nonexistent/u")
     try:
@@ -38,7 +39,7 @@ def _scraped(nvml, rounds: int = 1):
         _started(src)
         for _ in range(rounds):
             src.refresh_profiling()
-        return metrics(reg), src.collect()
+        return (render_metrics(reg).decode() if text else metrics(reg)), src.collect()
     finally:
         agent.close()
 

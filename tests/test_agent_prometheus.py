@@ -235,3 +235,20 @@ def test_promtool_check_metrics_is_clean(containers, tmp_path):  # noqa: F811
         assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out.stdout + out.stderr
     finally:
         a.stop()
+
+
+@pytest.mark.parametrize("mig", [False, True])
+def test_promtool_check_metrics_is_clean_with_gpm(mig):
+    """The profiling families (GPM per GPU, or per GPU instance under MIG) pass promtool's exposition lint."""
+    from agent.replay import ReplayNvml
+    from test_agent_nvml import metrics
+    from test_agent_profiling import GiB, H200_GPM, _scraped
+    r = ReplayNvml.from_file(H200_GPM)
+    if mig:
+        r.mig(0, [(1, 0, 70 * GiB, GiB), (2, 0, 35 * GiB, GiB)])
+        r.gpm(0, {2: 50.0, 7: 1.0, 20: 3.0}, gpu_instance=1)
+    m, _ = _scraped(r, text=True)
+    assert ("gpufleet_gpu_mig_sm_active_ratio" if mig else "gpufleet_gpu_sm_active_ratio") in m
+    assert metrics(m)  # parses
+    out = subprocess.run([_need("promtool"), "check", "metrics"], input=m, capture_output=True, text=True)
+    assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out.stdout + out.stderr
