@@ -203,3 +203,12 @@ def test_action_and_local_action_forms(tmp_path):
                                                                      "localhost", 3)
     assert (b.module, dict(b.args)["dest"], b.delegate_to) == ("copy", "/tmp/x", None)
     assert (c.module, c.delegate_to) == ("shell", "localhost")
+
+
+def test_strategy_free_runs_as_linear_and_debug_is_refused(tmp_path):
+    path = write(tmp_path, "pb.yaml", "- hosts: all\n  strategy: free\n  tasks: [{command: 'true'}]\n")
+    assert load_playbook(path).plays[0].tasks[0].module == "command"
+    path = write(tmp_path, "pb.yaml", "- hosts: all\n  strategy: debug\n")
+    with pytest.raises(InputError) as e:
+        load_playbook(path)
+    assert (e.value.line, e.value.key) == (2, "strategy") and "only linear, free, host_pinned" in str(e.value)

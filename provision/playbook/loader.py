@@ -108,7 +108,8 @@ class _Loader:
         else:
             hosts = _str(hosts_v, kp("hosts"), "hosts")
         name = _str(data.get("name") or hosts, kp("name"), "name")
-        for key, allowed in (("strategy", ("linear",)), ("become_method", ("sudo",))):
+        # free / host_pinned run as linear: each host runs the same tasks in the same order, in lockstep
+        for key, allowed in (("strategy", ("linear", "free", "host_pinned")), ("become_method", ("sudo",))):
             if key in data and data[key] not in allowed:
                 raise _err(f"only {', '.join(allowed)} is supported, got {data[key]!r}", kp(key), key)
 
