@@ -509,14 +509,15 @@ class NvmlSource:
         with self._lock:
             if not self._up:
                 return
-            devices = []
-            for i, h in [(i, h) for i, h in enumerate(self._handles) if h is not None]:
-                try:  # MIG on: the GPU instances, each sampled apart
-                    gis = sorted({m.gpu_instance for m, _ in self._mig_devices(i, h, [0]) if m.gpu_instance is not None}
-                                 ) if self._infos[i].mig_mode == "enabled" else None
-                except _Lost:
-                    continue
-                devices.append((i, h, gis))
+            gpus = [(i, h, self._infos[i].mig_mode) for i, h in enumerate(self._handles) if h is not None]
+        devices = []
+        for i, h, mig in gpus:
+            try:  # MIG on: the GPU instances, each sampled apart
+                gis = sorted({m.gpu_instance for m, _ in self._mig_devices(i, h, [0]) if m.gpu_instance is not None}
+                             ) if mig == "enabled" else None
+            except _Lost:
+                continue
+            devices.append((i, h, gis))
         self.profiler.refresh(devices)
         self._slow_errors += self.profiler.errors
         self.profiler.errors = 0
