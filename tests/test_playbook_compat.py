@@ -212,3 +212,18 @@ def test_strategy_free_runs_as_linear_and_debug_is_refused(tmp_path):
     with pytest.raises(InputError) as e:
         load_playbook(path)
     assert (e.value.line, e.value.key) == (2, "strategy") and "only linear, free, host_pinned" in str(e.value)
+
+
+def test_a_block_notify_naming_no_handler_points_at_the_block(tmp_path):
+    path = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          tasks:
+            - notify: restart dockr
+              block:
+                - command: 'true'
+          handlers:
+            - {name: restart docker, command: 'true'}
+        """)
+    with pytest.raises(InputError) as e:
+        load_playbook(path)
+    assert (e.value.line, e.value.key) == (3, "notify") and "did you mean 'restart docker'" in str(e.value)

@@ -40,6 +40,7 @@ class _Ctx:
     handler: bool = False
     roles_path: tuple = ()                # where include_role looks for roles at run time
     notify: tuple = ()                    # a block's notify: its tasks' when they give none
+    notify_pos: SourcePos | None = None   # where that notify is written
     frames: tuple = ()                    # BlockFrame of each enclosing block, outermost first
     run_once: bool | None = None
     delegate_to: str | None = None
@@ -99,7 +100,7 @@ def _inherit(data: LineDict, pos: SourcePos, ctx: _Ctx) -> _Ctx:
         elif k in data:
             setattr(sub, k, _bool(data[k], kp(k), k))
     if "notify" in data:
-        sub.notify = _str_list(data["notify"], kp("notify"), "notify")
+        sub.notify, sub.notify_pos = _str_list(data["notify"], kp("notify"), "notify"), kp("notify")
     for k in ("delegate_to", "remote_user", "connection"):
         if data.get(k) not in (None, ""):
             setattr(sub, k, _str(data[k], kp(k), k))
@@ -246,6 +247,8 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
 
     register = _ident(data["register"], kp("register"), "register") if data.get("register") else None
     notify = sub.notify
+    if sub.notify_pos is not None:
+        positions["notify"] = sub.notify_pos   # the block's notify, when the task gives none
     listen = _str_list(data.get("listen"), kp("listen"), "listen") if ctx.handler else ()
     changed_when = _conditions(data["changed_when"], kp("changed_when"), "changed_when") \
         if "changed_when" in data else None
