@@ -153,8 +153,6 @@ class Profiler:
             pair[0], pair[1] = newer, (s, now)
             if newer[1]:
                 self._compute(key, newer[0], s, now - newer[1], now)
-        except _Lost:
-            raise
         except Exception as e:
             code = _code(e)
             if code == _GPU_IS_LOST:
