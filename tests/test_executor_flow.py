@@ -441,3 +441,22 @@ def test_play_batch_and_play_hosts_with_serial(tmp_path, inv, capsys):
     rc, rep = report(capsys, "apply", inv, "-p", pb)
     assert rc == 0, failures(rep)
     assert [open(str(tmp_path / f"out-{h}")).read() for h in "ab"] == ["a/a,b", "b/a,b"]
+
+
+def test_hostvars_of_another_host_hold_its_registered_results_and_facts(tmp_path, inv, capsys):
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: all
+          gather_facts: false
+          tasks:
+            - name: token on the first host
+              shell: echo token-{{ inventory_hostname }}
+              register: join
+              run_once: true
+            - set_fact: {mine: "{{ inventory_hostname }}-fact"}
+            - copy:
+                dest: "{{ out }}-{{ inventory_hostname }}"
+                content: "{{ hostvars['a'].join.stdout }} {{ hostvars['b'].mine }}"
+        """)
+    rc, rep = report(capsys, "apply", inv, "-p", pb)
+    assert rc == 0, failures(rep)
+    assert [open(str(tmp_path / f"out-{h}")).read() for h in "ab"] == ["token-a b-fact"] * 2

@@ -275,11 +275,17 @@ class Executor(Reporting, Rolling, Flow):
                                 self.states[n].failed or self.states[n].unreachable)]}
 
     def _vars(self, s: HostState, play, task, extra: Mapping | None = None):
-        from provision.variables import host_variables
+        from provision.variables import HostVars, host_variables
+        # hostvars[other]: its inventory vars, facts, set_fact values and registered results so far (run_once and
+        # delegate_to patterns read them: hostvars[groups['head'][0]].join_cmd.stdout)
+        seen = lambda n: self.states.get(n)  # noqa: E731
+        hostvars = HostVars(self.inventory, lambda n: seen(n).facts if seen(n) else None,
+                            lambda n: {**seen(n).set_facts, **seen(n).registered} if seen(n) else None,
+                            extra_vars=self.options.extra_vars) if self.inventory is not None else None
         v = host_variables(s.host, play if getattr(play, "source", None) is not None else None,
                            extra_vars=self.options.extra_vars, facts=s.facts, set_facts=s.set_facts,
                            registered=s.registered, task=task, inventory=self.inventory,
-                           check_mode=self.options.check, diff_mode=self.options.diff)
+                           check_mode=self.options.check, diff_mode=self.options.diff, hostvars=hostvars)
         magic = {"ansible_version": ANSIBLE_VERSION, "ansible_run_tags": list(self.options.tags or ("all",)),
                  "ansible_skip_tags": list(self.options.skip_tags), **self._play_lists}
         magic.update(s.block_vars)
