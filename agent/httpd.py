@@ -352,7 +352,9 @@ class BoundedHTTPServer:
                 return False
             if first != b"\x16":  # not a TLS handshake: a plain HTTP request to the TLS port
                 try:
+                    c.sock.recv(MAX_HEAD)   # read what came (closing on unread bytes would reset, losing the 400)
                     c.sock.send(PLAIN_TO_TLS)
+                    c.sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
                 self._close(c)
