@@ -223,12 +223,14 @@ class BoundedHTTPServer:
                     self._close(c)
 
     def _drain_wake(self) -> None:
-        self._wake_pending = False    # before _take_back reads the queue: a worker done after this wakes again
         try:
             while self._wake_r.recv(4096):
                 pass
         except OSError:
             pass
+        # after the bytes are read (a byte sent in between would be lost with the flag left set) and before
+        # _take_back reads the queue: a worker done after this sends a new byte
+        self._wake_pending = False
 
     def _accept(self) -> None:
         for _ in range(64):  # a burst at a time, then back to the other sockets
