@@ -1,13 +1,15 @@
-"""The variables one task sees on one host, by Ansible's precedence (lowest first):
+"""The variables one task sees on one host, by Ansible's precedence (lowest first; Ansible's level in brackets,
+the full table in docs/inventory.md):
 
-1. role defaults (roles/NAME/defaults/main.yaml)
-2. inventory ``all`` vars < parent group < child group < host (already merged in ``Host.vars``; group_vars/ and
-   host_vars/ files beside the inventory override inline vars of the same group/host)
-3. facts: ``ansible_facts`` and each fact as a top-level ``ansible_<name>``
-4. play ``vars`` < play ``vars_files``
-5. task vars (role vars < role params < block vars < the task's own ``vars``)
-6. ``set_fact`` values and registered results
-7. extra vars (``-e``) — always win
+1. role defaults (roles/NAME/defaults/main.yaml) [2]
+2. the inventory view ``Host.vars`` [3-10], merged by provision.inventory.loader in Ansible's order: inline group
+   vars (``all``, then groups by depth/priority/name) < group_vars/all files < group_vars/GROUP files (inventory,
+   then playbook) < inline host vars < host_vars/ files. A group_vars/ file beats any inline group var.
+3. facts: ``ansible_facts`` and each fact as a top-level ``ansible_<name>`` [11]
+4. play ``vars`` < play ``vars_files`` [12, 14]
+5. task vars (role vars < role params < block vars < the task's own ``vars``) [15, 20, 16, 17]
+6. ``set_fact`` values (and include_vars) and registered results [18, 19]
+7. extra vars (``-e``) — always win [22]
 8. magic variables (inventory_hostname, groups, hostvars...) cannot be overridden.
 
 The result is a :class:`VarDict`: its ``raw_keys`` (facts, registered results, set_fact values, magic vars) are
