@@ -10,7 +10,8 @@ apt cache. Timed, each on hosts that do not hold the image (removed between runs
 * gpufleet, one host, cold: ``provision apply`` of a gpu_image task (source stream, via auto: the host pulls
   from the controller's registry), the controller's ``docker save`` into its cache included;
 * gpufleet, one host, warm (the saved tarball cached), and through the connection (via ssh) for comparison;
-* gpufleet, N hosts at once, warm; then its re-run (every host holds the image id: changed=0).
+* gpufleet, N hosts at once, warm; then its re-run (every host holds the image id: changed=0); then N hosts
+  through the connections (via ssh), for comparison.
 
 Each run's controller RSS peak is the waited process's ru_maxrss (the provision process; its children are the
 docker CLI) and the sampled VmHWM of the provision process. Writes bench/results/images-<stamp>.md and .csv;
@@ -78,6 +79,19 @@ def vmhwm_sampler(peak: dict, stop: threading.Event) -> None:
         stop.wait(0.2)
 
 
+def testbed_cpu_s(ids: list[str]) -> float:
+    """CPU seconds used so far by these containers (cgroup v1 cpuacct; 0 where unreadable): our hosts only, not
+    the other containers on the machine."""
+    total = 0
+    for cid in ids:
+        try:
+            with open(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage") as fh:
+                total += int(fh.read())
+        except (OSError, ValueError):
+            pass
+    return total / 1e9
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=4)
@@ -110,6 +124,8 @@ def main(argv=None) -> int:
                  for n in names]
         assert all(p.wait() == 0 for p in procs), "docker.io did not install on every host"
         inv = tb.write_inventory()
+        ids = [run(f"docker inspect -f '{{{{.Id}}}}' {tb.container(n)}").stdout.strip() for n in names]
+        host_cpu = [0.0]
         pb = work / "image.yaml"
         pb.write_text(PLAYBOOK)
         h1 = tb.hosts["h1"]
@@ -124,6 +140,7 @@ def main(argv=None) -> int:
 
         def record(name, m, hosts, extra=None):
             row = {"run": name, "hosts": hosts, "rc": m.rc, "wall_s": m.wall_s, "cpu_s": round(m.cpu_s, 1),
+                   "hosts_cpu_s": round(testbed_cpu_s(ids) - host_cpu[0], 1),
                    "controller_maxrss_mib": m.maxrss_mib, "loadavg": loadavg(), **(extra or {})}
             payload["runs"].append({**row, "stdout_tail": m.stdout_tail, "stderr_tail": m.stderr_tail})
             print(json.dumps(row), flush=True)
@@ -135,6 +152,7 @@ def main(argv=None) -> int:
             argv = [sys.executable, "-m", "provision.cli", "apply", str(inv), "-p", str(pb), "-v", "--forks",
                     str(a.hosts), "--no-retry-file", "-e", json.dumps({"bench_hosts": ",".join(hosts),
                                                                        "bench_image": tag, "bench_via": via})]
+            host_cpu[0] = testbed_cpu_s(ids)
             peak, stop = {}, threading.Event()
             threading.Thread(target=vmhwm_sampler, args=(peak, stop), daemon=True).start()
             try:
@@ -146,6 +164,7 @@ def main(argv=None) -> int:
                 "via": via, "controller_vmhwm_mib": round(peak.get("kib", 0) / 1024, 1),
                 "recap": " | ".join(" ".join(ln.split()) for ln in changed)[:300]})
 
+        host_cpu[0] = testbed_cpu_s(ids)
         base = measure(["sh", "-c", f"docker save {shlex.quote(tag)} | {ssh} docker load"], timeout=3000)
         baseline = record("baseline: docker save | ssh host docker load", base, 1)
         clean(["h1"])
@@ -160,11 +179,14 @@ def main(argv=None) -> int:
         clean(["h1"])
         many = gpufleet(f"gpufleet {a.hosts} hosts, warm", names, "auto")
         again = gpufleet(f"gpufleet {a.hosts} hosts, re-run (image id present)", names, "auto")
+        clean(names)
+        many_ssh = gpufleet(f"gpufleet {a.hosts} hosts, warm, through the connections (via ssh)", names, "ssh")
         payload["ratios"] = {
             "one_host_cold_vs_baseline": round(one_cold["wall_s"] / baseline["wall_s"], 2),
             "one_host_warm_vs_baseline": round(one_warm["wall_s"] / baseline["wall_s"], 2),
             "many_vs_one_warm": round(many["wall_s"] / one_warm["wall_s"], 2),
             "many_vs_one_cold": round(many["wall_s"] / one_cold["wall_s"], 2),
+            "many_via_ssh_vs_one_warm": round(many_ssh["wall_s"] / one_warm["wall_s"], 2),
             "max_controller_rss_mib": max(r.get("controller_maxrss_mib", 0) for r in payload["runs"][1:]),
         }
         payload["ratios"]["rerun_recap"] = again["recap"]
@@ -184,8 +206,8 @@ def main(argv=None) -> int:
 
 
 def write_summary(stamp: str, payload: dict) -> None:
-    keys = ["run", "hosts", "via", "rc", "wall_s", "cpu_s", "controller_maxrss_mib", "controller_vmhwm_mib",
-            "loadavg", "recap"]
+    keys = ["run", "hosts", "via", "rc", "wall_s", "cpu_s", "hosts_cpu_s", "controller_maxrss_mib",
+            "controller_vmhwm_mib", "loadavg", "recap"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / f"images-{stamp}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -193,14 +215,15 @@ def write_summary(stamp: str, payload: dict) -> None:
         for r in payload["runs"]:
             w.writerow([r.get(k, "") for k in keys])
     img = payload.get("image", {})
-    rows = [[r["run"].replace("|", "\\|"), r["hosts"], r["rc"], r["wall_s"], r.get("controller_maxrss_mib", ""),
-             r.get("controller_vmhwm_mib", "")] for r in payload["runs"]]
+    rows = [[r["run"].replace("|", "\\|"), r["hosts"], r["rc"], r["wall_s"], r["cpu_s"], r.get("hosts_cpu_s", ""),
+             r.get("controller_maxrss_mib", ""), r.get("controller_vmhwm_mib", "")] for r in payload["runs"]]
     md = (f"# Images of real size ({stamp})\n\n"
           f"Image: {img.get('tag')} ({img.get('bytes', 0) / 1e9:.2f} GB, {payload['params']['layers']} random "
           f"layers of {payload['params']['layer_mb']} MB), testbed hosts with Docker 20.10 (overlay2), all on "
           f"this machine: {payload['machine']['nproc']} cores, shared (load average at start "
           f"{payload['machine']['loadavg_start']}, at the end {payload['machine'].get('loadavg_end')}).\n\n"
-          + md_table(["run", "hosts", "rc", "wall s", "controller maxrss MiB", "provision VmHWM MiB"], rows)
+          + md_table(["run", "hosts", "rc", "wall s", "controller CPU s", "hosts' CPU s", "controller maxrss MiB",
+                      "provision VmHWM MiB"], rows)
           + "\nRatios: " + json.dumps(payload.get("ratios", {})) + "\n\n"
           "Targets (issue 13 item 4): one host within 1.5x of the baseline; N hosts under 3x one host; controller "
           "RSS under 200 MB. Produced by `python3 -m bench.run_images`; raw record under bench/raw/.\n")
