@@ -46,6 +46,7 @@ class Flow:
                 if self._include(play, task, active, workers):
                     return True
             elif task.run_once:
+                active[0].last_result = None   # what _share_once gives the others: this task's result only
                 self._run_on(active[:1], workers, task.name, lambda s, t=task: self._run_task(s, t, play), play)
                 self._share_once(active[0], active[1:], task)
             else:
