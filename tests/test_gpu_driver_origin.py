@@ -50,6 +50,8 @@ def test_runfile_section_reads_the_installers_traces():
     ({}, "570.172.08", {"log": "/var/log/nvidia-installer.log"}, "runfile"),   # uninstaller gone, log left
     ({"libnccl2": "2.27"}, "580.159.04", {}, "preinstalled"),                 # the H200: a read-only mount
     ({}, None, {}, "none"),
+    ({}, None, {"log": "/var/log/nvidia-installer.log"}, "none"),           # uninstalled long ago: a log only
+    ({}, None, {"uninstaller": "/usr/bin/nvidia-uninstall"}, "runfile"),      # installed, module not loaded
 ])
 def test_driver_origin(packages, running, runfile, origin):
     assert g.driver_origin(packages, running, runfile) == origin
@@ -174,3 +176,16 @@ def test_debian_distro_source_has_no_signed_modules_package():
 ])
 def test_ubuntu_modules_package_follows_the_kernel_flavour(kernel, want):
     assert ubuntu_modules_package("nvidia-driver-570-server-open", kernel) == want
+
+
+def test_runfile_driver_that_is_not_loaded_is_refused_not_stacked_on():
+    view = host(None, runfile="uninstaller=/usr/bin/nvidia-uninstall\n")
+    plan = plan_host(view, {})
+    assert plan.driver_origin == "runfile" and not plan.ok
+    assert "it is not loaded (no version from the module or nvidia-smi)" in plan.refusals[0]
+    assert plan_host(view, {"nvidia_driver_replace": True}).driver_replace
+
+
+def test_a_log_left_by_an_uninstalled_runfile_driver_does_not_block_the_install():
+    plan = plan_host(host(None, runfile="log=/var/log/nvidia-installer.log\n"), {})
+    assert plan.ok and plan.driver_origin == "none" and plan.packages == ["nvidia-open-580"]

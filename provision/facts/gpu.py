@@ -248,12 +248,13 @@ ORIGIN_WORDS = {"runfile": "installed by the .run installer", "preinstalled": "p
 
 def driver_origin(packages: Mapping[str, str], running_version: str | None, runfile: Mapping | None) -> str:
     """One of :data:`DRIVER_ORIGINS`: ``apt`` when a package installs the whole driver; else ``runfile`` when the
-    .run installer's traces are there; else ``preinstalled`` when a driver runs (``running_version``: the loaded
-    module's or nvidia-smi's); else ``none``."""
+    .run installer's uninstaller is there, or its log and a driver runs (``running_version``: the loaded module's or
+    nvidia-smi's); else ``preinstalled`` when a driver runs; else ``none`` (a log left by an uninstalled runfile
+    driver is no driver)."""
     if installed_driver_package(packages):
         return "apt"
     runfile = runfile or {}
-    if runfile.get("uninstaller") or runfile.get("log"):
+    if runfile.get("uninstaller") or (runfile.get("log") and running_version):
         return "runfile"
     return "preinstalled" if running_version else "none"
 

@@ -361,7 +361,9 @@ def _kept_problem(plan: HostGpuPlan, facts: Mapping, required: list[dict]) -> st
     image's minimum driver, the open modules some GPUs need, and nvidia-smi listing every GPU."""
     version = plan.installed_driver or ""
     have = _branch_of(version)
-    if have is None or plan.branch is None or have < plan.branch:
+    if have is None:
+        return "it is not loaded (no version from the module or nvidia-smi)"
+    if plan.branch is None or have < plan.branch:
         return f"it is older than branch {plan.branch}"
     if plan.image_min_driver and not version_at_least(version, plan.image_min_driver):
         return f"image {plan.image} needs CUDA {plan.image_cuda} (driver >= {plan.image_min_driver})"
