@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from provision.cli import main
+from provision.gpu.images import IMAGE_CACHE
 from provision.testbed import HostSpec
 
 pytestmark = pytest.mark.testbed
@@ -39,6 +40,8 @@ def image():
                               text=True).stdout.strip()
     yield tag, image_id
     subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True)
+    for f in IMAGE_CACHE.glob(image_id.removeprefix("sha256:")[:24] + ".*"):     # its saved tarball
+        f.unlink(missing_ok=True)
 
 
 def apply(tb, tmp_path, capsys, tag: str, via: str) -> tuple[int, dict, str]:

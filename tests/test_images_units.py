@@ -221,3 +221,18 @@ def test_without_a_controller_copy_the_tag_decides_and_a_fetch_says_why(tmp_path
     assert look.then({}, [res("sha256:1\n")]).noop == f"{TAG} present (sha256:1)"
     fetch = look.then({}, [res("", rc=1)])
     assert fetch.failed and fetch.msg.startswith(f"cannot stream {TAG}: ") and "gone.tar" in fetch.msg
+
+
+def test_cached_tarballs_unused_for_days_are_pruned(tmp_path):
+    import os
+    import time as _time
+    from provision.gpu.images import prune_cache
+    for stem, age_days in (("old", 5), ("recent", 1), ("current", 9)):
+        for ext in (".tar", ".sha256", ".lock"):
+            f = tmp_path / (stem + ext)
+            f.write_text("x")
+            os.utime(f, (_time.time() - age_days * 86400,) * 2)
+    gone = prune_cache(tmp_path, keep=tmp_path / "current.tar", days=3)
+    assert gone == [tmp_path / "old.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current.lock", "current.sha256", "current.tar",
+                                                          "recent.lock", "recent.sha256", "recent.tar"]

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from provision.versions import version_at_least
 SOURCES = ("auto", "pull", "mirror", "stream")
 VIAS = ("auto", "registry", "ssh")               # how a stream from the controller reaches the host
 IMAGE_CACHE = Path.home() / ".cache" / "gpufleet" / "images"
+CACHE_DAYS = 3.0                                 # a saved tarball unused this long is removed at the next save
 # Docker's data root on the host and its free kB (a host command; read by free_space_refusal)
 DOCKER_ROOT_FREE = ("d=$(docker info --format '{{.DockerRootDir}}') && [ -n \"$d\" ] && echo \"$d\" && "
                     "df -Pk \"$d\" | awk 'NR==2 {print $4}'")
@@ -118,7 +120,27 @@ def save_on_controller(tag: str, cache: Path) -> Tarball:
                 raise RuntimeError(f"docker save {tag}: {err.decode(errors='replace').strip()[-200:]}")
             sumfile.write_text(h.hexdigest() + "\n")
             os.replace(tmp, base)
+            prune_cache(cache, keep=base)
+        os.utime(base)                 # in use: the prune goes by the last use
     return read_tarball(base, sumfile.read_text().strip(), image_id)
+
+
+def prune_cache(cache: Path, keep: Path, days: float = CACHE_DAYS) -> list[Path]:
+    """Remove the cached tarballs (and their checksum and lock files) not used for ``days``: each image version
+    would otherwise stay on the controller's disk for good (5-10 GB apiece)."""
+    old = time.time() - days * 86400
+    gone = []
+    for tar in cache.glob("*.tar*"):
+        if tar == keep or not tar.name.endswith((".tar", ".tar.gz")):
+            continue
+        try:
+            if tar.stat().st_mtime < old:
+                for f in (tar, tar.with_suffix(".sha256"), tar.with_suffix(".lock")):
+                    f.unlink(missing_ok=True)
+                gone.append(tar)
+        except OSError:
+            pass
+    return gone
 
 
 _CHECKED: dict[tuple, Tarball] = {}
