@@ -28,7 +28,8 @@ def host(version: str | None, *, runfile: str = "", packages: dict | None = None
          open_module: bool = True, **more) -> dict:
     """A host's GPU facts view: the PCI bus, and a driver of ``version`` loaded (None: no driver)."""
     kind = "Open Kernel Module" if open_module else "Kernel Module"
-    module = f"sys={version}\nNVRM version: NVIDIA UNIX {kind} for x86_64  {version}  Release Build\n" if version else ""
+    module = f"sys={version}\nNVRM version: NVIDIA UNIX {kind} for x86_64  {version}  Release Build\n" \
+        if version else ""
     facts = {"pci_devices": pci, "nvidia_smi": smi(version) if version else g.nvidia_smi_result("rc=127"),
              "nvidia_module": g.nvidia_module(module), "nvidia_runfile": g.nvidia_runfile(runfile),
              "packages": dict(packages or {}), "secure_boot": False, **os, **more}

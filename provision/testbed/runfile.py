@@ -22,8 +22,8 @@ MANIFEST = "/usr/lib/nvidia-standin/.manifest"     # what the uninstaller remove
 UNINSTALL = """#!/bin/sh
 # TEST EQUIPMENT: gpufleet testbed stand-in for the .run installer's nvidia-uninstall.
 [ "$1" = "--silent" ] || [ "$1" = "-s" ] || echo "nvidia-uninstall (gpufleet testbed stand-in): removing the driver"
-{ echo "nvidia-uninstall log file '/var/log/nvidia-uninstall.log'"; echo "removing: $(cat @MANIFEST@ | tr '\\n' ' ')"; } \\
-    > /var/log/nvidia-uninstall.log
+{ echo "nvidia-uninstall log file '/var/log/nvidia-uninstall.log'"
+  echo "removing: $(cat @MANIFEST@ | tr '\\n' ' ')"; } > /var/log/nvidia-uninstall.log
 systemctl disable nvidia-standin-module.service >/dev/null 2>&1
 umount /proc/driver 2>/dev/null
 rm -rf /run/nvidia-standin
