@@ -29,6 +29,11 @@ def progress_line(what: str, done: int, total: int | None, elapsed: float) -> st
     return text
 
 
+def note_lines(log) -> Callable[[str], None]:
+    """Where a meter's lines go: an op context's log at level 'v' (shown from -v on), or nowhere."""
+    return (lambda line: log("v", line)) if log else (lambda line: None)
+
+
 class Meter:
     """Counts bytes as they go (from any thread) and emits a progress line at most every ``every`` seconds, and
     once more at the end (``finish``) when a line was emitted before (a short transfer stays quiet)."""

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from provision.hostio import CommandResult, ConnectorError
 from provision.ops.plan import Call, Cmd, FilePut, Plan, RebootAndWait
-from provision.progress import Meter, MeteredReader
+from provision.progress import Meter, MeteredReader, note_lines
 from provision.results import HostResult
 
 q = shlex.quote
@@ -113,8 +113,7 @@ class HostRunner:
         """``cmd`` with the controller file ``path`` as its stdin, read in chunks as it is sent (constant memory),
         its progress (bytes, rate, ETA) in the -v log every few seconds."""
         with open(path, "rb") as fh:
-            meter = Meter(f"{path.name} sent", os.fstat(fh.fileno()).st_size,
-                          (lambda line: ctx.log("v", line)) if ctx.log else (lambda line: None))
+            meter = Meter(f"{path.name} sent", os.fstat(fh.fileno()).st_size, note_lines(ctx.log))
             res = self.connection().run(cmd, stdin=MeteredReader(fh, meter), **kw)
         meter.finish()
         return res

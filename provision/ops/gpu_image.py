@@ -13,7 +13,7 @@ from provision.gpu.images import (DOCKER_ROOT_FREE, IMAGE_CACHE, SOURCES, VIAS, 
 from provision.ops.core import Op
 from provision.ops.plan import Cmd, FilePut, Plan
 from provision.ops.spec import ArgSpec, module
-from provision.progress import Meter, human_bytes
+from provision.progress import Meter, human_bytes, note_lines
 
 q = shlex.quote
 
@@ -158,7 +158,7 @@ def _stream_image(tag: str, tarball: str | None, sha256: str | None, via: str, c
 def _pull_from_controller(tag: str, tb: Tarball, server, via: str, ctx, notes: list[str]) -> Plan:
     """The host trusts the run's certificate for this one registry address, pulls, and forgets both the
     certificate and the registry's name for the image (only ``tag`` stays)."""
-    meter = Meter(f"{tag} pulled from {server.endpoint}", tb.image_bytes, _emitter(ctx))
+    meter = Meter(f"{tag} pulled from {server.endpoint}", tb.image_bytes, note_lines(getattr(ctx, "log", None)))
     token, ref = server.offer(tb, meter)
     certs = f"/etc/docker/certs.d/{server.endpoint}"
     cmds = [FilePut(f"{certs}/ca.crt", server.ca_pem, mode=0o644, make_parent=True, counts=False,
@@ -207,11 +207,6 @@ def _loaded(tag: str, tb: Tarball, how: str, notes: list[str], results) -> Plan:
 def _last_line(r) -> str:
     lines = (r.stderr or r.stdout).strip().splitlines()
     return lines[-1] if lines else f"exit {r.rc}"
-
-
-def _emitter(ctx):
-    log = getattr(ctx, "log", None)
-    return (lambda line: log("v", line)) if log else (lambda line: None)
 
 
 def _inspect(tag: str, counts: bool = True) -> Cmd:
