@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 
-from provision.ops.core import Op, Plan, as_text, parse_mode, parse_stat, stat_probe, write_file_plan
+from provision.ops.files import _OWNERSHIP, TextEdit
 from provision.ops.spec import ArgSpec, module
 
-_OWNERSHIP = {"mode": ArgSpec("raw"), "owner": ArgSpec("str"), "group": ArgSpec("str")}
 DEFAULT_MARKER = "# {mark} ANSIBLE MANAGED BLOCK"
 
 
@@ -58,41 +57,6 @@ def edit_replace(text: str, regexp: str, replacement: str, *, after: str | None 
     return text[:start] + new + text[stop:], count
 
 
-class _TextEdit(Op):
-    """Read the file (content and state), compute its new text, write it when different."""
-
-    def probe(self, args, ctx):
-        return stat_probe(str(args["path"]))
-
-    def edit(self, args, before: str) -> str:
-        raise NotImplementedError
-
-    def plan(self, args, facts, probe, ctx):
-        path = str(args["path"])
-        st = parse_stat(probe.stdout)
-        if st.kind == "absent":
-            if not args.get("create"):
-                return Plan(failed=True, msg=f"Path {path} does not exist !")
-            before = ""
-        elif st.kind != "file":
-            return Plan(failed=True, msg=f"{path} is a {st.kind}")
-        else:
-            before = as_text(st.content)
-            if before is None:
-                return Plan(failed=True, msg=f"{path} is binary or larger than the editing limit")
-        try:
-            after = self.edit(args, before)
-        except re.error as err:
-            return Plan(failed=True, msg=f"bad regular expression: {err}")
-        if st.kind == "absent" and not after:
-            return Plan(noop=f"{path}: nothing to write")
-        plan = write_file_plan(path, after.encode(), st, mode=parse_mode(args.get("mode")), owner=args.get("owner"),
-                               group=args.get("group"), backup=bool(args.get("backup")) and after != before)
-        if plan.noop:
-            plan.noop = f"{path} is as wanted"
-        return plan
-
-
 @module("blockinfile", args={
     "path": ArgSpec("path", required=True, aliases=("dest", "destfile", "name")),
     "block": ArgSpec("str", default="", aliases=("content",)),
@@ -102,7 +66,7 @@ class _TextEdit(Op):
     "insertafter": ArgSpec("str"), "insertbefore": ArgSpec("str"),
     "create": ArgSpec("bool", default=False), "backup": ArgSpec("bool", default=False), **_OWNERSHIP,
 })
-class BlockInFile(_TextEdit):
+class BlockInFile(TextEdit):
     def edit(self, args, before: str) -> str:
         marker = str(args.get("marker") or DEFAULT_MARKER)
         return edit_block(before, str(args.get("block") or ""),
@@ -118,7 +82,7 @@ class BlockInFile(_TextEdit):
     "after": ArgSpec("str"), "before": ArgSpec("str"), "backup": ArgSpec("bool", default=False),
     "encoding": ArgSpec("str", default="utf-8", choices=("utf-8",)), **_OWNERSHIP,
 })
-class Replace(_TextEdit):
+class Replace(TextEdit):
     def edit(self, args, before: str) -> str:
         return edit_replace(before, str(args["regexp"]), str(args.get("replace") or ""), after=args.get("after"),
                             before=args.get("before"))[0]
@@ -184,7 +148,7 @@ def edit_ini(text: str, section: str | None, option: str | None, value: str | No
     "exclusive": ArgSpec("bool", default=True), "create": ArgSpec("bool", default=True),
     "backup": ArgSpec("bool", default=False), **_OWNERSHIP,
 })
-class IniFile(_TextEdit):
+class IniFile(TextEdit):
     def edit(self, args, before: str) -> str:
         return edit_ini(before, args.get("section"), args.get("option"), args.get("value"),
                         present=args.get("state", "present") == "present", spaces=not args.get("no_extra_spaces"),

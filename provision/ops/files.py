@@ -234,30 +234,36 @@ def edit_lines(text: str, *, line: str | None, regexp: str | None, state: str, i
     return result
 
 
-@module("lineinfile", args={"path": ArgSpec("path", required=True, aliases=("dest", "destfile", "name")),
-                            "line": ArgSpec("str", aliases=("value",)), "regexp": ArgSpec("str", aliases=("regex",)),
-                            "state": ArgSpec("str", default="present", choices=("present", "absent")),
-                            "insertafter": ArgSpec("str"), "insertbefore": ArgSpec("str"),
-                            "create": ArgSpec("bool", default=False), "backup": ArgSpec("bool", default=False),
-                            "firstmatch": ArgSpec("bool", default=False), "backrefs": ArgSpec("bool", default=False),
-                            **_OWNERSHIP})
-class LineInFile(Op):
+class TextEdit(Op):
+    """A text edit of one file (lineinfile, blockinfile, replace, ini_file): read its content and state with one
+    probe, compute the new text (:meth:`edit`, a pure function), write it when it differs (mode/owner/group still
+    applied when it does not). A missing file is created only with ``create``."""
+    missing = "Path {path} does not exist !"    # the message when the file is missing and create is off
+
     def probe(self, args, ctx):
-        return stat_probe(args["path"])
+        return stat_probe(str(args["path"]))
+
+    def problem(self, args) -> str | None:
+        """What is wrong with the arguments together (None: nothing)."""
+        return None
+
+    def nothing_if_missing(self, args) -> bool:
+        return False
+
+    def edit(self, args, before: str) -> str:
+        raise NotImplementedError
 
     def plan(self, args, facts, probe, ctx):
-        path = args["path"]
+        path = str(args["path"])
         st = parse_stat(probe.stdout)
-        state = args.get("state", "present")
-        if state == "present" and args.get("line") is None:
-            return Plan(failed=True, msg="line is required with state=present")
-        if state == "absent" and args.get("line") is None and not args.get("regexp"):
-            return Plan(failed=True, msg="one of line or regexp is required with state=absent")
+        problem = self.problem(args)
+        if problem:
+            return Plan(failed=True, msg=problem)
         if st.kind == "absent":
-            if state == "absent":
+            if self.nothing_if_missing(args):
                 return Plan(noop=f"{path} does not exist")
             if not args.get("create"):
-                return Plan(failed=True, msg=f"Destination {path} does not exist (set create: true)")
+                return Plan(failed=True, msg=self.missing.format(path=path))
             before = ""
         elif st.kind != "file":
             return Plan(failed=True, msg=f"{path} is a {st.kind}")
@@ -266,17 +272,41 @@ class LineInFile(Op):
             if before is None:
                 return Plan(failed=True, msg=f"{path} is binary or larger than the editing limit")
         try:
-            after = edit_lines(before, line=None if args.get("line") is None else str(args["line"]),
-                               regexp=args.get("regexp"), state=state, insertafter=args.get("insertafter"),
-                               insertbefore=args.get("insertbefore"), firstmatch=bool(args.get("firstmatch")),
-                               backrefs=bool(args.get("backrefs")))
+            after = self.edit(args, before)
         except re.error as err:
             return Plan(failed=True, msg=f"bad regular expression: {err}")
-        if after == before and st.kind == "file":
-            plan = write_file_plan(path, before.encode(), st, mode=parse_mode(args.get("mode")),
-                                   owner=args.get("owner"), group=args.get("group"))
-            if plan.noop:
-                plan.noop = f"{path}: line already as wanted"
-            return plan
-        return write_file_plan(path, after.encode(), st, mode=parse_mode(args.get("mode")), owner=args.get("owner"),
-                               group=args.get("group"), backup=bool(args.get("backup")))
+        if st.kind == "absent" and not after:
+            return Plan(noop=f"{path}: nothing to write")
+        plan = write_file_plan(path, after.encode(), st, mode=parse_mode(args.get("mode")), owner=args.get("owner"),
+                               group=args.get("group"), backup=bool(args.get("backup")) and after != before)
+        if plan.noop:
+            plan.noop = f"{path} is as wanted"
+        return plan
+
+
+@module("lineinfile", args={"path": ArgSpec("path", required=True, aliases=("dest", "destfile", "name")),
+                            "line": ArgSpec("str", aliases=("value",)), "regexp": ArgSpec("str", aliases=("regex",)),
+                            "state": ArgSpec("str", default="present", choices=("present", "absent")),
+                            "insertafter": ArgSpec("str"), "insertbefore": ArgSpec("str"),
+                            "create": ArgSpec("bool", default=False), "backup": ArgSpec("bool", default=False),
+                            "firstmatch": ArgSpec("bool", default=False), "backrefs": ArgSpec("bool", default=False),
+                            **_OWNERSHIP})
+class LineInFile(TextEdit):
+    missing = "Destination {path} does not exist (set create: true)"
+
+    def problem(self, args):
+        state = args.get("state", "present")
+        if state == "present" and args.get("line") is None:
+            return "line is required with state=present"
+        if state == "absent" and args.get("line") is None and not args.get("regexp"):
+            return "one of line or regexp is required with state=absent"
+        return None
+
+    def nothing_if_missing(self, args):
+        return args.get("state", "present") == "absent"
+
+    def edit(self, args, before):
+        return edit_lines(before, line=None if args.get("line") is None else str(args["line"]),
+                          regexp=args.get("regexp"), state=args.get("state", "present"),
+                          insertafter=args.get("insertafter"), insertbefore=args.get("insertbefore"),
+                          firstmatch=bool(args.get("firstmatch")), backrefs=bool(args.get("backrefs")))
