@@ -136,3 +136,22 @@ def test_new_sections_run_in_the_one_script(tmp_path):
     got = facts.parse(out, ["env", "local"])
     assert got["env"]["MARKER"] == "x\ny"
     assert got["local"] == {"plain": {"a": 1}, "run": {"ran": True}, "ini": {"s": {"k": "v"}}}
+
+
+def test_selinux_fact_as_ansible_gives_it():
+    assert p.selinux("") == {"selinux": {"status": "disabled"}}              # no getenforce (Debian, Ubuntu)
+    assert p.selinux("Disabled\n") == {"selinux": {"status": "disabled"}}
+    assert p.selinux("Enforcing\nSELINUXTYPE=targeted\n") == {"selinux": {"status": "enabled", "mode": "enforcing",
+                                                                          "type": "targeted"}}
+
+
+def test_network_facts_fqdn_interfaces_default_ipv4():
+    text = ("fqdn gpu1.lab.example\ninterfaces eth0 lo ib0\nroute default via 10.0.0.1 dev eth0 proto dhcp\n"
+            "addr 1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n"
+            "addr 2: eth0    inet 10.0.0.7/24 brd 10.0.0.255 scope global eth0\\       valid_lft forever\n")
+    got = p.network(text)
+    assert got["fqdn"] == "gpu1.lab.example" and got["interfaces"] == ["eth0", "ib0", "lo"]
+    assert got["default_ipv4"] == {"address": "10.0.0.7", "interface": "eth0", "alias": "eth0", "gateway": "10.0.0.1",
+                                   "prefix": "24", "netmask": "255.255.255.0", "network": "10.0.0.0",
+                                   "broadcast": "10.0.0.255"}
+    assert p.network("fqdn h\ninterfaces lo\n")["default_ipv4"] == {}    # no default route

@@ -59,6 +59,11 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
     Fact("local", "for f in /etc/ansible/facts.d/*.fact; do [ -f \"$f\" ] || continue; n=${f##*/}; "
                   "if [ -x \"$f\" ]; then o=$(timeout 10 \"$f\" | base64 -w0); else o=$(base64 -w0 < \"$f\"); fi; "
                   "printf '%s\\t%s\\n' \"${n%.fact}\" \"$o\"; done", p.local_facts),
+    Fact("selinux", "command -v getenforce >/dev/null && getenforce && grep -s '^SELINUXTYPE=' /etc/selinux/config",
+         p.selinux),
+    Fact("network", "echo \"fqdn $(timeout 2 hostname -f 2>/dev/null || hostname)\"; "
+                    "echo interfaces $(ls /sys/class/net); "
+                    "ip -4 route show default | sed 's/^/route /'; ip -4 -o addr show | sed 's/^/addr /'", p.network),
     # GPU sections (provision/facts/gpu.py); the PCI scan is "pci" above, dpkg's packages and holds "packages"
     Fact("nvidia_smi", g.NVIDIA_SMI_COMMAND, _one("nvidia_smi", g.nvidia_smi_result)),
     Fact("nvidia_module", g.NVIDIA_MODULE_COMMAND, _one("nvidia_module", g.nvidia_module)),
@@ -74,7 +79,7 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
 
 # what gather_facts collects (the GPU sections are gathered when an op asks for them)
 PLAY_FACTS = ("os", "kernel", "arch", "hostname", "cpus", "memory", "boot_id", "init", "pkg_mgr", "secure_boot",
-              "pci", "packages", "apt_cache", "dmi", "env", "local")
+              "pci", "packages", "apt_cache", "dmi", "env", "local", "selinux", "network")
 # what the GPU plan reads: `provision facts --gpu` and the gpu_plan op gather exactly these
 GPU_SECTIONS = ("pci", "nvidia_smi", "nvidia_module", "nvidia_runfile", "packages", "secure_boot", "module_signing",
                 "kernel", "os", "gpu_containers", "maintenance")

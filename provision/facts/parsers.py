@@ -192,3 +192,48 @@ def local_facts(text: str) -> dict:
             body = ""
         out[name] = local_fact(body)
     return {"local": out}
+
+
+def selinux(text: str) -> dict:
+    """``getenforce`` and /etc/selinux/config's SELINUXTYPE (nothing: no SELinux) -> Ansible's ``selinux`` fact:
+    {"status": "disabled"} or {"status": "enabled", "mode": "enforcing"|"permissive", "type": ...}."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    mode = lines[0].lower() if lines else "disabled"
+    if mode not in ("enforcing", "permissive"):
+        return {"selinux": {"status": "disabled"}}
+    kind = next((line.split("=", 1)[1] for line in lines[1:] if line.startswith("SELINUXTYPE=")), "targeted")
+    return {"selinux": {"status": "enabled", "mode": mode, "type": kind}}
+
+
+def network(text: str) -> dict:
+    """Tagged lines (``fqdn NAME``, ``interfaces A B``, ``route`` = the default route, ``addr`` = `ip -4 -o addr`)
+    -> Ansible's ``fqdn``, ``interfaces`` and ``default_ipv4`` (address, interface, gateway, prefix, netmask,
+    network, broadcast; empty without a default route)."""
+    import ipaddress
+    out: dict = {"fqdn": "", "interfaces": [], "default_ipv4": {}}
+    route: list[str] = []
+    addrs: list[list[str]] = []
+    for line in text.splitlines():
+        tag, _, rest = line.partition(" ")
+        if tag == "fqdn":
+            out["fqdn"] = rest.strip()
+        elif tag == "interfaces":
+            out["interfaces"] = sorted(rest.split())
+        elif tag == "route" and not route:
+            route = rest.split()
+        elif tag == "addr":
+            addrs.append(rest.split())
+    iface = route[route.index("dev") + 1] if "dev" in route[:-1] else ""
+    if not iface:
+        return out
+    gw = route[route.index("via") + 1] if "via" in route[:-1] else ""
+    for f in addrs:      # "2: eth0    inet 172.18.0.2/16 brd 172.18.255.255 scope global eth0"
+        if len(f) >= 4 and f[1] == iface and f[2] == "inet":
+            net = ipaddress.ip_interface(f[3])
+            out["default_ipv4"] = {
+                "address": str(net.ip), "interface": iface, "alias": iface, "gateway": gw,
+                "prefix": str(net.network.prefixlen), "netmask": str(net.netmask),
+                "network": str(net.network.network_address),
+                "broadcast": f[f.index("brd") + 1] if "brd" in f[:-1] else ""}
+            break
+    return out
