@@ -271,3 +271,13 @@ def test_cfg_roles_path_finds_roles(tmp_path, files, capsys, monkeypatch):
     monkeypatch.setenv("ANSIBLE_ROLES_PATH", str(tmp_path / "elsewhere"))    # the environment beats ansible.cfg
     rc, _, err = run(capsys, "apply", "-i", inv, pb, "--list-tasks")
     assert rc == 4 and "role 'gpu_base' not found" in err
+
+
+@pytest.mark.parametrize("form", ["-i INV gpu", "INV gpu"])
+def test_run_and_ping_take_the_inventory_either_way(files, capsys, form):
+    inv, _ = files
+    rc, out, err = run(capsys, "run", *form.replace("INV", inv).split(), "-m", "command", "-a", "true")
+    assert rc == 0, err
+    assert out.count("| CHANGED =>") == 2
+    rc, out, err = run(capsys, "ping", "-i", "h1,h2,", "-c", "local")
+    assert rc == 0 and out.count("SUCCESS") == 2, err
