@@ -530,3 +530,4 @@ def test_user_force_and_move_home():
     assert ran[1] == "userdel -r -f -- alice"
     _, ran = drive("user", {"name": "alice", "home": "/data/alice", "move_home": True}, {}, user_probe(alice, "alice"))
     assert ran[1] == "usermod -d /data/alice -m -- alice"
+

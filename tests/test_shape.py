@@ -53,11 +53,11 @@ def test_the_rule_sees_a_violation(tmp_path):
 
 
 def test_every_op_plans_and_only_controller_ops_answer_themselves():
-    """An op that reaches a host returns a plan; only debug/set_fact/assert/fail/meta/include_vars (controller = True)
-    have run()."""
+    """An op that reaches a host returns a plan; only debug/set_fact/assert/fail/meta/include_vars/pause (controller =
+    True) have run()."""
     from provision.ops.spec import registry
     host_ops = {n: s.impl for n, s in registry().items() if isinstance(s.impl, type) and not s.runs_on_controller}
     assert host_ops and not [n for n, impl in host_ops.items() if hasattr(impl, "run")]
     controller = sorted({s.name for s in registry().values() if s.runs_on_controller})
-    assert controller == ["assert", "debug", "fail", "include_vars", "meta", "set_fact"]
+    assert controller == ["assert", "debug", "fail", "include_vars", "meta", "pause", "set_fact"]
     assert all(hasattr(registry()[n].impl, "run") and registry()[n].impl.controller for n in controller)

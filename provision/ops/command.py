@@ -1,4 +1,5 @@
-"""command and shell: run a command; `creates`/`removes` make it idempotent; skipped in check mode otherwise."""
+"""command and shell (alias raw): run a command; `creates`/`removes` make it idempotent; skipped in check mode
+otherwise."""
 from __future__ import annotations
 
 import shlex
@@ -86,6 +87,6 @@ class Command(_Command):
     shell = False
 
 
-@module("shell", args=_ARGS, free_form=True)
+@module("shell", args=_ARGS, free_form=True, aliases=("raw",))   # raw: a shell line, no module on the host
 class Shell(_Command):
     shell = True

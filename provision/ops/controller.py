@@ -139,3 +139,21 @@ class IncludeVars(Op):
             return HostResult(ctx.host, failed=True, msg=str(err))
         facts = {str(args["name"]): merged} if args.get("name") else merged
         return HostResult(ctx.host, extra={"ansible_facts": facts, "ansible_included_var_files": files})
+
+
+@module("pause", runs_on_controller=True, args={"seconds": ArgSpec("int"), "minutes": ArgSpec("int"),
+                                                 "prompt": ArgSpec("str"), "echo": ArgSpec("bool", default=True)})
+class Pause(Op):
+    """Wait on the controller (also in check mode, as Ansible). A prompt needs someone at a terminal: refused."""
+    controller = True
+
+    def run(self, args, ctx) -> HostResult:
+        import time
+        if args.get("prompt") is not None or (args.get("seconds") is None and args.get("minutes") is None):
+            return HostResult(ctx.host, failed=True, msg="pause: only seconds/minutes are supported (a prompt needs "
+                                                          "a terminal; provision runs unattended)")
+        secs = int(args.get("seconds") or 0) + 60 * int(args.get("minutes") or 0)
+        start = time.monotonic()
+        time.sleep(max(0, secs))
+        return HostResult(ctx.host, extra={"delta": int(time.monotonic() - start), "echo": args.get("echo", True)},
+                          msg=f"Paused for {secs} seconds")

@@ -1,5 +1,6 @@
-"""stat: what Ansible's stat module returns about a path (exists, isdir, isreg, islnk, mode, uid, gid, pw_name,
-size, mtime, checksum...), from one read-only command (prefetchable, so it also answers in check mode)."""
+"""stat and find: what Ansible's modules return about paths (stat: exists, isdir, isreg, islnk, mode, uid, gid,
+pw_name, size, mtime, checksum...; find: the matching files), each from one read-only command (prefetchable, so it
+also answers in check mode)."""
 from __future__ import annotations
 
 import stat as st
@@ -73,3 +74,53 @@ class Stat(Op):
 
     def plan(self, args, facts, probe, ctx):
         return Plan(noop="", extra={"stat": parse_stat_result(probe.stdout if probe else "", str(args["path"]))})
+
+
+_FIND_TYPES = {"file": "f", "directory": "d", "link": "l", "any": None}
+
+
+@module("find", args={
+    "paths": ArgSpec("list", required=True, aliases=("name", "path")), "patterns": ArgSpec("list", default=["*"],
+                                                                                        aliases=("pattern",)),
+    "excludes": ArgSpec("list", aliases=("exclude",)), "use_regex": ArgSpec("bool", default=False),
+    "file_type": ArgSpec("str", default="file", choices=tuple(_FIND_TYPES)), "recurse": ArgSpec("bool", default=False),
+    "depth": ArgSpec("int"), "hidden": ArgSpec("bool", default=False), "follow": ArgSpec("bool", default=False),
+    "contains": ArgSpec("str"),
+})
+class Find(Op):
+    """Read-only (runs in check mode, never a change): ``files`` holds a stat-like dict per match (path, mode,
+    uid, gid, pw_name, gr_name, size, mtime, isdir, isreg, islnk), ``matched`` their count. Patterns match the file
+    name: shell globs, or Python regular expressions with ``use_regex`` (matched on the controller)."""
+
+    def probe(self, args, ctx):
+        depth = "" if args.get("recurse") else " -maxdepth 1"
+        if args.get("recurse") and args.get("depth"):
+            depth = f" -maxdepth {int(args['depth'])}"
+        kind = _FIND_TYPES[args.get("file_type") or "file"]
+        test = f" -type {kind}" if kind else ""
+        if args.get("contains") and kind == "f":
+            test += f" -exec grep -qE {q(str(args['contains']))} {{}} \\;"
+        paths = " ".join(q(str(p)) for p in args["paths"])
+        return (f"find {'-L ' if args.get('follow') else ''}{paths} -mindepth 1{depth}{test} "
+                "-printf '%p|%f|%m|%U|%G|%u|%g|%s|%T@|%y\\n' 2>/dev/null; true")
+
+    def plan(self, args, facts, probe, ctx):
+        import fnmatch
+        import re
+        pats, excl = [str(p) for p in args.get("patterns") or ["*"]], [str(p) for p in args.get("excludes") or []]
+
+        def matches(name: str, patterns: list[str]) -> bool:
+            if args.get("use_regex"):
+                return any(re.search(p, name) for p in patterns)
+            return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        files = []
+        for line in (probe.stdout if probe else "").splitlines():
+            f = line.split("|")
+            if len(f) != 10 or (f[1].startswith(".") and not args.get("hidden")):
+                continue
+            if not matches(f[1], pats) or (excl and matches(f[1], excl)):
+                continue
+            files.append({"path": f[0], "mode": f"{int(f[2], 8):04o}", "uid": int(f[3]), "gid": int(f[4]),
+                          "pw_name": f[5], "gr_name": f[6], "size": int(f[7]), "mtime": float(f[8]),
+                          "isdir": f[9] == "d", "isreg": f[9] == "f", "islnk": f[9] == "l"})
+        return Plan(noop="", extra={"files": files, "matched": len(files), "examined": len(files)})

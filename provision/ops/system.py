@@ -118,3 +118,52 @@ class WaitForConnection(Op):
         return Plan([Call(wait, desc="wait for the connection", counts=False, readonly=True)], changed=False,
                     result=lambda rs: {"extra": {"elapsed": int(rs[0].duration)}} if rs[0].rc == 0 else
                     {"failed": True, "msg": rs[0].stderr})
+
+
+@module("hostname", args={"name": ArgSpec("str", required=True),
+                          "use": ArgSpec("str", default="systemd", choices=("systemd", "debian"))})
+class Hostname(Op):
+    """The static hostname (/etc/hostname) and the running one, through hostnamectl."""
+
+    def probe(self, args, ctx):
+        return "cat /etc/hostname 2>/dev/null; hostname"
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        name = str(args["name"])
+        have = (probe.stdout if probe else "").split()
+        if have and all(h == name for h in have):
+            return Plan(noop=f"hostname is {name}")
+        return Plan([Cmd(f"hostnamectl set-hostname -- {q(name)}")], refresh_facts=("hostname",),
+                    diff=[{"before_header": "hostname", "after_header": "hostname",
+                           "before": f"{have[0] if have else ''}\n", "after": f"{name}\n"}])
+
+
+@module("timezone", args={"name": ArgSpec("str", required=True), "hwclock": ArgSpec("str", choices=("local", "UTC"))})
+class Timezone(Op):
+    """The system time zone (and, with hwclock, the RTC's), through timedatectl; the zone must exist in tzdata."""
+
+    def probe(self, args, ctx):
+        return ("readlink /etc/localtime | sed 's|.*/zoneinfo/||'; "
+                "timedatectl show -p LocalRTC --value 2>/dev/null; "
+                f"[ -e /usr/share/zoneinfo/{q(str(args['name']))} ] && echo known")
+
+    def plan(self, args, facts, probe, ctx) -> Plan:
+        name = str(args["name"])
+        lines = (probe.stdout if probe else "").splitlines()
+        if "known" not in lines:
+            return Plan(failed=True, msg=f"timezone {name!r} is not in /usr/share/zoneinfo")
+        cmds, before, after = [], [], []
+        if (lines[0].strip() if lines else "") != name:
+            cmds.append(Cmd(f"timedatectl set-timezone -- {q(name)}"))
+            before.append(f"name: {lines[0].strip() if lines else ''}")
+            after.append(f"name: {name}")
+        rtc = args.get("hwclock")
+        if rtc and (lines[1:2] != [("yes" if rtc == "local" else "no")]):
+            cmds.append(Cmd(f"timedatectl set-local-rtc {'1' if rtc == 'local' else '0'}"))
+            before.append(f"hwclock: {'local' if lines[1:2] == ['yes'] else 'UTC'}")
+            after.append(f"hwclock: {rtc}")
+        if not cmds:
+            return Plan(noop=f"timezone is {name}")
+        return Plan(cmds, diff=[{"before_header": "timezone", "after_header": "timezone",
+                                 "before": "".join(x + "\n" for x in before),
+                                 "after": "".join(x + "\n" for x in after)}])

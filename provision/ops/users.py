@@ -132,3 +132,83 @@ class Group(Op):
             return Plan([Cmd(f"groupmod -g {int(gid)} -- {q(name)}")],
                         diff=[_diff(f"group {name}", f"gid {entry[2]}", f"gid {gid}")])
         return Plan(noop=f"group {name} is as wanted")
+
+
+def key_blob(line: str) -> str | None:
+    """The base64 part of an authorized_keys line (options and comment around it ignored), or None."""
+    words = line.split()
+    for i, w in enumerate(words):
+        if (w.startswith(("ssh-", "ecdsa-", "sk-")) or w in ("ssh-rsa", "ssh-dss")) and i + 1 < len(words):
+            return words[i + 1]
+    return None
+
+
+def edit_keys(text: str, keys: list[str], *, present: bool, exclusive: bool, options: str | None) -> str:
+    """authorized_key's decision: each wanted key line kept once (a line holding the same key is replaced when its
+    options or comment differ), or removed; ``exclusive`` drops every other key."""
+    wanted = [f"{options} {k}" if options else k for k in keys]
+    blobs = {key_blob(k): w for k, w in zip(keys, wanted) if key_blob(k)}
+    out, seen = [], set()
+    for line in text.splitlines():
+        blob = key_blob(line)
+        if blob in blobs:
+            if present and blob not in seen:
+                out.append(blobs[blob])
+                seen.add(blob)
+            continue
+        if exclusive and blob is not None:
+            continue
+        out.append(line)
+    if present:
+        out += [w for b, w in blobs.items() if b not in seen]
+    return "".join(x + "\n" for x in out)
+
+
+@module("authorized_key", aliases=("ansible.posix.authorized_key",), args={
+    "user": ArgSpec("str", required=True), "key": ArgSpec("str", required=True), "path": ArgSpec("path"),
+    "state": ArgSpec("str", default="present", choices=("present", "absent")),
+    "manage_dir": ArgSpec("bool", default=True), "exclusive": ArgSpec("bool", default=False),
+    "key_options": ArgSpec("str"), "comment": ArgSpec("str"), "follow": ArgSpec("bool", default=False),
+})
+class AuthorizedKey(Op):
+    """Keys in the user's authorized_keys (~USER/.ssh/authorized_keys unless path): the user's home and ids come
+    from getent, then one look at the folder and the file; the file is written 0600 and owned by the user, the
+    folder (manage_dir) made 0700. Keys are given as text (one or more lines); a url is not fetched."""
+
+    def probe(self, args, ctx):
+        return f"getent passwd -- {q(str(args['user']))}"
+
+    def plan(self, args, facts, probe, ctx):
+        from provision.facts import section_script, split_sections
+        from provision.ops.core import parse_stat, stat_probe, write_file_plan
+        user = str(args["user"])
+        entry = probe.stdout.strip().split(":") if probe and probe.stdout.strip() else None
+        if entry is None or len(entry) < 6:
+            return Plan(failed=True, msg=f"Failed to lookup user {user}")
+        key = str(args["key"])
+        if "://" in key.split("\n")[0] and not key_blob(key):
+            return Plan(failed=True, msg="authorized_key: give the key text (a url is not fetched; use the url "
+                                         "lookup on the controller)")
+        path = str(args.get("path") or f"{entry[5].rstrip('/')}/.ssh/authorized_keys")
+        folder = path.rsplit("/", 1)[0] or "/"
+        keys = [k.strip() + (f" {args['comment']}" if args.get("comment") else "") for k in key.splitlines()
+                if k.strip() and not k.strip().startswith("#")]
+
+        def decide(_facts, rs) -> Plan:
+            sections = split_sections(rs[0].stdout)
+            d, st = parse_stat(sections.get("dir", "absent\n")), parse_stat(sections.get("file", "absent\n"))
+            before = (st.content or b"").decode("utf-8", "replace") if st.kind == "file" else ""
+            after = edit_keys(before, keys, present=args.get("state") == "present",
+                              exclusive=bool(args.get("exclusive")), options=args.get("key_options"))
+            if st.kind == "absent" and not after:
+                return Plan(noop=f"{path}: no key to remove")
+            plan = write_file_plan(path, after.encode(), st, mode=0o600, owner=entry[2], group=entry[3])
+            if d.kind == "absent":
+                if not args.get("manage_dir", True):
+                    return Plan(failed=True, msg=f"{folder} does not exist (manage_dir is off)")
+                plan.commands.insert(0, Cmd(f"install -d -m 700 -o {entry[2]} -g {entry[3]} -- {q(folder)}"))
+            if plan.noop:
+                plan.noop = f"{path}: keys as wanted"
+            return plan
+        look = section_script([("dir", stat_probe(folder, content=False)), ("file", stat_probe(path))])
+        return Plan([Cmd(look, readonly=True, counts=False, ok_rc=None)], then=decide)
