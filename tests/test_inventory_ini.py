@@ -46,6 +46,12 @@ def test_list_prints_what_ansible_inventory_prints(source):
         assert r.stdout == fh.read()
 
 
+def test_graph_in_inventory_order_as_ansible_inventory():
+    r = cli("inventory", "-i", os.path.join(INVS, "ini", "hosts.ini"), "--graph")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[:4] == ["@all:", "  |--@ungrouped:", "  |  |--bastion", "  |--@h100:"]
+
+
 @pytest.mark.parametrize("text,value", [
     ("22", 22), ("1.5", 1.5), ("True", True), ("None", None), ("'03'", "03"), ("03", "03"), ("yes", "yes"),
     ("FALSE", "FALSE"), ("[1, 2]", [1, 2]), ("{'a': 1}", {"a": 1}), ("hello world", "hello world"),

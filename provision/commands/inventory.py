@@ -77,7 +77,7 @@ def list_inventory(inv: Inventory, selected: set[str] | None = None) -> dict:
 
 
 def graph_inventory(inv: Inventory, group: str = "all", selected: set[str] | None = None) -> str:
-    """The ``ansible-inventory --graph`` tree."""
+    """The ``ansible-inventory --graph`` tree (groups and hosts in inventory order, as ansible-core 2.19 prints it)."""
     lines: list[str] = []
 
     def name(text: str, depth: int) -> str:
@@ -86,10 +86,10 @@ def graph_inventory(inv: Inventory, group: str = "all", selected: set[str] | Non
     def walk(g: str, depth: int) -> None:
         lines.append(name(f"@{g}:", depth))
         grp = inv.groups[g]
-        for child in sorted(grp.children):
+        for child in grp.children:
             walk(child, depth + 1)
         if g != "all":
-            for h in sorted(grp.hosts):
+            for h in grp.hosts:
                 if selected is None or h in selected:
                     lines.append(name(h, depth + 1))
 
