@@ -203,3 +203,12 @@ def test_inventory_script_refused(tmp_path):
     with pytest.raises(InputError) as e:
         load_inventory(path)
     assert "inventory scripts are not supported" in str(e.value)
+
+
+def test_the_ini_example_in_the_docs_loads(tmp_path):
+    import re
+    with open(os.path.join(ROOT, "docs", "inventory.md")) as fh:
+        text = re.search(r"```ini\n(.*?)```", fh.read(), re.S).group(1)
+    inv = load_inventory(write(tmp_path, text, "hosts.ini"))
+    assert inv.groups["ungrouped"].hosts == ("bastion",) and inv.hosts["gpu17.lab"].port == 2217
+    assert inv.groups["lab"].children == ("gpu", "storage") and len(inv.groups["gpu"].hosts) == 17
