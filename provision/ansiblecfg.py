@@ -7,8 +7,10 @@ Which file: the first that exists of ``$ANSIBLE_CONFIG`` (a file, or a directory
 Honoured: ``[defaults]`` inventory (comma list), roles_path (``:`` list; ``$ANSIBLE_ROLES_PATH`` wins; default
 Ansible's ``~/.ansible/roles:/usr/share/ansible/roles:/etc/ansible/roles``), forks, remote_user, private_key_file,
 host_key_checking, timeout; ``[privilege_escalation]`` become, become_user, become_method (sudo only),
-become_ask_pass. Relative paths are relative to the file's directory, ``~`` is expanded. Command-line flags beat
-these values; inventory variables (``ansible_user``...) beat both, as in Ansible. A bad value is one line naming
+become_ask_pass. Relative paths are relative to the file's directory, ``~`` is expanded. Ansible's environment
+variables for them (``ANSIBLE_INVENTORY``, ``ANSIBLE_ROLES_PATH``, ``ANSIBLE_FORKS``, ``ANSIBLE_REMOTE_USER``,
+``ANSIBLE_PRIVATE_KEY_FILE``, ``ANSIBLE_HOST_KEY_CHECKING``, ``ANSIBLE_TIMEOUT``, ``ANSIBLE_BECOME*``) beat the
+file. Command-line flags beat both; inventory variables (``ansible_user``...) beat all of them, as in Ansible. A bad value is one line naming
 the file, line and key (exit 5). Other keys are ignored, as Ansible ignores keys it does not know.
 """
 from __future__ import annotations
@@ -66,10 +68,6 @@ def find(env: Mapping[str, str] | None = None, cwd: str | None = None) -> str | 
     return None
 
 
-def _env_paths(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    return tuple(os.path.abspath(os.path.expanduser(p)) for p in env.get(name, "").split(os.pathsep) if p)
-
-
 def _key_lines(path: str) -> dict[str, int]:
     """'section.key' -> line number, for error messages (configparser keeps no lines)."""
     out: dict[str, int] = {}
@@ -85,12 +83,23 @@ def _key_lines(path: str) -> dict[str, int]:
     return out
 
 
-def load(env: Mapping[str, str] | None = None, cwd: str | None = None, path: str | None = None) -> AnsibleCfg:
-    """Read the ansible.cfg Ansible would read (or ``path``); no file: an empty AnsibleCfg."""
-    env = os.environ if env is None else env
-    path = path or find(env, cwd)
-    if path is None:
-        return AnsibleCfg(roles_path=_env_paths(env, "ANSIBLE_ROLES_PATH") or DEFAULT_ROLES_PATH)
+# field -> (section, key, environment variable, kind). The environment beats the file, as in Ansible.
+SETTINGS = {
+    "inventory": ("defaults", "inventory", "ANSIBLE_INVENTORY", "paths,"),
+    "roles_path": ("defaults", "roles_path", "ANSIBLE_ROLES_PATH", "paths:"),
+    "forks": ("defaults", "forks", "ANSIBLE_FORKS", "int"),
+    "remote_user": ("defaults", "remote_user", "ANSIBLE_REMOTE_USER", "str"),
+    "private_key_file": ("defaults", "private_key_file", "ANSIBLE_PRIVATE_KEY_FILE", "path"),
+    "host_key_checking": ("defaults", "host_key_checking", "ANSIBLE_HOST_KEY_CHECKING", "bool"),
+    "timeout": ("defaults", "timeout", "ANSIBLE_TIMEOUT", "float"),
+    "become": ("privilege_escalation", "become", "ANSIBLE_BECOME", "bool"),
+    "become_user": ("privilege_escalation", "become_user", "ANSIBLE_BECOME_USER", "str"),
+    "become_method": ("privilege_escalation", "become_method", "ANSIBLE_BECOME_METHOD", "sudo"),
+    "become_ask_pass": ("privilege_escalation", "become_ask_pass", "ANSIBLE_BECOME_ASK_PASS", "bool"),
+}
+
+
+def _read(path: str) -> tuple[configparser.ConfigParser, dict[str, int]]:
     parser = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None, strict=False)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -100,61 +109,54 @@ def load(env: Mapping[str, str] | None = None, cwd: str | None = None, path: str
     except configparser.Error as err:
         raise OptionError(f"malformed ansible.cfg: {err.message.splitlines()[0]}", file=path,
                           line=getattr(err, "lineno", None)) from None
-    lines = _key_lines(path)
-    base = os.path.dirname(os.path.abspath(path))
+    return parser, _key_lines(path)
 
-    def raw(section: str, key: str) -> str | None:
-        v = parser.get(section, key, fallback=None)
-        return None if v is None or v.strip() == "" else v.strip()
 
-    def bad(section: str, key: str, message: str) -> OptionError:
-        return OptionError(message, file=path, line=lines.get(f"{section}.{key}"), key=key)
-
+def _value(text: str, kind: str, base: str, where: dict):
+    """One setting's text -> its value; ``base``: the folder relative paths start from; ``where``: OptionError
+    keywords naming the file/line/key or the environment variable."""
     def a_path(v: str) -> str:
-        v = os.path.expanduser(os.path.expandvars(v))
+        v = os.path.expanduser(os.path.expandvars(v.strip()))
         return v if os.path.isabs(v) else os.path.normpath(os.path.join(base, v))
 
-    def paths(section: str, key: str, sep: str) -> tuple[str, ...]:
-        v = raw(section, key)
-        return tuple(a_path(p.strip()) for p in v.split(sep) if p.strip()) if v else ()
-
-    def boolean(section: str, key: str) -> bool | None:
-        v = raw(section, key)
-        if v is None:
-            return None
+    if kind.startswith("paths"):
+        return tuple(a_path(p) for p in text.split(kind[-1] if kind[-1] == "," else os.pathsep) if p.strip())
+    if kind == "path":
+        return a_path(text)
+    if kind == "bool":
         try:
-            return strict_bool(v)
+            return strict_bool(text)
         except NotABoolean as err:
-            raise bad(section, key, err.message) from None
-
-    def number(section: str, key: str, kind=int):
-        v = raw(section, key)
-        if v is None:
-            return None
+            raise OptionError(err.message, **where) from None
+    if kind in ("int", "float"):
         try:
-            n = kind(v)
+            n = (int if kind == "int" else float)(text)
         except ValueError:
-            raise bad(section, key, f"expected a number, got {v!r}") from None
+            raise OptionError(f"expected a number, got {text!r}", **where) from None
         if n <= 0:
-            raise bad(section, key, f"must be positive, got {v}")
+            raise OptionError(f"must be positive, got {text}", **where)
         return n
+    if kind == "sudo" and text != "sudo":
+        raise OptionError(f"only sudo is supported, got {text!r}", **where)
+    return text
 
-    method = raw("privilege_escalation", "become_method")
-    if method is not None and method != "sudo":
-        raise bad("privilege_escalation", "become_method", f"only sudo is supported, got {method!r}")
-    key_file = raw("defaults", "private_key_file")
-    return AnsibleCfg(
-        path=path,
-        inventory=paths("defaults", "inventory", ",") or paths("defaults", "hostfile", ","),
-        roles_path=_env_paths(env, "ANSIBLE_ROLES_PATH") or paths("defaults", "roles_path", os.pathsep)
-        or DEFAULT_ROLES_PATH,
-        forks=number("defaults", "forks"),
-        remote_user=raw("defaults", "remote_user"),
-        private_key_file=a_path(key_file) if key_file else None,
-        host_key_checking=boolean("defaults", "host_key_checking"),
-        timeout=number("defaults", "timeout", float),
-        become=boolean("privilege_escalation", "become"),
-        become_user=raw("privilege_escalation", "become_user"),
-        become_method=method,
-        become_ask_pass=boolean("privilege_escalation", "become_ask_pass"),
-        lines=lines)
+
+def load(env: Mapping[str, str] | None = None, cwd: str | None = None, path: str | None = None) -> AnsibleCfg:
+    """The settings Ansible would use: its environment variables (``ANSIBLE_FORKS``...), else the ansible.cfg it
+    would read (or ``path``), else Ansible's defaults where gpufleet keeps one (roles_path)."""
+    env = os.environ if env is None else env
+    path = path or find(env, cwd)
+    parser, lines = _read(path) if path else (None, {})
+    values: dict = {}
+    for name, (section, key, var, kind) in SETTINGS.items():
+        text, base, where = env.get(var, "").strip(), cwd or os.getcwd(), {"key": var}
+        if not text and parser is not None:
+            text = (parser.get(section, key, fallback=None) or "").strip()
+            if not text and name == "inventory":
+                key, text = "hostfile", (parser.get(section, "hostfile", fallback=None) or "").strip()
+            base = os.path.dirname(os.path.abspath(path))
+            where = {"file": path, "line": lines.get(f"{section}.{key}"), "key": key}
+        if text:
+            values[name] = _value(text, kind, base, where)
+    values.setdefault("roles_path", DEFAULT_ROLES_PATH)
+    return AnsibleCfg(path=path, lines=lines, **values)

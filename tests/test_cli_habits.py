@@ -25,7 +25,8 @@ def write(tmp_path, name, text) -> str:
 @pytest.fixture(autouse=True)
 def no_user_cfg(tmp_path, monkeypatch):
     """No ansible.cfg from the developer's home or the repository leaks in."""
-    monkeypatch.delenv("ANSIBLE_CONFIG", raising=False)
+    for var in ("ANSIBLE_CONFIG", *(v[2] for v in ansiblecfg.SETTINGS.values())):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("PROVISION_HOST_KEY_CHECKING", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -281,3 +282,20 @@ def test_run_and_ping_take_the_inventory_either_way(files, capsys, form):
     assert out.count("| CHANGED =>") == 2
     rc, out, err = run(capsys, "ping", "-i", "h1,h2,", "-c", "local")
     assert rc == 0 and out.count("SUCCESS") == 2, err
+
+
+def test_ansible_environment_beats_cfg_and_cli_beats_both(tmp_path, files, capsys, monkeypatch):
+    from provision.cli import build_parser
+    from provision.commands.apply import run_options
+    inv, pb = files
+    write(tmp_path, "ansible.cfg", "[defaults]\nforks = 7\nhost_key_checking = True\n")
+    monkeypatch.setenv("ANSIBLE_FORKS", "9")
+    monkeypatch.setenv("ANSIBLE_HOST_KEY_CHECKING", "False")
+    monkeypatch.setenv("ANSIBLE_INVENTORY", "inv.ini")
+    opts = run_options(build_parser().parse_args(["apply", pb]))
+    assert (opts.forks, opts.connect.host_key_checking) == (9, "off")
+    assert ansiblecfg.load().inventory == (inv,)
+    assert run_options(build_parser().parse_args(["apply", "-f", "3", pb])).forks == 3
+    monkeypatch.setenv("ANSIBLE_FORKS", "lots")
+    rc, _, err = run(capsys, "apply", "-i", inv, pb)
+    assert (rc, err.strip()) == (5, "ERROR: ANSIBLE_FORKS: expected a number, got 'lots'")
