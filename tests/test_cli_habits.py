@@ -299,3 +299,30 @@ def test_ansible_environment_beats_cfg_and_cli_beats_both(tmp_path, files, capsy
     monkeypatch.setenv("ANSIBLE_FORKS", "lots")
     rc, _, err = run(capsys, "apply", "-i", inv, pb)
     assert (rc, err.strip()) == (5, "ERROR: ANSIBLE_FORKS: expected a number, got 'lots'")
+
+
+def test_connect_takes_cli_defaults_and_the_inventory_wins(monkeypatch, tmp_path):
+    """What reaches the SSH connector: -u/--private-key/-c/--ssh-common-args where the inventory says nothing,
+    the inventory's own values (ansible_ssh_common_args too) where it does. No connection is opened."""
+    import provision.connectors.ssh as ssh
+    from provision.connectors import connect
+    from provision.inventory import load_inventory
+    seen = {}
+    monkeypatch.setattr(ssh, "SSHConnector", lambda name, **kw: seen.setdefault(name, kw))
+    inv = load_inventory(write(tmp_path, "inv.ini", """
+        plain
+        own ansible_user=me ansible_port=2200 ansible_ssh_private_key_file=/k/own "ansible_ssh_common_args='-J jump2 -o StrictHostKeyChecking=accept-new'"
+        loc ansible_connection=local
+        """))
+    opts = ConnectOptions(remote_user="ops", private_key="/k/cli", proxy_jump="jump1", port=2022,
+                          known_hosts_file="/kh", host_key_checking="yes", connection="ssh")
+    for h in ("plain", "own"):
+        connect(inv.hosts[h], opts)
+    assert {k: seen["plain"][k] for k in ("user", "port", "key_files", "proxy_jump", "known_hosts_file",
+                                          "host_key_checking")} == {
+        "user": "ops", "port": 2022, "key_files": ["/k/cli"], "proxy_jump": "jump1", "known_hosts_file": "/kh",
+        "host_key_checking": "yes"}
+    assert {k: seen["own"][k] for k in ("user", "port", "key_files", "proxy_jump", "host_key_checking")} == {
+        "user": "me", "port": 2200, "key_files": ["/k/own"], "proxy_jump": "jump2", "host_key_checking": "accept-new"}
+    assert type(connect(inv.hosts["loc"], opts)).__name__ == "LocalConnector"
+    assert type(connect(inv.hosts["plain"], ConnectOptions(connection="local"))).__name__ == "LocalConnector"
