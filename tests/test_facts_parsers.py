@@ -94,8 +94,8 @@ def test_script_has_one_section_per_fact_and_missing_sections_are_absent():
 
 
 def test_dmi_facts_use_ansible_names_and_na_for_what_cannot_be_read():
-    got = p.dmi("product_name=DGX H100\nsys_vendor=NVIDIA\nproduct_serial=\nbios_version=1.2\n")
-    assert got["product_name"] == "DGX H100" and got["system_vendor"] == "NVIDIA" and got["bios_version"] == "1.2"
+    got = p.dmi("product_name:DGX H100\nsys_vendor:NVIDIA\nproduct_serial:\nbios_version:1.2:b\n")
+    assert got["product_name"] == "DGX H100" and got["system_vendor"] == "NVIDIA" and got["bios_version"] == "1.2:b"
     assert got["product_serial"] == "NA" and got["board_name"] == "NA"    # empty (root only) or missing: NA
     assert p.dmi("")["product_name"] == "NA"                               # no /sys/class/dmi (a container)
 
@@ -146,9 +146,9 @@ def test_selinux_fact_as_ansible_gives_it():
 
 
 def test_network_facts_fqdn_interfaces_default_ipv4():
-    text = ("fqdn gpu1.lab.example\ninterfaces eth0 lo ib0\nroute default via 10.0.0.1 dev eth0 proto dhcp\n"
-            "addr 1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n"
-            "addr 2: eth0    inet 10.0.0.7/24 brd 10.0.0.255 scope global eth0\\       valid_lft forever\n")
+    text = ("fqdn gpu1.lab.example\ninterfaces eth0 lo ib0\nroute\ndefault via 10.0.0.1 dev eth0 proto dhcp\naddr\n"
+            "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n"
+            "2: eth0    inet 10.0.0.7/24 brd 10.0.0.255 scope global eth0\\       valid_lft forever\n")
     got = p.network(text)
     assert got["fqdn"] == "gpu1.lab.example" and got["interfaces"] == ["eth0", "ib0", "lo"]
     assert got["default_ipv4"] == {"address": "10.0.0.7", "interface": "eth0", "alias": "eth0", "gateway": "10.0.0.1",

@@ -52,8 +52,7 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
                      "dpkg-query -W -f='${Package}\\t${Version}\\t${Status}\\n'", p.dpkg_packages),
     Fact("apt_cache", "echo $(date +%s) $(stat -c %Y /var/lib/apt/periodic/provision-update-stamp 2>/dev/null || "
                       "stat -c %Y /var/cache/apt/pkgcache.bin 2>/dev/null)", p.apt_cache),
-    Fact("dmi", "cd /sys/class/dmi/id && for f in " + " ".join(p.DMI_FILES) + "; do "
-                "printf '%s=%s\\n' $f \"$(cat $f 2>/dev/null)\"; done", p.dmi),
+    Fact("dmi", "cd /sys/class/dmi/id && grep -s '' " + " ".join(p.DMI_FILES), p.dmi),   # one process
     Fact("env", "env -0 | tr '\\n\\0' '\\001\\n'", p.environment),
     # Ansible's local facts: each /etc/ansible/facts.d/NAME.fact read (JSON or INI), or run when executable
     Fact("local", "for f in /etc/ansible/facts.d/*.fact; do [ -f \"$f\" ] || continue; n=${f##*/}; "
@@ -62,8 +61,8 @@ FACTS: dict[str, Fact] = {f.name: f for f in [
     Fact("selinux", "command -v getenforce >/dev/null && getenforce && grep -s '^SELINUXTYPE=' /etc/selinux/config",
          p.selinux),
     Fact("network", "echo \"fqdn $(timeout 2 hostname -f 2>/dev/null || hostname)\"; "
-                    "echo interfaces $(ls /sys/class/net); "
-                    "ip -4 route show default | sed 's/^/route /'; ip -4 -o addr show | sed 's/^/addr /'", p.network),
+                    "echo interfaces $(ls /sys/class/net); echo route; ip -4 route show default; echo addr; "
+                    "ip -4 -o addr show", p.network),
     # GPU sections (provision/facts/gpu.py); the PCI scan is "pci" above, dpkg's packages and holds "packages"
     Fact("nvidia_smi", g.NVIDIA_SMI_COMMAND, _one("nvidia_smi", g.nvidia_smi_result)),
     Fact("nvidia_module", g.NVIDIA_MODULE_COMMAND, _one("nvidia_module", g.nvidia_module)),

@@ -140,11 +140,11 @@ _DMI_FACT = {"sys_vendor": "system_vendor", "board_vendor": "board_vendor", "cha
 
 
 def dmi(text: str) -> dict:
-    """'FILE=VALUE' lines from /sys/class/dmi/id -> Ansible's DMI facts (product_name, system_vendor...); a file
-    that is missing or unreadable (product_serial as a plain user) gives "NA", as Ansible's."""
+    """'FILE:VALUE' lines (grep of /sys/class/dmi/id) -> Ansible's DMI facts (product_name, system_vendor...); a
+    file that is missing or unreadable (product_serial as a plain user) gives "NA", as Ansible's."""
     seen = {}
     for line in text.splitlines():
-        k, sep, v = line.partition("=")
+        k, sep, v = line.partition(":")
         if sep and k in DMI_FILES:
             seen[k] = v.strip()
     return {_DMI_FACT.get(k, k): seen.get(k) or "NA" for k in DMI_FILES}
@@ -206,23 +206,26 @@ def selinux(text: str) -> dict:
 
 
 def network(text: str) -> dict:
-    """Tagged lines (``fqdn NAME``, ``interfaces A B``, ``route`` = the default route, ``addr`` = `ip -4 -o addr`)
-    -> Ansible's ``fqdn``, ``interfaces`` and ``default_ipv4`` (address, interface, gateway, prefix, netmask,
-    network, broadcast; empty without a default route)."""
+    """``fqdn NAME``, ``interfaces A B``, then under a ``route`` line the default route and under an ``addr`` line
+    `ip -4 -o addr show` -> Ansible's ``fqdn``, ``interfaces`` and ``default_ipv4`` (address, interface, gateway,
+    prefix, netmask, network, broadcast; empty without a default route)."""
     import ipaddress
     out: dict = {"fqdn": "", "interfaces": [], "default_ipv4": {}}
     route: list[str] = []
     addrs: list[list[str]] = []
+    part = ""
     for line in text.splitlines():
         tag, _, rest = line.partition(" ")
-        if tag == "fqdn":
+        if tag == "fqdn" and not part:
             out["fqdn"] = rest.strip()
-        elif tag == "interfaces":
+        elif tag == "interfaces" and not part:
             out["interfaces"] = sorted(rest.split())
-        elif tag == "route" and not route:
-            route = rest.split()
-        elif tag == "addr":
-            addrs.append(rest.split())
+        elif line.strip() in ("route", "addr"):
+            part = line.strip()
+        elif part == "route" and line.startswith("default") and not route:
+            route = line.split()
+        elif part == "addr":
+            addrs.append(line.split())
     iface = route[route.index("dev") + 1] if "dev" in route[:-1] else ""
     if not iface:
         return out
