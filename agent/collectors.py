@@ -144,12 +144,14 @@ class Bounded:
 class Agent:
     def __init__(self, nvml_source: NvmlSource | None, container_source: ContainerSource | None = None, *,
                  maintenance_file: str = MAINTENANCE_MARKER,
-                 upgrade_state_file: str = UPGRADE_STATE_FILE, collect_timeout: float = 1.0):
+                 upgrade_state_file: str = UPGRADE_STATE_FILE, collect_timeout: float = 1.0,
+                 metrics_refresh: float = 0.0):
         self.nvml = nvml_source
         self.containers = container_source
         self.maintenance_file = maintenance_file
         self.upgrade_state_file = upgrade_state_file
         self.collect_timeout = collect_timeout
+        self.metrics_refresh = metrics_refresh   # agent.pages.SharedScrape's refresh: stated in the body
         self.errors: dict[str, int] = {"nvml": 0, "docker": 0, "host_state": 0, "timeout": 0}
         self._errors_lock = threading.Lock()
         self._nvml_b = Bounded("nvml", self._collect_nvml) if nvml_source else None
@@ -244,6 +246,11 @@ class AgentCollector(Collector):
             for src, n in sorted(a.errors.items()):
                 e.add_metric([src], n)
         yield e
+        r = _g("gpufleet_agent_metrics_refresh_seconds", "0: this body was collected for the scrape (concurrent "
+               "scrapes share one collection); N: bodies are made in the background every N seconds (opt-in "
+               "metrics_refresh_seconds) and a scrape gets the latest, up to N seconds plus one collection old")
+        r.add_metric([], a.metrics_refresh)
+        yield r
         b = _g("gpufleet_agent_build_info", "gpu-agent build; value 1", ["version", "python", "nvml_binding"])
         b.add_metric([AGENT_VERSION, platform.python_version(), _binding_version()], 1)
         yield b

@@ -14,7 +14,12 @@ clients that connect and say nothing, or send a byte a second (slow loris, plain
   the listening socket for a while (5 ms, doubling to 1 s) instead of spinning on it;
 * a client that resets or goes away mid-request is one log line, at most one a minute (with the count since).
 
-Requests are GET/HEAD without a body (what a Prometheus scrape sends); ``app(request) -> Response`` answers them.
+Requests are GET/HEAD without a body (what a Prometheus scrape sends); ``app(request) -> Response`` answers them
+on a worker. An app may also answer without a worker: ``app.ready(request, wake)`` is asked on the loop thread
+(plain HTTP, one request in the buffer) and returns a Response it has at hand (sent from the loop when the socket
+takes it all; the rest goes to a worker), :data:`LATER` (one is being made: the connection waits, holding no
+thread, until ``wake()`` is called, then ``ready`` is asked again), or None (a worker calls ``app``). A shared
+/metrics body thus reaches 50 scrapers at once without 50 hand-offs to workers and back.
 """
 from __future__ import annotations
 
@@ -60,6 +65,24 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
     after: Callable[[], None] | None = None      # run by the worker once the answer is sent
+    wire: dict[tuple[str, bool], bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def encoded(self, server_name: str, method: str, keep: bool) -> bytes:
+        """The whole answer (status line, headers, body), made once per (method, keep-alive) and kept: a Response
+        shared by many scrapes is encoded once."""
+        data = self.wire.get((method, keep))
+        if data is None:
+            hdr = [f"HTTP/1.1 {self.code} {REASONS.get(self.code, 'Unknown')}", f"Server: {server_name}",
+                   f"Content-Type: {self.content_type}", f"Content-Length: {len(self.body)}"]
+            hdr += [f"{k}: {v}" for k, v in self.headers.items()]
+            if not keep:
+                hdr.append("Connection: close")
+            data = ("\r\n".join(hdr) + "\r\n\r\n").encode("latin-1") + (self.body if method != "HEAD" else b"")
+            self.wire[(method, keep)] = data
+        return data
+
+
+LATER = object()   # app.ready(): an answer is being made; wake() comes when it is
 
 
 class _Conn:
@@ -123,6 +146,9 @@ class BoundedHTTPServer:
         self._stopped.set()
         self._backoff = 0.0
         self._accept_paused_until = 0.0
+        self._ready = getattr(app, "ready", None)
+        self._parked: list[tuple[_Conn, float]] = []  # (conn, arrived) waiting for an answer being made (LATER)
+        self._parked_woken = False
 
     def _listen(self, addr: tuple[str, int]) -> socket.socket:
         host, port = addr
@@ -163,6 +189,8 @@ class BoundedHTTPServer:
             for c in list(self._conns.values()):
                 if c.state != BUSY:
                     self._close(c)
+            for c, _ in self._parked:
+                self._close(c)
             self.sel.close()
             self._stopped.set()
 
@@ -212,6 +240,8 @@ class BoundedHTTPServer:
                         log.exception("connection from %s", key.data.addr)
                         self._close(key.data)
             self._take_back()
+            if self._parked_woken:
+                self._unpark()
             now = time.monotonic()
             if self._accept_paused_until and now >= self._accept_paused_until:
                 self._accept_paused_until = 0.0
@@ -334,7 +364,8 @@ class BoundedHTTPServer:
             if c.state != BUSY:
                 self.sel.unregister(c.sock)
             c.state = BUSY
-            self._jobs.put((c, now))
+            if self._ready is None or not self._answer_here(c, now):
+                self._jobs.put((c, now, b"", False))
             return
         if c.state == BUSY:
             self.sel.register(c.sock, selectors.EVENT_READ, c)
@@ -382,6 +413,58 @@ class BoundedHTTPServer:
             else:
                 self._got(c)
 
+    # ------------------------------------------------------------------------------------------ answers from the loop
+    def _answer_here(self, c: _Conn, arrived: float) -> bool:
+        """Answer c's request on the loop thread if the app has its answer at hand, or park c until it has (True);
+        False: a worker answers it. Only a plain socket holding exactly one request."""
+        head, sep, rest = c.buf.partition(b"\r\n\r\n")
+        if not sep or rest or isinstance(c.sock, ssl.SSLSocket):
+            return False
+        req = _parse(head, c.addr, arrived)
+        if not isinstance(req, Request):
+            return False
+        resp = self._ready(req, self._wake_parked)  # type: ignore[misc]
+        if resp is None:
+            return False
+        if resp is LATER:
+            self._parked.append((c, arrived))
+            return True
+        keep = _keep_alive(head, req)
+        data = resp.encoded(self.server_name, req.method, keep)
+        c.buf = b""
+        try:
+            sent = c.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self.peer_errors.note(c.addr, "before its answer was sent", e)
+            self._close(c)
+            return True
+        if sent < len(data):     # the socket's buffer is full: a worker sends the rest, blocking
+            self._jobs.put((c, arrived, data[sent:], keep))
+            return True
+        if keep:
+            self._got(c)         # BUSY -> IDLE: registered again for the next request
+        else:
+            self._close(c)
+        return True
+
+    def _wake_parked(self) -> None:
+        """app.ready's wake(): an answer parked connections wait for is made (called from any thread)."""
+        self._parked_woken = True
+        self._wake()
+
+    def _unpark(self) -> None:
+        self._parked_woken = False
+        parked, self._parked = self._parked, []
+        for c, arrived in parked:
+            try:
+                if not self._answer_here(c, arrived):
+                    self._jobs.put((c, arrived, b"", False))
+            except Exception:  # never lose the loop to one connection
+                log.exception("connection from %s", c.addr)
+                self._close(c)
+
     def _readable_after_work(self, c: _Conn) -> None:
         """A pipelined request (bytes already read, or held inside the TLS layer): go on as if they had arrived."""
         self.sel.register(c.sock, selectors.EVENT_READ, c)
@@ -395,10 +478,10 @@ class BoundedHTTPServer:
             job = self._jobs.get()
             if job is None:
                 return
-            c, arrived = job
+            c, arrived, tail, keep_after = job
             keep = False
-            try:
-                keep = self._serve(c, arrived)
+            try:   # a request to answer, or the rest of an answer the loop began sending
+                keep = self._send_bytes(c, tail) and keep_after if tail else self._serve(c, arrived)
             except Exception:  # never lose a worker
                 log.exception("request from %s failed", c.addr)
             self._done.put((c, keep))
@@ -415,8 +498,7 @@ class BoundedHTTPServer:
         if isinstance(req, Response):
             self._send(c, req, "GET", False)
             return False
-        version = head.split(b"\r\n", 1)[0].rsplit(b" ", 1)[-1]
-        keep = version == b"HTTP/1.1" and req.headers.get("connection", "").lower() != "close"
+        keep = _keep_alive(head, req)
         try:
             resp = self.app(req)
         except Exception:
@@ -428,12 +510,9 @@ class BoundedHTTPServer:
         return ok and keep
 
     def _send(self, c: _Conn, resp: Response, method: str, keep: bool) -> bool:
-        hdr = [f"HTTP/1.1 {resp.code} {REASONS.get(resp.code, 'Unknown')}", f"Server: {self.server_name}",
-               f"Content-Type: {resp.content_type}", f"Content-Length: {len(resp.body)}"]
-        hdr += [f"{k}: {v}" for k, v in resp.headers.items()]
-        if not keep:
-            hdr.append("Connection: close")
-        data = ("\r\n".join(hdr) + "\r\n\r\n").encode("latin-1") + (resp.body if method != "HEAD" else b"")
+        return self._send_bytes(c, resp.encoded(self.server_name, method, keep))
+
+    def _send_bytes(self, c: _Conn, data: bytes) -> bool:
         try:
             if not isinstance(c.sock, ssl.SSLSocket):  # most answers fit the socket buffer: no blocking mode needed
                 try:
@@ -450,6 +529,11 @@ class BoundedHTTPServer:
         except OSError as e:
             log.debug("writing to %s: %s", c.addr, e)
         return False
+
+
+def _keep_alive(head: bytes, req: Request) -> bool:
+    version = head.split(b"\r\n", 1)[0].rsplit(b" ", 1)[-1]
+    return version == b"HTTP/1.1" and req.headers.get("connection", "").lower() != "close"
 
 
 def _parse(head: bytes, addr: Any, arrived: float) -> Request | Response | None:
@@ -474,4 +558,4 @@ def _parse(head: bytes, addr: Any, arrived: float) -> Request | Response | None:
     return Request(method, target.split("?", 1)[0], headers, addr, arrived)
 
 
-__all__ = ["BoundedHTTPServer", "PeerErrors", "Request", "Response", "connection_cap"]
+__all__ = ["BoundedHTTPServer", "LATER", "PeerErrors", "Request", "Response", "connection_cap"]

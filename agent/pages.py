@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable
 
 from agent import __version__
-from agent.httpd import Request, Response
+from agent.httpd import LATER, Request, Response
 from agent.webconfig import AuthBusy, BasicAuth
 
 log = logging.getLogger("gpu-agent")
@@ -32,22 +32,51 @@ class SharedScrape:
     (single flight), and a body is reused by any scrape whose request arrived before the body was made or less
     than one collection's time after (the request's arrival, not when a worker got to it: 50 scrapes at once
     queue behind each other's answers). 50 scrapers started together thus cost about one collection, not 50; no
-    body is older than one collection's time (~1 ms on an H200) when its request arrived, next to a scrape
-    interval of 15 s or more."""
+    body is older than one collection's time (~1.5 ms on an H200) when its request arrived, next to a scrape
+    interval of 15 s or more.
 
-    def __init__(self, render: Callable[[], bytes], clock: Callable[[], float] = time.monotonic):
-        self._render, self._clock = render, clock
+    ``refresh`` > 0 (opt-in, ``metrics_refresh_seconds``): a background thread makes a body every ``refresh``
+    seconds and every scrape gets the latest one, as dcgm-exporter serves its last collection: no scrape waits for
+    NVML or rendering, and a body is up to ``refresh`` seconds (plus one collection) older than the scrape. A
+    scrape finding no body (before the first, or after a failed one) collects as without refresh."""
+
+    def __init__(self, render: Callable[[], bytes], clock: Callable[[], float] = time.monotonic,
+                 refresh: float = 0.0):
+        self._render, self._clock, self.refresh = render, clock, refresh
         self._cond = threading.Condition()
         self._running = False
         self._generation = 0
         self._result: tuple[bytes | None, float, float] = (None, 0.0, 0.0)   # body, started, finished
+        self._waiters: list[Callable[[], None]] = []    # peek's wake-ups for the collection running now
+        self._stop = threading.Event()
         self.collections = 0
+        if refresh > 0:
+            threading.Thread(target=self._refresh_loop, name="metrics-refresh", daemon=True).start()
+
+    def _ready(self, arrived: float) -> bytes | None:  # under self._cond
+        body, started, finished = self._result   # made from `started` to `finished`
+        if body is not None and (self.refresh > 0 or arrived - finished < finished - started):
+            return body
+        return None
+
+    def peek(self, arrived: float, wake: Callable[[], None]) -> Any:
+        """Without collecting: the body :meth:`get` would give at once, :data:`agent.httpd.LATER` when a running
+        collection will give it (``wake()`` is called when it ends), or None (get() has to collect)."""
+        with self._cond:
+            body = self._ready(arrived)
+            if body is not None:
+                return body
+            if self._running:
+                if wake not in self._waiters:
+                    self._waiters.append(wake)
+                return LATER
+            return None
 
     def get(self, arrived: float) -> bytes:
         """The body for a scrape whose request was complete at ``arrived`` (the clock's time)."""
         with self._cond:
-            body, started, finished = self._result   # made from `started` to `finished`
-            if body is not None and arrived - finished < finished - started:
+            body = self._ready(arrived)
+            if body is not None:
                 return body
             if self._running:
                 gen = self._generation
@@ -57,6 +86,10 @@ class SharedScrape:
                     raise ScrapeFailed
                 return self._result[0]
             self._running = True
+        return self._collect()
+
+    def _collect(self) -> bytes:
+        """Make a body (the caller set self._running)."""
         started = self._clock()
         body = None
         try:
@@ -70,9 +103,27 @@ class SharedScrape:
                 self.collections += 1
                 self._result = (body, started, self._clock()) if body is not None else (None, 0.0, 0.0)
                 self._cond.notify_all()
+                waiters, self._waiters = self._waiters, []
+            for wake in waiters:
+                wake()
         if body is None:
             raise ScrapeFailed
         return body
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                go = not self._running      # a scrape collecting now makes this round's body
+                self._running = self._running or go
+            if go:
+                try:
+                    self._collect()
+                except ScrapeFailed:
+                    pass
+            self._stop.wait(self.refresh)
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def release_free_heap() -> bool:
@@ -92,17 +143,33 @@ def release_free_heap() -> bool:
 class AgentPages:
     """``app(request) -> Response`` for the HTTP server."""
 
-    def __init__(self, registry: Any, auth: BasicAuth):
+    def __init__(self, registry: Any, auth: BasicAuth, refresh: float = 0.0):
         from agent.collectors import render_metrics
         self.auth = auth
-        self.scrape = SharedScrape(lambda: render_metrics(registry))
+        self.scrape = SharedScrape(lambda: render_metrics(registry), refresh=refresh)
         self._heap_release = threading.Lock()  # taken by the first scrape, never given back: the trim runs once
+        self._shared: Response | None = None   # the /metrics answer of the last body, encoded once by the server
 
     def _scrape_served(self) -> None:
         """After each /metrics answer: the first one releases start-up's freed memory (release_free_heap), after
         the answer went out, so no scrape waits for it."""
         if self._heap_release.acquire(blocking=False):
             release_free_heap()
+
+    def _metrics_response(self, body: bytes) -> Response:
+        resp = self._shared
+        if resp is None or resp.body is not body:
+            resp = self._shared = Response(200, body, CONTENT_TYPE)
+        return resp
+
+    def ready(self, req: Request, wake: Callable[[], None]) -> Any:
+        """For the server's loop thread (agent.httpd): the /metrics answer when a shared body serves this request
+        now, LATER when the collection running now will make it, else None (a worker answers: other pages, basic
+        auth, which may need a bcrypt, and the first scrape, which releases start-up's memory)."""
+        if req.path != "/metrics" or self.auth.users or not self._heap_release.locked():
+            return None
+        body = self.scrape.peek(req.arrived, wake)
+        return body if body is None or body is LATER else self._metrics_response(body)
 
     def __call__(self, req: Request) -> Response:
         try:
@@ -116,6 +183,8 @@ class AgentPages:
                 body = self.scrape.get(req.arrived)
             except ScrapeFailed:
                 return Response(500, b"collection failed\n")
+            if self._heap_release.locked():
+                return self._metrics_response(body)
             return Response(200, body, CONTENT_TYPE, after=self._scrape_served)
         if req.path == "/healthz":
             return Response(200, b"ok\n")

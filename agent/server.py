@@ -49,6 +49,7 @@ class Config:
     max_connections: int = 256                 # then the oldest idle connection is closed (agent/httpd.py)
     header_timeout_seconds: float = 5.0        # request line and headers (and the TLS handshake) within this
     idle_timeout_seconds: float = 90.0         # a keep-alive connection idle this long is closed
+    metrics_refresh_seconds: float = 0.0       # opt-in: /metrics made in the background this often (agent/pages.py)
 
 
 def load_config(path: str) -> Config:
@@ -99,7 +100,7 @@ def build_agent(cfg: Config, nvml_module: Any = None) -> Any:
     cs = ContainerSource(DockerClient(cfg.docker_socket, cfg.docker_timeout_seconds), cfg.proc_root) \
         if cfg.docker else None
     return Agent(src, cs, maintenance_file=cfg.maintenance_file, upgrade_state_file=cfg.upgrade_state_file,
-                 collect_timeout=cfg.collect_timeout_seconds)
+                 collect_timeout=cfg.collect_timeout_seconds, metrics_refresh=cfg.metrics_refresh_seconds)
 
 
 def make_server(cfg: Config, web: WebConfig, nvml_module: Any = None) -> tuple[BoundedHTTPServer, Any]:
@@ -107,12 +108,14 @@ def make_server(cfg: Config, web: WebConfig, nvml_module: Any = None) -> tuple[B
     host, port = parse_listen(cfg.listen_address)
     ctx = ssl_context(web) if web.tls else None
     agent = build_agent(cfg, nvml_module)
-    pages = AgentPages(registry_for(agent), BasicAuth(web.basic_auth_users, max_waiting=HTTP_WORKERS // 2))
+    pages = AgentPages(registry_for(agent), BasicAuth(web.basic_auth_users, max_waiting=HTTP_WORKERS // 2),
+                       refresh=cfg.metrics_refresh_seconds)
     try:
         srv = BoundedHTTPServer((host, port), pages, ssl_ctx=ctx, workers=HTTP_WORKERS,
                                 max_connections=cfg.max_connections, header_timeout=cfg.header_timeout_seconds,
                                 idle_timeout=cfg.idle_timeout_seconds, server_name=f"gpu-agent/{__version__}")
     except OSError as e:
+        pages.scrape.close()
         agent.close()
         raise InputError(f"cannot listen on {cfg.listen_address}: {e.strerror}", key="--web.listen-address",
                          exit_code=EXIT_OPTIONS) from None
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         srv.serve_forever()
     finally:
         srv.server_close()
+        srv.app.scrape.close()
         agent.close()
     return 0
 

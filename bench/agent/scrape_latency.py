@@ -1,10 +1,11 @@
 """gpu-agent scrape latency, one agent version against another on the same machine (issue 16 item 4, issue 15 F1).
 
-    python3 bench/agent/scrape_latency.py OUTDIR [--variant NAME=DIR]... [--replay FIX --gpus N]
+    python3 bench/agent/scrape_latency.py OUTDIR [--variant NAME=DIR[@CONFIG]]... [--replay FIX --gpus N]
                                           [--seconds 20] [--spaced-n 100] [--b2b-n 2000] [--idle 300]
 
 Each variant is an agent/ tree (DIR holds agent/; default: this checkout) started as ``python3 -m agent.server`` on
-127.0.0.1 with real NVML (or --replay), the Docker collector off, and measured in turn:
+127.0.0.1 with real NVML (or --replay), the Docker collector off, and --config.file CONFIG where given (such as
+``metrics_refresh_seconds: 1``), and measured in turn:
 
   b2b       one keep-alive connection, scrapes back to back (--b2b-n)
   spaced    one keep-alive connection, one scrape every 200 ms (--spaced-n)
@@ -132,9 +133,9 @@ def _idle(port: int, n: int) -> tuple[list, list]:
 
 
 # ---------------------------------------------------------------------------------------------------- runs
-def _start(tree: str, port: int, args: argparse.Namespace) -> subprocess.Popen:
+def _start(tree: str, port: int, args: argparse.Namespace, config: str = "") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "agent.server", "--web.listen-address", f"127.0.0.1:{port}",
-           "--no-collector.docker", "--log.level", "warning"]
+           "--no-collector.docker", "--log.level", "warning"] + (["--config.file", config] if config else [])
     if args.replay:
         cmd += ["--replay", os.path.abspath(args.replay), "--replay-gpus", str(args.gpus), "--replay-latency"]
     env = dict(os.environ, PYTHONPATH=tree)
@@ -161,7 +162,8 @@ def _row(variant: str, mode: str, lat: list, errors: list, cpu: float) -> dict:
 
 def run_variant(name: str, tree: str, args: argparse.Namespace) -> list[dict]:
     port = _free_port()
-    agent = _start(tree, port, args)
+    tree, _, config = tree.partition("@")
+    agent = _start(os.path.abspath(tree), port, args, os.path.abspath(config) if config else "")
     rows = []
     try:
         _serial(port, 50, 0)   # warm up
@@ -205,7 +207,7 @@ def _run_together(port: int, args: argparse.Namespace) -> tuple[list, list]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir")
-    ap.add_argument("--variant", action="append", default=[], help="NAME=DIR (DIR holds agent/)")
+    ap.add_argument("--variant", action="append", default=[], help="NAME=DIR[@CONFIG] (DIR holds agent/)")
     ap.add_argument("--modes", nargs="+", default=["b2b", "spaced", "together", "idle300"])
     ap.add_argument("--replay")
     ap.add_argument("--gpus", type=int, default=8)
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                "args": {k: v for k, v in vars(args).items() if k not in ("client", "port", "t0", "outdir")},
                "rows": []}
     for name, tree in variants:
-        payload["rows"] += run_variant(name, os.path.abspath(tree), args)
+        payload["rows"] += run_variant(name, tree, args)
     os.makedirs(args.outdir, exist_ok=True)
     base = os.path.join(args.outdir, "scrape-latency")
     with open(base + ".json", "w") as f:
