@@ -4,6 +4,7 @@ printed for the same fixtures (ansible-core 2.19.0.dev0 run from source); `provi
 the same bytes."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -212,3 +213,15 @@ def test_the_ini_example_in_the_docs_loads(tmp_path):
     inv = load_inventory(write(tmp_path, text, "hosts.ini"))
     assert inv.groups["ungrouped"].hosts == ("bastion",) and inv.hosts["gpu17.lab"].port == 2217
     assert inv.groups["lab"].children == ("gpu", "storage") and len(inv.groups["gpu"].hosts) == 17
+
+
+def test_inventory_playbook_dir_reads_the_playbooks_group_vars(tmp_path):
+    """As `ansible-inventory --playbook-dir`: the playbook's group_vars/ beat the inventory's (levels 7 > 6)."""
+    inv = write(tmp_path, "[gpu]\nh x=1\n", "inv/hosts")
+    write(tmp_path, "y: inv\nz: inv\n", "inv/group_vars/gpu.yml")
+    write(tmp_path, "y: play\n", "pb/group_vars/gpu.yml")
+    r = cli("inventory", "-i", inv, "--host", "h", "--playbook-dir", str(tmp_path / "pb"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"x": 1, "y": "play", "z": "inv"}
+    r = cli("inventory", "-i", inv, "--list", "--playbook-dir", str(tmp_path / "nope"))
+    assert (r.returncode, r.stderr.strip()) == (5, f"ERROR: {tmp_path / 'nope'}: --playbook-dir: no such directory")

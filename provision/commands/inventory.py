@@ -7,6 +7,7 @@ tree (``@all:`` / ``  |--@group:`` / ``  |  |--host``), ``--host`` one host's me
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -30,6 +31,8 @@ def register(subparsers) -> None:
     mode.add_argument("--prometheus-sd", metavar="FILE",
                       help="write Prometheus file_sd targets for every host running gpu-agent, with the inventory's "
                            "groups as labels ('-' prints them); see docs/agent.md")
+    p.add_argument("--playbook-dir", metavar="DIR",
+                   help="also read group_vars/ and host_vars/ beside a playbook in DIR (as ansible-inventory's)")
     p.add_argument("-l", "--limit", metavar="PATTERN",
                    help="restrict to hosts matching an Ansible pattern (host, group, *, ~regex, a:b, a:&b, a:!b, "
                         "@retry-file)")
@@ -99,7 +102,10 @@ def graph_inventory(inv: Inventory, group: str = "all", selected: set[str] | Non
 
 def run(args) -> int:
     from provision.commands.apply import inventory_sources
-    inv = load_inventory(inventory_sources(args, must_exist=False))   # a missing one: exit 4
+    if args.playbook_dir and not os.path.isdir(args.playbook_dir):
+        raise OptionError("no such directory", file=args.playbook_dir, key="--playbook-dir")
+    inv = load_inventory(inventory_sources(args, must_exist=False),   # a missing one: exit 4
+                         playbook_dir=args.playbook_dir)
     path = ", ".join(inv.sources)
     for w in inv.warnings:
         print(f"WARNING: {w}", file=sys.stderr)
