@@ -531,3 +531,13 @@ def test_user_force_and_move_home():
     _, ran = drive("user", {"name": "alice", "home": "/data/alice", "move_home": True}, {}, user_probe(alice, "alice"))
     assert ran[1] == "usermod -d /data/alice -m -- alice"
 
+
+
+def test_validate_travels_with_the_write_and_needs_percent_s():
+    r, ran = drive("lineinfile", {"path": "/etc/sudoers.d/x", "line": "u ALL=(ALL) ALL", "create": True,
+                                  "validate": "visudo -cf %s"}, {},
+                   lambda c: (0, "absent\n", "") if is_stat(c) else (0, "", ""))
+    assert r.changed and '&& { visudo -cf "$t"; } && mv -f "$t" /etc/sudoers.d/x' in ran[1]
+    r, ran = drive("copy", {"content": "x", "dest": "/etc/x", "validate": "visudo -c"}, {},
+                   lambda c: (0, "absent\n", ""))
+    assert r.failed and r.msg == "validate must contain %s: visudo -c" and len(ran) == 1

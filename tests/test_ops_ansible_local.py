@@ -77,3 +77,25 @@ def test_role_modules_end_to_end_and_idempotent(tmp_path, capsys):
     (out / "arch" / "tool" / "run").write_text("ho\n")
     rc, rep = apply(capsys, inv, pb, "--check")
     assert rc == 0 and statuses(rep)[5] == "changed" and (out / "arch" / "tool" / "run").read_text() == "ho\n"
+
+
+def test_validate_keeps_the_old_file_when_the_new_content_fails(tmp_path, capsys):
+    """copy/template/lineinfile/blockinfile/replace's validate: the new content is checked in its temp file, and the
+    file is replaced only when the command passes (sudoers with visudo -cf %s, say)."""
+    conf = tmp_path / "app.conf"
+    conf.write_text("mode=good\n")
+    inv = write(tmp_path / "inv.yaml", "all:\n  hosts:\n    a: {ansible_connection: local}\n")
+    pb = write(tmp_path / "pb.yml", f"""
+        - hosts: all
+          gather_facts: false
+          tasks:
+            - lineinfile: {{path: {conf}, regexp: "^mode=", line: "mode=bad", validate: "grep -q good %s"}}
+              ignore_errors: true
+            - copy: {{content: "mode=good2\\n", dest: {conf}, validate: "grep -q good %s"}}
+            - blockinfile: {{path: {conf}, block: "x", validate: "no-such-command %s"}}
+              ignore_errors: true
+        """)
+    rc, rep = apply(capsys, inv, pb)
+    assert rc == 0 and statuses(rep) == ["failed", "changed", "failed"], rep
+    assert conf.read_text() == "mode=good2\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".provision.")]     # no temp file left

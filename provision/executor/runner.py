@@ -27,9 +27,10 @@ _DPKG_LOCKED = re.compile(r"Could not get lock|dpkg frontend lock|lock-frontend|
 
 
 def put_command(path: str, mode: int | None, owner: Any = None, group: Any = None, make_parent: bool = False,
-                fsync: bool = False) -> str:
+                fsync: bool = False, validate: str | None = None) -> str:
     """Shell that writes stdin to ``path`` atomically: a temp file in the same folder gets the content, mode and
-    owner, then is renamed over the path. ``mode`` None keeps an existing file's mode and owner (a new file: 0644)."""
+    owner, then is renamed over the path. ``mode`` None keeps an existing file's mode and owner (a new file: 0644).
+    ``validate`` (a command, %s the temp file) must succeed before the rename, else the path is left as it was."""
     qp = q(path)
     d = q(os.path.dirname(path) or ".")
     if mode is not None:
@@ -43,7 +44,8 @@ def put_command(path: str, mode: int | None, owner: Any = None, group: Any = Non
         chown = f' && chown -- {q(spec)} "$t"'
     mkdir = f"mkdir -p {d} && " if make_parent else ""
     sync = ' && { sync "$t" 2>/dev/null || true; }' if fsync else ""
-    return (f'{mkdir}t=$(mktemp {d}/.provision.XXXXXX) && cat > "$t"{chmod}{chown}{sync} && mv -f "$t" {qp} '
+    check = " && { " + validate.replace("%s", '"$t"') + "; }" if validate else ""
+    return (f'{mkdir}t=$(mktemp {d}/.provision.XXXXXX) && cat > "$t"{chmod}{chown}{check}{sync} && mv -f "$t" {qp} '
             f'|| {{ rc=$?; rm -f "$t"; exit $rc; }}')
 
 
@@ -123,7 +125,7 @@ class HostRunner:
         if isinstance(c, Cmd):
             return self._cmd(ctx, c)
         if isinstance(c, FilePut):
-            return self.shell(ctx, put_command(c.path, c.mode, c.owner, c.group, c.make_parent, c.fsync),
+            return self.shell(ctx, put_command(c.path, c.mode, c.owner, c.group, c.make_parent, c.fsync, c.validate),
                               stdin=c.content, become=c.become, desc=c.shown)
         if isinstance(c, RebootAndWait):
             return self._reboot(ctx, c)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from provision.ops.files import _OWNERSHIP, TextEdit
+from provision.ops.files import _OWNERSHIP, _VALIDATE, TextEdit
 from provision.ops.spec import ArgSpec, module
 
 DEFAULT_MARKER = "# {mark} ANSIBLE MANAGED BLOCK"
@@ -64,7 +64,7 @@ def edit_replace(text: str, regexp: str, replacement: str, *, after: str | None 
     "marker_end": ArgSpec("str", default="END"),
     "state": ArgSpec("str", default="present", choices=("present", "absent")),
     "insertafter": ArgSpec("str"), "insertbefore": ArgSpec("str"),
-    "create": ArgSpec("bool", default=False), "backup": ArgSpec("bool", default=False), **_OWNERSHIP,
+    "create": ArgSpec("bool", default=False), "backup": ArgSpec("bool", default=False), **_OWNERSHIP, **_VALIDATE,
 })
 class BlockInFile(TextEdit):
     def edit(self, args, before: str) -> str:
@@ -80,7 +80,7 @@ class BlockInFile(TextEdit):
     "path": ArgSpec("path", required=True, aliases=("dest", "destfile", "name")),
     "regexp": ArgSpec("str", required=True), "replace": ArgSpec("str", default=""),
     "after": ArgSpec("str"), "before": ArgSpec("str"), "backup": ArgSpec("bool", default=False),
-    "encoding": ArgSpec("str", default="utf-8", choices=("utf-8",)), **_OWNERSHIP,
+    "encoding": ArgSpec("str", default="utf-8", choices=("utf-8",)), **_OWNERSHIP, **_VALIDATE,
 })
 class Replace(TextEdit):
     def edit(self, args, before: str) -> str:

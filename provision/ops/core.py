@@ -296,10 +296,14 @@ def owner_cmds(path: str, owner: Any, group: Any, st: FileState | None, *, link:
 
 
 def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, owner: Any = None,
-                    group: Any = None, backup: bool = False, make_parent: bool = False) -> Plan:
-    """Commands that make ``path`` hold ``data`` with mode/owner/group; a no-op when it already does."""
+                    group: Any = None, backup: bool = False, make_parent: bool = False,
+                    validate: str | None = None) -> Plan:
+    """Commands that make ``path`` hold ``data`` with mode/owner/group; a no-op when it already does. ``validate``
+    (Ansible's: a command with %s, the new content's temp file) must succeed before the file is replaced."""
     if st.kind == "directory":
         return Plan(failed=True, msg=f"{path} is a directory")
+    if validate and "%s" not in str(validate):
+        return Plan(failed=True, msg=f"validate must contain %s: {validate}")
     cmds: list[Cmd] = []
     diffs: list[dict] = []
     same = st.kind == "file" and st.sha256 == sha256(data)
@@ -307,7 +311,8 @@ def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, 
         if backup and st.kind == "file":
             cmds.append(Cmd(f"cp -p -- {q(path)} {q(path)}.$(date +%Y%m%d-%H%M%S)~", desc=f"backup {path}"))
         new_mode = mode if mode is not None else (st.mode if st.kind == "file" else None)
-        cmds.append(FilePut(path, data, mode=new_mode, make_parent=make_parent))
+        cmds.append(FilePut(path, data, mode=new_mode, make_parent=make_parent,
+                            validate=str(validate) if validate else None))
         diffs.append(file_diff(path, st.content, data, before_absent=st.kind == "absent"))
         after_state = None
     else:

@@ -9,6 +9,7 @@ from provision.ops.core import (Cmd, FileState, Op, OpError, Plan, as_text, file
 from provision.ops.spec import ArgSpec, module
 
 _OWNERSHIP = {"mode": ArgSpec("raw"), "owner": ArgSpec("str"), "group": ArgSpec("str")}
+_VALIDATE = {"validate": ArgSpec("str")}     # a command with %s: the new content must pass it to replace the file
 
 
 def find_local(src: str, ctx, kind: str) -> str:
@@ -51,12 +52,12 @@ class _Writer(Op):
             return Plan(noop=f"{dest} exists and force is off")
         data = self.data(args, ctx)
         return write_file_plan(dest, data, st, mode=parse_mode(args.get("mode")), owner=args.get("owner"),
-                               group=args.get("group"), backup=bool(args.get("backup")))
+                               group=args.get("group"), backup=bool(args.get("backup")), validate=args.get("validate"))
 
 
 @module("copy", args={"dest": ArgSpec("path", required=True), "content": ArgSpec("raw"), "src": ArgSpec("path"),
                       "backup": ArgSpec("bool", default=False), "force": ArgSpec("bool", default=True),
-                      "remote_src": ArgSpec("bool", default=False), **_OWNERSHIP})
+                      "remote_src": ArgSpec("bool", default=False), **_OWNERSHIP, **_VALIDATE})
 class Copy(_Writer):
     def plan(self, args, facts, probe, ctx):
         if not args.get("remote_src"):
@@ -80,7 +81,7 @@ class Copy(_Writer):
         mode, owner, group = parse_mode(args.get("mode")), args.get("owner"), args.get("group")
         if got.content is not None:
             return write_file_plan(dest, got.content, st, mode=mode, owner=owner, group=group,
-                                   backup=bool(args.get("backup")))
+                                   backup=bool(args.get("backup")), validate=args.get("validate"))
         same = st.kind == "file" and st.sha256 == got.sha256     # too big to carry: the host copies it
         cmds = [] if same else [Cmd(f"cp -- {q(src)} {q(dest)}")]
         if mode is not None and (not same or st.mode != mode):
@@ -107,7 +108,7 @@ class Copy(_Writer):
 
 @module("template", args={"src": ArgSpec("path", required=True), "dest": ArgSpec("path", required=True),
                           "backup": ArgSpec("bool", default=False), "force": ArgSpec("bool", default=True),
-                          **_OWNERSHIP})
+                          **_OWNERSHIP, **_VALIDATE})
 class Template(_Writer):
     def data(self, args, ctx) -> bytes:
         from provision import templating
@@ -278,7 +279,8 @@ class TextEdit(Op):
         if st.kind == "absent" and not after:
             return Plan(noop=f"{path}: nothing to write")
         plan = write_file_plan(path, after.encode(), st, mode=parse_mode(args.get("mode")), owner=args.get("owner"),
-                               group=args.get("group"), backup=bool(args.get("backup")) and after != before)
+                               group=args.get("group"), backup=bool(args.get("backup")) and after != before,
+                               validate=args.get("validate"))
         if plan.noop:
             plan.noop = f"{path} is as wanted"
         return plan
@@ -290,7 +292,7 @@ class TextEdit(Op):
                             "insertafter": ArgSpec("str"), "insertbefore": ArgSpec("str"),
                             "create": ArgSpec("bool", default=False), "backup": ArgSpec("bool", default=False),
                             "firstmatch": ArgSpec("bool", default=False), "backrefs": ArgSpec("bool", default=False),
-                            **_OWNERSHIP})
+                            **_OWNERSHIP, **_VALIDATE})
 class LineInFile(TextEdit):
     missing = "Destination {path} does not exist (set create: true)"
 

@@ -51,6 +51,7 @@ class FilePut:
     group: str | None = None
     make_parent: bool = False
     fsync: bool = False              # on disk before the rename (state that must survive a reboot right after)
+    validate: str | None = None      # a command with %s (the temp file) that must succeed before the rename
     desc: str | None = None
     counts: bool = True
     become: bool | None = None
