@@ -159,3 +159,27 @@ def test_modprobe_blacklist_package_and_apt_deb(tb, tmp_path, capsys):
     assert tb.exec("a1", "dpkg-query -W -f='${Version}' libnvidia-container1")[1] == "1.18.0-1"
     rc, res = apply(tb, tmp_path, capsys, tasks)
     assert rc == 0 and statuses(res) == ["ok"] * 4, res
+
+
+def test_accounts_keys_and_host_settings(tb, tmp_path, capsys):
+    tb.exec("a1", "userdel -r gpuuser >/dev/null 2>&1; groupdel gpu >/dev/null 2>&1; true")
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyForTests admin@ctl"
+    tasks = [
+        {"group": {"name": "gpu", "system": True}},
+        {"user": {"name": "gpuuser", "groups": ["gpu"], "append": True, "shell": "/bin/bash",
+                  "generate_ssh_key": True, "ssh_key_type": "ed25519"}},
+        {"authorized_key": {"user": "gpuuser", "key": key}},
+        {"getent": {"database": "group", "key": "gpu"}},
+        {"assert": {"that": ["'gpuuser' in ansible_facts.getent_group.gpu[2]"]}},
+        {"dpkg_selections": {"name": "openssh-server", "selection": "hold"}},
+    ]
+    rc, res = apply(tb, tmp_path, capsys, tasks)
+    assert rc == 0 and statuses(res) == ["changed", "changed", "changed", "ok", "ok", "changed"], res
+    rc, out, _ = tb.exec("a1", "stat -c '%a %U' /home/gpuuser/.ssh /home/gpuuser/.ssh/authorized_keys "
+                               "/home/gpuuser/.ssh/id_ed25519; cat /home/gpuuser/.ssh/authorized_keys; "
+                               "dpkg --get-selections openssh-server")
+    assert out.split("\n")[:4] == ["700 gpuuser", "600 gpuuser", "600 gpuuser", key], out
+    assert out.split()[-1] == "hold"
+    rc, res = apply(tb, tmp_path, capsys, tasks)
+    assert rc == 0 and "changed" not in statuses(res), res
+    tb.exec("a1", "echo openssh-server install | dpkg --set-selections")

@@ -93,3 +93,13 @@ def test_authorized_key_plan_makes_the_folder_and_owns_the_file():
     assert not r.changed and len(ran) == 2
     r, _ = drive("authorized_key", {"user": "nobody2", "key": KEY}, {}, lambda c: (2, "", ""))
     assert r.failed and r.msg == "Failed to lookup user nobody2"
+
+
+def test_user_generate_ssh_key_only_when_the_key_file_is_missing():
+    base = "alice:x:1000:1000::/home/alice:/bin/bash\n@@groups\nalice\n@@all\nalice\n@@key\n"
+    args = {"name": "alice", "generate_ssh_key": True, "ssh_key_bits": 4096}
+    r, ran = drive("user", args, {}, lambda c: (0, base, ""))
+    assert r.changed and len(ran) == 2 and "ssh-keygen -q -t rsa -b 4096 -N '' -C 'ansible-generated on h'" in ran[1]
+    assert '[ -e "$k" ] ||' in ran[1] and 'k="$h"/.ssh/id_rsa' in ran[1]
+    r, ran = drive("user", args, {}, lambda c: (0, base + "exists\n", ""))
+    assert not r.changed and len(ran) == 1

@@ -52,16 +52,45 @@ class Getent(Op):
     "system": ArgSpec("bool", default=False), "uid": ArgSpec("int"), "comment": ArgSpec("str"),
     "password": ArgSpec("str", no_log=True), "remove": ArgSpec("bool", default=False),
     "force": ArgSpec("bool", default=False), "move_home": ArgSpec("bool", default=False),
+    "generate_ssh_key": ArgSpec("bool", default=False), "ssh_key_type": ArgSpec("str", default="rsa"),
+    "ssh_key_bits": ArgSpec("int"), "ssh_key_file": ArgSpec("path"), "ssh_key_comment": ArgSpec("str"),
+    "ssh_key_passphrase": ArgSpec("str", no_log=True),
 })
 class User(Op):
     def probe(self, args, ctx):
         n = q(str(args["name"]))
-        return f"getent passwd -- {n}; echo @@groups; id -Gn -- {n} 2>/dev/null; echo @@all; getent group | cut -d: -f1"
+        return (f"getent passwd -- {n}; echo @@groups; id -Gn -- {n} 2>/dev/null; echo @@all; "
+                f"getent group | cut -d: -f1; echo @@key; {self.key_path(args)} && [ -e \"$k\" ] && echo exists; true")
+
+    @staticmethod
+    def key_path(args) -> str:
+        """Shell setting $k to the ssh key file (relative to the user's home, as Ansible's ssh_key_file)."""
+        f = str(args.get("ssh_key_file") or f".ssh/id_{args.get('ssh_key_type') or 'rsa'}")
+        if f.startswith("/"):
+            return f"k={q(f)}"
+        return f"h=$(getent passwd -- {q(str(args['name']))} | cut -d: -f6) && [ -n \"$h\" ] && k=\"$h\"/{q(f)}"
 
     def plan(self, args, facts, probe, ctx):
+        plan = self.account(args, probe)
+        out = probe.stdout if probe else ""
+        if plan.failed or args.get("state") == "absent" or not args.get("generate_ssh_key") or \
+                "exists" in out.partition("@@key")[2].split():
+            return plan
+        bits = f" -b {int(args['ssh_key_bits'])}" if args.get("ssh_key_bits") else ""
+        comment = args.get("ssh_key_comment") or f"ansible-generated on {ctx.host}"
+        gen = (f"{self.key_path(args)} && [ -e \"$k\" ] || {{ install -d -m 700 -o {q(str(args['name']))} "
+               f"-g \"$(id -g -- {q(str(args['name']))})\" -- \"$(dirname \"$k\")\" && "
+               f"ssh-keygen -q -t {q(str(args.get('ssh_key_type') or 'rsa'))}{bits} "
+               f"-N {q(str(args.get('ssh_key_passphrase') or ''))} -C {q(str(comment))} -f \"$k\" && "
+               f"chown -- {q(str(args['name']))}: \"$k\" \"$k.pub\"; }}")
+        key = Cmd(gen, desc=f"ssh-keygen for {args['name']}")
+        return Plan(plan.commands + [key], diff=plan.diff, extra=plan.extra, msg=plan.msg)
+
+    def account(self, args, probe) -> Plan:
         name = str(args["name"])
         head, _, rest = (probe.stdout if probe else "").partition("@@groups")
         have, _, known = rest.partition("@@all")
+        known = known.partition("@@key")[0]
         entry = head.strip().split(":") if head.strip() else None
         extra = {"name": name}
         if args.get("state") == "absent":
