@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from test_ops_units import drive
 
-from provision.ops.core import OpContext, normalize
+from provision.ops.core import OpContext, OpError, normalize
 from provision.ops.spec import registry
 
 
@@ -103,3 +103,19 @@ def test_user_generate_ssh_key_only_when_the_key_file_is_missing():
     assert '[ -e "$k" ] ||' in ran[1] and 'k="$h"/.ssh/id_rsa' in ran[1]
     r, ran = drive("user", args, {}, lambda c: (0, base + "exists\n", ""))
     assert not r.changed and len(ran) == 1
+
+
+def test_user_password_goes_to_chpasswd_on_stdin_only_when_it_differs():
+    h = "$6$salt$hash"
+    base = "alice:x:1000:1000::/home/alice:/bin/bash\n@@groups\nalice\n@@all\nalice\n@@key\n@@shadow\n"
+    r, ran = drive("user", {"name": "alice", "password": h}, {}, lambda c: (0, base + "$6$old$x\n", ""))
+    assert r.changed and ran[1] == "chpasswd -e" and ran.stdins[1] == f"alice:{h}\n".encode()
+    assert h not in "".join(r.diff[0].values()) and h not in " ".join(r.commands)
+    r, ran = drive("user", {"name": "alice", "password": h}, {}, lambda c: (0, base + h + "\n", ""))
+    assert not r.changed and len(ran) == 1
+    r, ran = drive("user", {"name": "alice", "password": h, "update_password": "on_create"}, {},
+                   lambda c: (0, base + "$6$old$x\n", ""))
+    assert not r.changed
+    with pytest.raises(OpError, match="ssh_key_passphrase is not supported"):
+        drive("user", {"name": "alice", "generate_ssh_key": True, "ssh_key_passphrase": "pw"}, {},
+              lambda c: (0, base, ""))

@@ -3,7 +3,7 @@ utilities (useradd/usermod/userdel, groupadd/groupdel); getent returns ``ansible
 Ansible's does."""
 from __future__ import annotations
 
-from provision.ops.core import Cmd, Op, Plan, q
+from provision.ops.core import Cmd, Op, OpError, Plan, q
 from provision.ops.spec import ArgSpec, module
 
 _SPLIT = {"passwd": ":", "group": ":", "shadow": ":", "gshadow": ":"}
@@ -51,6 +51,7 @@ class Getent(Op):
                                                                             aliases=("createhome",)),
     "system": ArgSpec("bool", default=False), "uid": ArgSpec("int"), "comment": ArgSpec("str"),
     "password": ArgSpec("str", no_log=True), "remove": ArgSpec("bool", default=False),
+    "update_password": ArgSpec("str", default="always", choices=("always", "on_create")),
     "force": ArgSpec("bool", default=False), "move_home": ArgSpec("bool", default=False),
     "generate_ssh_key": ArgSpec("bool", default=False), "ssh_key_type": ArgSpec("str", default="rsa"),
     "ssh_key_bits": ArgSpec("int"), "ssh_key_file": ArgSpec("path"), "ssh_key_comment": ArgSpec("str"),
@@ -60,7 +61,8 @@ class User(Op):
     def probe(self, args, ctx):
         n = q(str(args["name"]))
         return (f"getent passwd -- {n}; echo @@groups; id -Gn -- {n} 2>/dev/null; echo @@all; "
-                f"getent group | cut -d: -f1; echo @@key; {self.key_path(args)} && [ -e \"$k\" ] && echo exists; true")
+                f"getent group | cut -d: -f1; echo @@key; {self.key_path(args)} && [ -e \"$k\" ] && echo exists; "
+                f"echo @@shadow; getent shadow -- {n} | cut -d: -f2")
 
     @staticmethod
     def key_path(args) -> str:
@@ -71,20 +73,39 @@ class User(Op):
         return f"h=$(getent passwd -- {q(str(args['name']))} | cut -d: -f6) && [ -n \"$h\" ] && k=\"$h\"/{q(f)}"
 
     def plan(self, args, facts, probe, ctx):
+        """The account (:meth:`account`), then its password (a crypted hash, as Ansible's: sent to chpasswd -e on
+        stdin, never on a command line) and its ssh key, each only when needed."""
         plan = self.account(args, probe)
-        out = probe.stdout if probe else ""
-        if plan.failed or args.get("state") == "absent" or not args.get("generate_ssh_key") or \
-                "exists" in out.partition("@@key")[2].split():
+        if plan.failed or args.get("state") == "absent":
             return plan
+        out = probe.stdout if probe else ""
+        new = not out.partition("@@groups")[0].strip()
+        key_part, _, shadow = out.partition("@@key")[2].partition("@@shadow")
+        more, diff = [], list(plan.diff)
+        password = args.get("password")
+        if password is not None and (new or args.get("update_password", "always") == "always" and
+                                     shadow.strip() != str(password)):
+            more.append(Cmd("chpasswd -e", stdin=f"{args['name']}:{password}\n".encode(),
+                            desc=f"set the password of {args['name']}"))
+            diff.append(_diff(f"user {args['name']} password", "(old)" if not new else "(none)", "(new)"))
+        if args.get("generate_ssh_key") and "exists" not in key_part.split():
+            more.append(self.keygen(args, ctx))
+        if not more:
+            return plan
+        return Plan(plan.commands + more, diff=diff, extra=plan.extra, msg=plan.msg)
+
+    def keygen(self, args, ctx) -> Cmd:
+        if args.get("ssh_key_passphrase"):
+            raise OpError("ssh_key_passphrase is not supported (ssh-keygen takes it on its command line, which the "
+                          "host's process list shows); generate the key without one")
         bits = f" -b {int(args['ssh_key_bits'])}" if args.get("ssh_key_bits") else ""
         comment = args.get("ssh_key_comment") or f"ansible-generated on {ctx.host}"
         gen = (f"{self.key_path(args)} && [ -e \"$k\" ] || {{ install -d -m 700 -o {q(str(args['name']))} "
                f"-g \"$(id -g -- {q(str(args['name']))})\" -- \"$(dirname \"$k\")\" && "
                f"ssh-keygen -q -t {q(str(args.get('ssh_key_type') or 'rsa'))}{bits} "
-               f"-N {q(str(args.get('ssh_key_passphrase') or ''))} -C {q(str(comment))} -f \"$k\" && "
+               f"-N '' -C {q(str(comment))} -f \"$k\" && "
                f"chown -- {q(str(args['name']))}: \"$k\" \"$k.pub\"; }}")
-        key = Cmd(gen, desc=f"ssh-keygen for {args['name']}")
-        return Plan(plan.commands + [key], diff=plan.diff, extra=plan.extra, msg=plan.msg)
+        return Cmd(gen, desc=f"ssh-keygen for {args['name']}")
 
     def account(self, args, probe) -> Plan:
         name = str(args["name"])
