@@ -541,3 +541,11 @@ def test_validate_travels_with_the_write_and_needs_percent_s():
     r, ran = drive("copy", {"content": "x", "dest": "/etc/x", "validate": "visudo -c"}, {},
                    lambda c: (0, "absent\n", ""))
     assert r.failed and r.msg == "validate must contain %s: visudo -c" and len(ran) == 1
+
+
+def test_unarchive_keep_newer_and_include_vars_hash_behaviour():
+    _, ran = drive("unarchive", {"src": "/a.tgz", "dest": "/opt", "remote_src": True, "keep_newer": True}, {},
+                   lambda c: (0, "differs ./f\n", ""))
+    assert ran[1].startswith("cp -a -u -- ")
+    with pytest.raises(OpError, match="choices: replace"):
+        normalize(registry()["include_vars"], {"file": "x.yml", "hash_behaviour": "merge"})

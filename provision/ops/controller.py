@@ -87,7 +87,7 @@ class Meta(Op):
     "files_matching": ArgSpec("str"), "ignore_files": ArgSpec("list", default=[]),
     "extensions": ArgSpec("list", default=["yaml", "yml", "json"]),
     "ignore_unknown_extensions": ArgSpec("bool", default=False),
-    "hash_behaviour": ArgSpec("str", choices=("replace", "merge")),
+    "hash_behaviour": ArgSpec("str", choices=("replace",)),     # merge: not supported
 })
 class IncludeVars(Op):
     """Variables from YAML/JSON files on the controller (a file, or every file of a folder in name order, ``depth``

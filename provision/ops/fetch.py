@@ -235,7 +235,8 @@ class Unarchive(Op):
             todo = [line.split(" ", 1)[1].removeprefix("./") for line in res.stdout.splitlines() if " " in line]
             if not todo:
                 return Plan([cleanup], changed=False, msg=f"{dest} already holds {src}", extra=extra)
-            install = f"cp -a -- {q(x)}/. {q(dest)}/"
+            # keep_newer: a file of dest newer than the archive's stays (cp -u)
+            install = f"cp -a{' -u' if args.get('keep_newer') else ''} -- {q(x)}/. {q(dest)}/"
             fix = []
             if owner is not None or group is not None:
                 spec = (str(owner) if owner is not None else "") + (f":{group}" if group is not None else "")
