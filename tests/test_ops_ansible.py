@@ -76,7 +76,7 @@ def test_stat_result_has_ansible_keys():
 def test_stat_is_one_read_only_command_and_never_a_change():
     r, ran = drive("stat", {"path": "/nope"}, {}, lambda c: (0, "absent\n", ""), check=True)
     assert not r.changed and r.extra["stat"] == {"exists": False} and len(ran) == 1
-    assert "sha1sum" in ran[0]
+    assert "sha1sum" in ran[0] and "[ ! -L /nope ]" in ran[0]       # a link itself has no checksum (follow: no)
     _, ran = drive("stat", {"path": "/x", "get_checksum": False}, {}, lambda c: (0, "absent\n", ""))
     assert "sum" not in ran[0]
 
@@ -169,6 +169,11 @@ def test_unarchive_remote_url_zip_creates_and_owner():
     r, _ = drive("unarchive", {"src": "a.tgz", "dest": "/nope", "remote_src": True}, {},
                  lambda c: (2, "", "dest /nope must be an existing directory\n"))
     assert r.failed and r.msg == "dest /nope must be an existing directory"
+    _, ran = drive("unarchive", {"src": "/a.tgz", "dest": "/opt", "remote_src": True}, {}, lambda c: (0, "", ""))
+    assert "--no-same-owner" not in ran[0]          # the archive's owners are kept, as Ansible (as root) does
+    _, ran = drive("unarchive", {"src": "/a.tgz", "dest": "/opt", "remote_src": True, "group": "gpu"}, {},
+                   lambda c: (0, "", ""))
+    assert "--no-same-owner" in ran[0]
 
 
 # ------------------------------------------------------------------------------------------- include_vars

@@ -210,7 +210,9 @@ class Unarchive(Op):
             unpack = f"unzip -q -o {opts} {q(a)} -d {q(x)}" + (" -x " + " ".join(q(str(e)) for e in args["exclude"])
                                                                 if args.get("exclude") else "")
         else:
-            unpack = f"tar -x -f {q(a)} -C {q(x)} --no-same-owner {excl} {opts}"
+            # the archive's owners are kept (tar's default as root, and Ansible's) unless owner/group is given
+            same = " --no-same-owner" if args.get("owner") is not None or args.get("group") is not None else ""
+            unpack = f"tar -x -f {q(a)} -C {q(x)}{same} {excl} {opts}"
         mode, owner, group = parse_mode(args.get("mode")), args.get("owner"), args.get("group")
         checks = 'if [ ! -e "$d" ] && [ ! -L "$d" ]; then echo "missing $f"; ' \
                  'elif [ -f "$f" ] && ! cmp -s "$f" "$d"; then echo "differs $f"; '

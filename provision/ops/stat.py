@@ -16,7 +16,8 @@ def stat_command(path: str, *, follow: bool, checksum: str | None) -> str:
     ``access``, ``checksum``), or ``absent``. Paths travel quoted; names are the rest of their line."""
     p = q(path)
     L = "-L " if follow else ""
-    sums = (f'[ -f {p} ] && [ -r {p} ] && printf "checksum %s\\n" "$({checksum}sum < {p} | cut -d" " -f1)"; '
+    regular = f"[ -f {p} ]" + ("" if follow else f" && [ ! -L {p} ]")     # a link itself has no checksum
+    sums = (f'{regular} && [ -r {p} ] && printf "checksum %s\\n" "$({checksum}sum < {p} | cut -d" " -f1)"; '
             if checksum else "")
     return (f"if [ -e {p} ] || [ -L {p} ]; then "
             f"stat {L}-c 'stat %f %u %g %s %X %Y %Z %i %d %h' -- {p}; stat {L}-c 'owner %U %G' -- {p}; "
