@@ -205,3 +205,51 @@ def test_cli_become_password_from_environment_never_shown(tb, tmp_path, monkeypa
     rc = main(["run", str(path), "c2", "-m", "shell", "-a", "id -u", "-b"])
     out = capsys.readouterr()
     assert rc == 2 and "PROVISION_BECOME_PASS" in out.out
+
+
+APP_RULE = "/etc/sudoers.d/dev-appuser"
+
+
+def test_become_password_goes_only_to_sudos_prompt_never_to_a_nopasswd_command(tb):
+    """F4 (issue 15) with the real sudo: 'dev' needs its password to become root, but a NOPASSWD rule lets it become
+    'appuser'. Before, the password mode was decided once per connection and every become command got the password
+    line before its stdin: as appuser (no prompt) it landed in the command's stdin, and a copy wrote it into the
+    file. Now it goes only in answer to sudo's own prompt; no file and no stdin ever holds it."""
+    make_sudo_user(tb)
+    tb.exec("c2", f"id appuser >/dev/null 2>&1 || useradd -m appuser; echo 'dev ALL=(appuser) NOPASSWD: ALL' "
+                  f"> {APP_RULE}; chmod 0440 {APP_RULE}; rm -rf /tmp/f4; mkdir -m 0777 /tmp/f4")
+    inv = load_inventory(str(tb.inventory_path))
+    host = inv.hosts["c2"]
+    dev = type("AsDev", (), {"name": "c2", "vars": {**host.vars, "ansible_user": "dev"}, "connection": "ssh",
+                             "address": host.address, "key_file": host.key_file,
+                             "known_hosts_file": host.known_hosts_file})()
+    pool = ConnectionPool(1, ConnectOptions(become_password="Pa55-word-xyz"))
+    runner = HostRunner(dev, pool)
+    try:
+        conn = runner.connection()
+        assert conn.run("id -u", become=True).stdout.strip() == "0"           # root: sudo asked, password sent
+        as_app = OpContext(host="c2", runner=runner, become=True, become_user="appuser")
+        assert runner.do(as_app, FilePut("/tmp/f4/copied", b"file content\n", mode=0o644)).rc == 0
+        res = conn.run("cat; id -un", stdin=b"stdin only\n", become=True, become_user="appuser")
+        assert (res.rc, res.stdout) == (0, "stdin only\nappuser\n"), res
+        seen = conn.run("cat > /tmp/f4/stdin-seen", become=True, become_user="appuser")
+        assert seen.rc == 0
+        res = conn.run("env", become=True, become_user="appuser", env={"F4_VAR": "env value"})
+        assert "F4_VAR=env value" in res.stdout
+        assert conn.run("id -u; cat", stdin=b"after the password\n", become=True).stdout == "0\nafter the password\n"
+    finally:
+        runner.release()
+        pool.close_all()
+    assert tb.exec("c2", "cat /tmp/f4/copied")[1] == "file content\n"
+    assert tb.exec("c2", "stat -c %U /tmp/f4/copied")[1].strip() == "appuser"
+    assert tb.exec("c2", "cat /tmp/f4/stdin-seen")[1] == ""
+    leaked = tb.exec("c2", "grep -rlF Pa55-word-xyz /tmp /var/tmp /home /root 2>/dev/null || true")[1]
+    assert leaked.strip() == "", leaked
+    c = connect(dev, ConnectOptions(become_password="not-the-password"))
+    try:
+        with pytest.raises(ConnectorError, match="refused the become password"):
+            c.run("true", become=True)
+        assert c.run("id -un", become=True, become_user="appuser").stdout == "appuser\n"   # no prompt: no password
+    finally:
+        c.close()
+        tb.exec("c2", f"rm -f {APP_RULE}")

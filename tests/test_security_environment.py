@@ -74,3 +74,23 @@ def test_the_preamble_refuses_bad_names_and_nul():
     for env in ({"A;B": "1"}, {"A": "x\0y"}):
         with pytest.raises(ValueError):
             env_preamble(env)
+
+
+def test_environment_values_are_not_on_any_command_line():
+    """`ps` shows every local user the command lines: the value must not be in one while the command runs (it was
+    in `/bin/sh -c "export NAME='value'; ..."`), and the command still sees it."""
+    import subprocess
+    import threading
+    from provision.connectors.local import LocalConnector
+    value = "gf-env-value-4412"
+    done = {}
+    t = threading.Thread(target=lambda: done.update(r=LocalConnector().run(
+        'sleep 1.5; printf %s "$GF_SECRET_ENV"', env={"GF_SECRET_ENV": value})))
+    t.start()
+    seen = []
+    while t.is_alive():
+        seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+    t.join()
+    assert done["r"].stdout == value and len(seen) > 2
+    assert not any(value in s for s in seen)
+    assert any("IFS= read -r" in s for s in seen)    # the command did run while ps looked

@@ -44,7 +44,8 @@ def test_secrets_never_show_in_vvv_diff_json_or_error_messages(tmp_path, capsys)
             - command: echo {{{{ db_password }}}} {{{{ api_token }}}} {{{{ vault_pass }}}} {{{{ hf_cred_blob }}}}
             - copy:
                 dest: {tmp_path}/app.conf
-                content: "pw={{{{ db_password }}}}\\ntoken={{{{ api_token }}}}\\nq {{{{ vault_pass }}}}\\n{{{{ hf_cred_blob }}}}\\n"
+                content: "pw={{{{ db_password }}}}\\ntoken={{{{ api_token }}}}\\nq {{{{ vault_pass }}}}\\n\\
+                  {{{{ hf_cred_blob }}}}\\n"
             - fail: {{msg: "cannot log in with {{{{ db_password }}}} / {{{{ hf_cred_blob }}}}"}}
               ignore_errors: true
             - debug: {{msg: "{{{{ {{}}[db_password] }}}}"}}

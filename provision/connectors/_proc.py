@@ -4,12 +4,14 @@ pieces of at most :data:`STDIN_CHUNK` by a feeder thread, so that a multi-gigaby
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
 import threading
 import time
 from typing import IO, Iterable, Iterator, Union
 
+from provision.connectors._become import BECOME_TIMEOUT
 from provision.connectors.base import CommandResult, CommandTimeout
 
 STDIN_CHUNK = 1 << 20
@@ -54,8 +56,44 @@ def _feed_pipe(fd: int, stdin: Stdin, proc: subprocess.Popen, failed: list) -> N
             pass
 
 
+def _converse(proc: subprocess.Popen, write_fd: int, sudo, deadline: float | None) -> tuple[bool, bytes, bytes]:
+    """Before anything is sent: sudo's prompt gets the password, its marker says the command runs
+    (provision/connectors/_become.py). -> (started, the command's stdout and stderr read so far)."""
+    until = time.monotonic() + BECOME_TIMEOUT
+    out, err = [], []
+    waiter = selectors.DefaultSelector()
+    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    for fd in streams:
+        waiter.register(fd, selectors.EVENT_READ)
+    try:
+        while not sudo.started:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise subprocess.TimeoutExpired(proc.args, deadline - now)
+            if now >= until:
+                raise sudo.timed_out()
+            ready = waiter.select(min(0.5, until - now))
+            if not ready:
+                continue
+            got = {fd: os.read(fd, 65536) for fd in (k.fd for k, _ in ready)}
+            if not any(got.values()):         # end of output: sudo ended before starting the command
+                o, e = sudo.leftover()
+                out.append(o)
+                err.append(e)
+                return False, b"".join(out), b"".join(err)
+            send, o, e = sudo.step(got.get(proc.stdout.fileno(), b""), got.get(proc.stderr.fileno(), b""))
+            out.append(o)
+            err.append(e)
+            if send:
+                os.write(write_fd, send)
+        return True, b"".join(out), b"".join(err)
+    finally:
+        waiter.close()
+
+
 def run_process(argv: list[str], *, stdin: Stdin, timeout: float | None, host: str,
-                env: dict | None = None) -> tuple[int, bytes, bytes, float]:
+                env: dict | None = None, sudo=None) -> tuple[int, bytes, bytes, float]:
+    """``sudo``: a connectors._become.Sudo whose conversation comes before the stdin is fed."""
     start = time.monotonic()
     read_fd, write_fd = os.pipe()
     try:
@@ -66,11 +104,27 @@ def run_process(argv: list[str], *, stdin: Stdin, timeout: float | None, host: s
         raise
     finally:
         os.close(read_fd)
+    early = (b"", b"")
+    if sudo is not None:
+        try:
+            started, *early = _converse(proc, write_fd, sudo, start + timeout if timeout else None)
+        except BaseException as exc:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.close(write_fd)
+            proc.communicate()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise CommandTimeout(f"{host}: command ran past its {timeout:g}s deadline and was killed") from None
+            raise
+        if not started:
+            stdin = None                  # sudo ended without starting the command: nothing of ours goes
     failed: list = []
     feeder = threading.Thread(target=_feed_pipe, args=(write_fd, stdin, proc, failed), daemon=True)
     feeder.start()
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=max(0.0, start + timeout - time.monotonic()) if timeout else None)
     except subprocess.TimeoutExpired:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -80,6 +134,7 @@ def run_process(argv: list[str], *, stdin: Stdin, timeout: float | None, host: s
         raise CommandTimeout(f"{host}: command ran past its {timeout:g}s deadline and was killed")
     finally:
         feeder.join(timeout=5)
+    out, err = early[0] + out, early[1] + err
     if failed:
         return 1, out, err + f"\nstdin failed part-way: {failed[0]}".encode(), time.monotonic() - start
     return proc.returncode, out, err, time.monotonic() - start

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 from typing import Mapping
 
-from provision.connectors._become import env_prefix
+from provision.connectors._become import with_env
 from provision.connectors._proc import result, run_process
 from provision.connectors.base import CommandResult, ConnectorError, Unreachable
 
@@ -39,7 +39,8 @@ class DockerConnector:
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
             become: bool = False, env: Mapping[str, str] | None = None, become_user: str = "root") -> CommandResult:
-        rc, out, err, dur = run_process(self._argv(env_prefix(env) + command, become, become_user), stdin=stdin,
+        command, stdin = with_env(command, stdin, env)      # the environment in stdin, never on a command line
+        rc, out, err, dur = run_process(self._argv(command, become, become_user), stdin=stdin,
                                         timeout=timeout or self._default_timeout, host=self.host)
         if rc in (125, 126) and b"is not running" in err or b"No such container" in err:
             raise Unreachable(f"{self.host}: {err.decode(errors='replace').strip()}")

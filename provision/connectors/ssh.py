@@ -8,7 +8,9 @@
   through the jump host's own verified connection). Inventory values win over the config file.
 * One connection (transport) per host for the whole run; every command is a new channel on it.
 * Per-command wall-clock deadline kept here (paramiko's timeouts are per read); stdout and stderr are read
-  together so a chatty command cannot block; no pty unless sudo insists on one.
+  together so a chatty command cannot block; no pty.
+* become: sudo's own prompt gets the password, and the command's stdin goes once sudo has started it
+  (provision/connectors/_become.py); the environment travels in stdin too, never on the command line.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Callable, Mapping
 import paramiko
 
 from provision.connectors import HOST_KEY_CHECKING
-from provision.connectors._become import env_prefix, strip_prompt, sudo_wrap
+from provision.connectors._become import BECOME_TIMEOUT, Sudo, with_env
 from provision.connectors._proc import stdin_chunks
 from provision.connectors.base import (CommandResult, CommandTimeout, ConnectorError, HostKeyMismatch,
                                        Unreachable)
@@ -127,7 +129,6 @@ class SSHConnector:
         self._password = become_password
         self._default_timeout = command_timeout
         self._connect_timeout = connect_timeout
-        self._sudo_mode: str | None = None
         self._jump: SSHConnector | None = None
         self._lock = threading.Lock()
 
@@ -225,7 +226,7 @@ class SSHConnector:
             self._jump = None
 
     # -- execution ------------------------------------------------------------------------------------
-    def _exec(self, command: str, stdin, timeout: float | None, pty: bool = False):
+    def _exec(self, command: str, stdin, timeout: float | None, sudo: Sudo | None = None):
         transport = self._client.get_transport() if self._client else None
         if transport is None or not transport.is_active():
             raise Unreachable(f"{self.host}: connection lost")
@@ -233,16 +234,16 @@ class SSHConnector:
         deadline = start + timeout if timeout else None
         try:
             chan = transport.open_session(timeout=self._connect_timeout)
-            if pty:
-                chan.get_pty()
             chan.exec_command(command)
         except (paramiko.SSHException, OSError, EOFError) as err:
             raise Unreachable(f"{self.host}: connection lost: {err}") from None
+        out, err = [], []
+        if sudo is not None and not self._converse(chan, sudo, out, err, deadline, timeout):
+            stdin = None                 # sudo ended without starting the command: nothing of ours goes
         if stdin:
             threading.Thread(target=self._feed, args=(chan, stdin), daemon=True).start()
         else:
             chan.shutdown_write()
-        out, err = [], []
         # selectors (epoll), not select(): a run with hundreds of hosts has file descriptors above 1024
         waiter = selectors.DefaultSelector()
         waiter.register(chan, selectors.EVENT_READ)
@@ -280,6 +281,41 @@ class SSHConnector:
             raise Unreachable(f"{self.host}: connection lost while a command ran")
         return rc, b"".join(out), b"".join(err), time.monotonic() - start
 
+    def _converse(self, chan, sudo: Sudo, out: list, err: list, deadline: float | None, timeout) -> bool:
+        """Before anything is sent: sudo's prompt gets the password, its marker says the command runs. True when
+        it does; False when sudo ended first (its complaint is in ``err``)."""
+        until = time.monotonic() + BECOME_TIMEOUT
+        waiter = selectors.DefaultSelector()
+        waiter.register(chan, selectors.EVENT_READ)
+        try:
+            while not sudo.started:
+                o = chan.recv(65536) if chan.recv_ready() else b""
+                e = chan.recv_stderr(65536) if chan.recv_stderr_ready() else b""
+                if o or e:
+                    send, o, e = sudo.step(o, e)
+                    out.append(o)
+                    err.append(e)
+                    if send:
+                        chan.sendall(send)
+                    continue
+                if chan.closed or chan.eof_received:
+                    o, e = sudo.leftover()
+                    out.append(o)
+                    err.append(e)
+                    return False
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise CommandTimeout(f"{self.host}: command ran past its {timeout:g}s deadline and was stopped")
+                if now >= until:
+                    raise sudo.timed_out()
+                waiter.select(min(0.5, until - now, (deadline - now) if deadline else 0.5))
+            return True
+        except BaseException:
+            chan.close()
+            raise
+        finally:
+            waiter.close()
+
     def _feed(self, chan, stdin) -> None:
         """Send the stdin in chunks (a file is read as it goes), then EOF. A source that fails part-way closes
         the channel instead: the command must never take a truncated stream for a whole one."""
@@ -293,41 +329,27 @@ class SSHConnector:
             self._warn(f"{self.host}: stdin failed part-way: {err}")
             chan.close()
 
-    def _sudo(self) -> str:
-        if self._sudo_mode is None:
-            rc, _, err, _ = self._exec("sudo -n true", None, 30)
-            if rc == 127:
-                raise ConnectorError(f"{self.host}: become needs sudo, which is not installed for {self.user}")
-            if rc == 0:
-                self._sudo_mode = "nopass"
-            else:
-                self._sudo_mode = "pty" if b"tty" in err else "pass"
-        return self._sudo_mode
-
-    def _wrap(self, command: str, stdin: bytes | None, become: bool, env, become_user: str):
-        command = env_prefix(env) + command
+    def _wrap(self, command: str, stdin, become: bool, env, become_user: str):
+        command, stdin = with_env(command, stdin, env)
         if not become or become_user == self.user:
-            return command, stdin, False
-        mode = self._sudo()
-        if mode == "nopass":
-            return sudo_wrap(command, user=become_user, mode="nopass"), stdin, False
-        if self._password is None:
-            raise ConnectorError(f"{self.host}: sudo needs a password: set PROVISION_BECOME_PASS or use "
-                                 "--ask-become-pass")
-        data = self._password.encode() + b"\n" + (stdin or b"")
-        return sudo_wrap(command, user=become_user, mode="pass"), data, mode == "pty"
+            return command, stdin, None
+        sudo = Sudo(self.host, become_user, self._password)
+        return sudo.wrap(command), stdin, sudo
 
     # -- contract -------------------------------------------------------------------------------------
-    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
+    def run(self, command: str, *, stdin=None, timeout: float | None = None,
             become: bool = False, env: Mapping[str, str] | None = None, become_user: str = "root") -> CommandResult:
-        cmd, data, pty = self._wrap(command, stdin, become, env, become_user)
-        rc, out, err, dur = self._exec(cmd, data, timeout or self._default_timeout, pty)
-        return CommandResult(rc, out.decode("utf-8", "replace"),
-                             strip_prompt(err.decode("utf-8", "replace")), dur)
+        cmd, data, sudo = self._wrap(command, stdin, become, env, become_user)
+        rc, out, err, dur = self._exec(cmd, data, timeout or self._default_timeout, sudo)
+        if sudo is not None:
+            sudo.ended(rc)
+        return CommandResult(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), dur)
 
     def get(self, path: str, *, become: bool = False, become_user: str = "root") -> bytes:
-        cmd, data, pty = self._wrap(f"cat -- {shlex.quote(path)}", None, become, None, become_user)
-        rc, out, err, _ = self._exec(cmd, data, self._default_timeout, pty)
+        cmd, _, sudo = self._wrap(f"cat -- {shlex.quote(path)}", None, become, None, become_user)
+        rc, out, err, _ = self._exec(cmd, None, self._default_timeout, sudo)
+        if sudo is not None:
+            sudo.ended(rc)
         if rc != 0:
             raise ConnectorError(f"{self.host}: cannot read {path}: {err.decode(errors='replace').strip()}")
         return out
