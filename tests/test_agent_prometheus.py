@@ -95,7 +95,7 @@ def _dashboard_exprs() -> list[tuple[str, str]]:
 
 
 def _subst(expr: str) -> str:
-    return expr.replace("$instance", ".*").replace("$gpu", ".*").replace("$__rate_interval", "1m")
+    return expr.replace("$instance", ".*").replace("$gpu", ".*").replace("$group", ".*").replace("$__rate_interval", "1m")
 
 
 def test_rules_file_is_clean():

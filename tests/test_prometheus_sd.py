@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from test_agent_support import RunningAgent, replay
+from test_agent_support import ROOT, RunningAgent, replay
 
 INVENTORY = """\
 all:
@@ -99,6 +99,12 @@ def test_a_real_prometheus_scrapes_exactly_the_inventory_hosts_with_their_group_
         assert set(got) == {"h1", "h2"}
         assert got["h1"]["groups"] == ",hopper,lab,gpu," and got["h2"]["rack"] == "r7"
         assert prom.query('gpufleet_gpu_info{groups=~".*,lab,.*"}')[0]["metric"]["inventory_host"] == "h1"
+        # the dashboard's variables: Group, then the instances of that group
+        with open(os.path.join(ROOT, "agent", "dashboards", "gpufleet.json")) as f:
+            variables = {v["name"]: v["definition"] for v in json.load(f)["templating"]["list"] if "definition" in v}
+        assert variables["group"] == "label_values(gpufleet_agent_build_info, group)"
+        selector = variables["instance"][len("label_values("):].rsplit(",", 1)[0].replace("$group", "hopper")
+        assert {s["metric"]["inventory_host"] for s in prom.query(selector)} == {"h1", "h2"}
     finally:
         if prom is not None:
             prom.stop()
