@@ -339,3 +339,145 @@ def test_concurrent_http_scrapes_share_collections(monkeypatch):
         assert a.srv.app.scrape.collections - before < 40   # without sharing: 50
     finally:
         a.stop()
+
+
+# ------------------------------------------------------------------------------------------------ answers from the loop
+class _ParkingApp:
+    """An app whose /metrics answer is "being made" (agent.httpd.LATER) until the test makes it; /block holds the
+    server's only worker."""
+
+    def __init__(self, body: bytes = b"shared body\n"):
+        from agent.httpd import LATER
+        self.LATER, self.body, self.made = LATER, body, False
+        self.wakes, self.calls = [], []
+        self.unblock = threading.Event()
+
+    def ready(self, req, wake):
+        from agent.httpd import Response
+        if req.path != "/metrics":
+            return None
+        if not self.made:
+            self.wakes.append(wake)
+            return self.LATER
+        return Response(200, self.body)
+
+    def __call__(self, req):
+        from agent.httpd import Response
+        self.calls.append(req.path)
+        if req.path == "/block":
+            self.unblock.wait(30)
+        return Response(200, b"from a worker\n")
+
+
+def _serve(app, **kw):
+    from agent.httpd import BoundedHTTPServer
+    srv = BoundedHTTPServer(("127.0.0.1", 0), app, **kw)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_scrapes_waiting_for_a_shared_body_are_answered_by_the_loop_while_every_worker_is_busy():
+    """Issue 16 item 4: 20 scrapes that arrive while the body is being made hold no worker, and get the body from
+    the server's loop once it is made, though the only worker is still busy."""
+    app = _ParkingApp()
+    srv = _serve(app, workers=1)
+    port = srv.server_address[1]
+    try:
+        blocker = socket.create_connection(("127.0.0.1", port), timeout=10)
+        blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(200):
+            if app.calls:
+                break
+            time.sleep(0.01)
+        assert app.calls == ["/block"]      # the only worker is held
+        scrapers = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+        for s in scrapers:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(500):
+            if len(app.wakes) == 20:
+                break
+            time.sleep(0.01)
+        assert len(app.wakes) == 20
+        app.made = True
+        app.wakes[0]()                       # the collection ended
+        answers = [_get_answer(s) for s in scrapers]
+        assert all(a.startswith(b"HTTP/1.1 200 OK\r\n") and a.endswith(b"\r\n\r\nshared body\n") for a in answers)
+        assert app.calls == ["/block"] and not app.unblock.is_set()
+        # keep-alive: the connection serves its next request too
+        assert _get(scrapers[0], "/metrics").endswith(b"shared body\n")
+        for s in scrapers + [blocker]:
+            s.close()
+    finally:
+        app.unblock.set()
+        srv.shutdown()
+        srv.server_close()
+
+
+def _get_answer(s: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+    while len(body) < length:
+        body += s.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_an_answer_larger_than_the_socket_buffer_is_finished_by_a_worker():
+    """The loop sends what the socket takes without blocking; a worker sends the rest; the client gets it whole."""
+    big = bytes(range(256)) * (64 * 1024)        # 16 MiB: more than a loopback socket's buffers hold
+    app = _ParkingApp(big)
+    app.made = True
+    srv = _serve(app, workers=1)
+    tails = []
+    send_bytes = srv._send_bytes
+    srv._send_bytes = lambda c, data: tails.append(len(data)) or send_bytes(c, data)
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=10)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = _get_answer(s)
+        assert answer.partition(b"\r\n\r\n")[2] == big
+        assert len(tails) == 1 and 0 < tails[0] < len(big)   # the loop sent a part, a worker the rest
+        assert _get(s, "/healthz").endswith(b"from a worker\n")   # and the connection goes on
+        s.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_background_refreshed_body_serves_every_scrape_without_collecting():
+    """metrics_refresh_seconds (opt-in): scrapes get the latest background body, however late they come."""
+    from agent.pages import SharedScrape
+    made = threading.Event()
+    n = [0]
+
+    def render():
+        n[0] += 1
+        made.set()
+        return f"body {n[0]}".encode()
+    shared = SharedScrape(render, refresh=3600)
+    try:
+        assert made.wait(5)
+        assert [shared.get(time.monotonic() + 60 * k) for k in range(5)] == [b"body 1"] * 5
+        assert shared.peek(time.monotonic() + 600, lambda: None) == b"body 1" and shared.collections == 1
+    finally:
+        shared.close()
+    without = SharedScrape(render)
+    assert without.get(time.monotonic()) == b"body 2" and without.get(time.monotonic() + 60) == b"body 3"
+
+
+def test_metrics_refresh_is_stated_in_the_body():
+    a = RunningAgent(replay(gpus=1), metrics_refresh_seconds=5.0, **NONE)
+    try:
+        body = requests.get(a.url + "/metrics", timeout=5).text
+        assert "\ngpufleet_agent_metrics_refresh_seconds 5.0\n" in body
+        assert a.srv.app.scrape.refresh == 5.0
+    finally:
+        a.srv.app.scrape.close()
+        a.stop()
+    a = RunningAgent(replay(gpus=1), **NONE)
+    try:
+        assert "\ngpufleet_agent_metrics_refresh_seconds 0.0\n" in requests.get(a.url + "/metrics", timeout=5).text
+    finally:
+        a.stop()
