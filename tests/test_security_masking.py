@@ -61,3 +61,17 @@ def test_secrets_never_show_in_vvv_diff_json_or_error_messages(tmp_path, capsys)
         for name, value in SECRETS.items():
             assert value not in text.replace(MASK, ""), (flags, name)
     assert (tmp_path / "app.conf").read_text().startswith("pw=/9fK+q2Lw\n")
+
+
+def test_a_literal_environment_value_under_a_secret_name_is_masked(tmp_path, capsys):
+    inv = write(tmp_path, "inv.yaml", "all:\n  hosts:\n    a: {ansible_connection: local}\n")
+    pb = write(tmp_path, "pb.yaml", """
+        - hosts: a
+          gather_facts: false
+          tasks:
+            - shell: 'echo "token is $HF_TOKEN"'
+              environment: {HF_TOKEN: hf_LiteralValue42}
+        """)
+    for flags in (["-vvv"], ["--json"]):
+        rc, out = run(capsys, "apply", inv, "-p", pb, *flags)
+        assert rc == 0 and "hf_LiteralValue42" not in out.out + out.err and MASK in out.out, out

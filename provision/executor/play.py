@@ -35,7 +35,7 @@ from provision.executor.state import (ANSIBLE_VERSION, HostState, batches, conne
                                       render_args, render_environment)
 from provision.hostio import CommandTimeout, ConnectorError, Unreachable
 from provision.hostenv import env_problem
-from provision.ops.core import OpContext, OpError, normalize
+from provision.ops.core import OpContext, OpError, normalize, secret_values
 from provision.results import SKIPPED_BY_WHEN, HostResult, RunStats
 
 
@@ -426,6 +426,8 @@ class Executor(Reporting, Rolling, Flow):
         env = render_environment(task.environment, v) if task.environment else None   # values templated too
         if env and env_problem(env):
             raise OpError(env_problem(env))
+        if env:   # a literal value under a secret name (HF_TOKEN: hf_...) is masked like a secret variable's
+            s.secrets.extend(x for x in secret_values(env) if x not in s.secrets)
         runner = None if controller else self.runner(t, task, v)
         ctx = OpContext(host=t.name, check=check, diff=self.options.diff, become=become, become_user=become_user,
                         env=env, vars=v, facts=t.facts,
