@@ -310,6 +310,9 @@ class SSHConnector:
                     raise sudo.timed_out()
                 waiter.select(min(0.5, until - now, (deadline - now) if deadline else 0.5))
             return True
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            chan.close()
+            raise Unreachable(f"{self.host}: connection lost while sudo started the command: {exc}") from None
         except BaseException:
             chan.close()
             raise

@@ -24,10 +24,6 @@ from typing import Any, Mapping
 from provision.errors import InputError
 from provision.upgrade.remote import DEFAULT_AGENT_PORT, parse_xids
 
-VARS = ("gpu_agent_scheme", "gpu_agent_ca_file", "gpu_agent_tls_server_name", "gpu_agent_basic_auth_user",
-        "gpu_agent_basic_auth_password")
-
-
 @dataclass(frozen=True)
 class AgentAccess:
     port: int = DEFAULT_AGENT_PORT
