@@ -76,13 +76,14 @@ def main() -> int:
         elif t.startswith("switch="):
             sys.setswitchinterval(float(t.split("=", 1)[1]))
         elif t == "gc-freeze":
-            serve = server.AgentHTTPServer.serve_forever
+            from agent import httpd
+            serve = httpd.BoundedHTTPServer.serve_forever
 
             def frozen(self, *a, **kw):
                 gc.collect()
                 gc.freeze()
                 return serve(self, *a, **kw)
-            server.AgentHTTPServer.serve_forever = frozen
+            httpd.BoundedHTTPServer.serve_forever = frozen
         else:
             raise SystemExit(f"variant: unknown tweak {t!r}")
     return server.main(argv[sep + 1:])
