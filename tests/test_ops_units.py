@@ -211,8 +211,8 @@ class ScriptedHost:
         pass
 
     def run(self, cmd, stdin=None, timeout=None, become=False, env=None, **kw):
-        if stdin is not None:
-            self.ran.stdins[len(self.ran)] = stdin
+        if stdin is not None:       # a streamed controller file is read as the connectors read it
+            self.ran.stdins[len(self.ran)] = stdin.read() if hasattr(stdin, "read") else stdin
         self.ran.append(cmd)
         return CommandResult(*self.answer(cmd), 0.25)
 

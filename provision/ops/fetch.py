@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 from provision.ops.core import Cmd, Op, OpError, Plan, owner_cmds, parse_mode, parse_stat, q, stat_probe
@@ -199,9 +200,7 @@ class Unarchive(Op):
         elif remote:
             get = f"cp -- {q(src)} {q(a)}"
         else:
-            path = find_local(src, ctx, "files")
-            with open(path, "rb") as fh:
-                stdin = fh.read()
+            stdin = Path(find_local(src, ctx, "files"))     # streamed in chunks by the runner, never read whole
             get = f"cat > {q(a)}"
         name = urlparse(src).path if "://" in src else src
         opts = " ".join(q(str(o)) for o in args.get("extra_opts") or [])
