@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from provision import templating
 from provision.errors import InputError
 from provision.upgrade.remote import DEFAULT_AGENT_PORT, parse_xids
 
@@ -38,13 +39,17 @@ class AgentAccess:
         return f"{self.scheme}://127.0.0.1:{self.port}/metrics"
 
 
-def agent_access(host: str, variables: Mapping[str, Any], port: int = DEFAULT_AGENT_PORT,
-                 render=lambda v: v) -> AgentAccess:
-    """The host's agent access from its variables (``render`` templates a value). Bad values: InputError naming
-    the host and the variable (the upgrade checks every host before it touches one)."""
+def agent_access(host: str, variables: Mapping[str, Any], port: int = DEFAULT_AGENT_PORT) -> AgentAccess:
+    """The host's agent access from its variables (templated values, ``"{{ vault_agent_password }}"``, rendered
+    with them). Bad values: InputError naming the host and the variable (the upgrade checks every host before it
+    touches one)."""
     def get(name: str) -> str | None:
         v = variables.get(name)
-        v = render(v) if isinstance(v, str) and "{{" in v else v
+        if isinstance(v, str) and "{{" in v:
+            try:
+                v = templating.render(v, dict(variables))
+            except templating.TemplateError as err:
+                raise InputError(f"host {host}: {err}", key="gpu_agent_*") from None
         return None if v in (None, "") else str(v)
 
     scheme = (get("gpu_agent_scheme") or "http").lower()

@@ -12,8 +12,6 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from provision import templating
-from provision.errors import InputError
 from provision.hostio import ConnectorError, Unreachable
 from provision.upgrade import remote as R
 from provision.upgrade import states as S
@@ -63,8 +61,7 @@ class Rollout:
         self.on_transition = on_transition or (lambda r, a, b: None)
         port = opts.steps.agent_port if opts.steps else R.DEFAULT_AGENT_PORT
         # every host's agent access (TLS, credentials) checked before any host is touched: bad values stop here
-        self.agents = {n: agent_access(n, getattr(h, "vars", {}) or {}, port, render=_renderer(n, h))
-                       for n, h in self.hosts.items()}
+        self.agents = {n: agent_access(n, getattr(h, "vars", {}) or {}, port) for n, h in self.hosts.items()}
 
     def become_default(self, host) -> bool:
         return default_become(host, self.executor.options.connect.remote_user)
@@ -194,16 +191,6 @@ class Rollout:
         # an admin-maintenance host that was upgraded stays out of service; others come back
         self._sf.set("batches_done", self._batch_no)
         self._pending = [n for n in self._pending if n not in batch]
-
-
-def _renderer(name: str, host: Any) -> Callable[[str], Any]:
-    """Templated inventory values (``"{{ vault_agent_password }}"``) rendered with the host's variables."""
-    def render(value: str) -> Any:
-        try:
-            return templating.render(value, dict(getattr(host, "vars", {}) or {}))
-        except templating.TemplateError as err:
-            raise InputError(f"host {name}: {err}", key="gpu_agent_*") from None
-    return render
 
 
 def controller_id(rollout: str) -> str:

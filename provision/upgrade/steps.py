@@ -13,7 +13,6 @@ from provision import facts as factmod
 from provision.facts.gpu import driver_origin, nvidia_on_bus, smi_problem
 from provision.hostio import CommandResult, CommandTimeout, ConnectorError, Unreachable
 from provision.ops.plan import Cmd, FilePut, RebootAndWait
-from provision import templating
 from provision.errors import InputError
 from provision.upgrade import remote as R
 from provision.upgrade import states as S
@@ -486,11 +485,9 @@ class HostUpgrade:
         refused credentials or TLS fail the check, only an absent agent skips it."""
         access = self.agent
         if access is None:
-            variables = getattr(self.ctx, "vars", None) or {}
             try:
-                access = agent_access(self.name, variables, int(self.o.agent_port),
-                                      render=lambda v: templating.render(v, variables))
-            except (InputError, templating.TemplateError) as err:
+                access = agent_access(self.name, getattr(self.ctx, "vars", None) or {}, int(self.o.agent_port))
+            except InputError as err:
                 return f"failed: {err}"
         res = self.runner.do(self.ctx, Cmd(METRICS_COMMAND, stdin=metrics_program(access), timeout=60,
                                            readonly=True, desc=f"read {access.where} (XID counters)"))
