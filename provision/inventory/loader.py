@@ -253,17 +253,21 @@ class _Builder:
         for name, g in self.groups.items():
             if name != "all" and not g.parents:
                 self.add_child("all", name, g.pos)
-        member_of: dict[str, set[str]] = {h: set() for h in self.hosts}
-        for gname, g in self.groups.items():
-            for h in g.hosts:
-                member_of[h].add(gname)
         ung = self.groups["ungrouped"]
-        for h, gs in member_of.items():
+        for h, gs in self.memberships().items():
             others = gs - {"all", "ungrouped"}
             if "ungrouped" in gs and others:
                 ung.hosts.remove(h)
             elif not others and h not in ung.hosts:
                 ung.hosts.append(h)
+
+    def memberships(self) -> dict[str, set[str]]:
+        """host -> the groups that list it directly."""
+        member_of: dict[str, set[str]] = {h: set() for h in self.hosts}
+        for gname, g in self.groups.items():
+            for h in g.hosts:
+                member_of[h].add(gname)
+        return member_of
 
     def check_cycles(self):
         state: dict[str, int] = {}
@@ -439,8 +443,9 @@ def load_inventory(sources: str | Sequence[str], *, playbook_dir: str | None = N
                 ancestors(parent, acc)
 
     hosts: dict[str, Host] = {}
+    member_of = b.memberships()
     for hname, ent in b.hosts.items():
-        groups = {g for g, e in b.groups.items() if hname in e.hosts} | {"all"}
+        groups = member_of[hname] | {"all"}
         for g in list(groups):
             ancestors(g, groups)
         ordered = sorted(groups, key=lambda g: (depth_of(g), priority[g], g))
