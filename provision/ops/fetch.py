@@ -22,8 +22,7 @@ from urllib.parse import urlparse
 from provision.ops.core import Cmd, Op, OpError, Plan, owner_cmds, parse_mode, parse_stat, q, stat_probe
 from provision.ops.files import find_local
 from provision.ops.spec import ArgSpec, module
-
-ALGORITHMS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
+from provision.ops.stat import ALGORITHMS
 
 
 def parse_checksum(value: str | None) -> tuple[str, str] | None:
@@ -94,14 +93,12 @@ class GetUrl(Op):
         return self.decide(args, dest, st, ctx, force=bool(args.get("force")))
 
     def decide(self, args, dest, st, ctx, *, force: bool) -> Plan:
-        url, mode = str(args["url"]), parse_mode(args.get("mode"))
-        owner, group = args.get("owner"), args.get("group")
+        url = str(args["url"])
         want = parse_checksum(args.get("checksum"))
         extra = {"dest": dest, "url": url}
         if st.kind not in ("absent", "file"):
             return Plan(failed=True, msg=f"{dest} is a {st.kind}")
-        attrs = [Cmd(f"chmod {mode:o} -- {q(dest)}")] if mode is not None and st.mode != mode else []
-        attrs += owner_cmds(dest, owner, group, st)
+        attrs = self.attr_cmds(args, dest, st)        # mode/owner/group of a file whose content stays
         if st.kind == "file" and not force:
             if want is None:
                 return Plan(attrs, extra=extra, msg="file already exists") if attrs else \
