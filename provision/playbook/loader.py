@@ -49,6 +49,7 @@ class _Loader:
         self.role_dirs: list[str] = []       # folders of the roles being loaded (their dependencies sit beside)
         self.import_stack: list[str] = []
         self._registry = None
+        self._defines: dict = {}              # _scan_defines: what each file gives, read once per load
 
     @property
     def registry(self):
@@ -392,7 +393,8 @@ class _Loader:
             return task
         dirs = [os.path.join(task.role_path, "vars")] if task.role_path else []
         dirs.append(os.path.join(task.playbook_dir, "vars"))
-        return replace(task, defines=_scan_defines([os.path.join(d, "*") for d in dirs], top_keys=True))
+        pats = [os.path.join(d, "*") for d in dirs]
+        return replace(task, defines=_scan_defines(pats, top_keys=True, parsed=self._defines))
 
     def _include(self, data: LineDict, pos: SourcePos, ctx: _Ctx, imp: str) -> Task:
         """include_tasks / include_role: one task whose file is read per host when it runs (a file included only
@@ -424,7 +426,7 @@ class _Loader:
             else:
                 d = os.path.join(self.roles_dir, "*")
             pats = [os.path.join(d, sub, "*") for sub in ("tasks", "defaults", "vars")]
-        return replace(t, args=_freeze(args), include=inc, defines=_scan_defines(pats))
+        return replace(t, args=_freeze(args), include=inc, defines=_scan_defines(pats, parsed=self._defines))
 
     def _import(self, data: LineDict, pos: SourcePos, ctx: _Ctx, imp: str) -> list[Task]:
         kp = lambda k: _kpos(data, k, pos)  # noqa: E731
@@ -500,12 +502,33 @@ def _glob_of(name: str) -> str:
     return out + rest
 
 
-def _scan_defines(patterns: list[str], top_keys: bool = False) -> tuple[str, ...]:
+def _scan_defines(patterns: list[str], top_keys: bool = False, parsed: dict | None = None) -> tuple[str, ...]:
     """Names that files matching ``patterns`` may define when they are read at run time: what their tasks
     register or set_fact, and (vars/defaults files, or ``top_keys``) their top-level keys. Only for the static
-    check of undefined variables; unreadable files give nothing."""
-    import yaml
+    check of undefined variables; unreadable files give nothing. ``parsed``: the loader's cache of what each file
+    gives (a role's include_tasks each match its tasks/*: every file is read once per load, not once per include)."""
+    parsed = {} if parsed is None else parsed
     names: set[str] = set()
+    files = {f for pat in patterns for f in glob.glob(pat)
+             if os.path.isfile(f) and f.endswith((".yml", ".yaml", ".json"))}
+    for f in sorted(files):
+        if f not in parsed:
+            parsed[f] = _file_defines(f)
+        if parsed[f] is None:
+            continue
+        walked, keys = parsed[f]
+        folder = os.path.basename(os.path.dirname(f))
+        if top_keys or folder in ("vars", "defaults"):
+            names.update(keys)
+        names.update(walked)
+    return tuple(sorted(names))
+
+
+def _file_defines(path: str) -> tuple[set[str], set[str]] | None:
+    """(what one file's tasks register or set_fact, its top-level keys when it is a mapping), None when it cannot
+    be read."""
+    import yaml
+    walked: set[str] = set()
 
     def walk(node):
         if isinstance(node, list):
@@ -513,23 +536,16 @@ def _scan_defines(patterns: list[str], top_keys: bool = False) -> tuple[str, ...
                 walk(x)
         elif isinstance(node, dict):
             if isinstance(node.get("register"), str):
-                names.add(node["register"])
+                walked.add(node["register"])
             for k, v in node.items():
                 if action_name(str(k)) == "set_fact" and isinstance(v, dict):
-                    names.update(str(x) for x in v)
+                    walked.update(str(x) for x in v)
                 elif k in ("block", "rescue", "always"):
                     walk(v)
-    for pat in patterns:
-        for f in sorted(glob.glob(pat)):
-            if not os.path.isfile(f) or not f.endswith((".yml", ".yaml", ".json")):
-                continue
-            try:
-                with open(f, encoding="utf-8") as fh:
-                    data = yaml.safe_load(fh)
-            except (OSError, yaml.YAMLError):
-                continue
-            folder = os.path.basename(os.path.dirname(f))
-            if isinstance(data, dict) and (top_keys or folder in ("vars", "defaults")):
-                names.update(str(k) for k in data)
-            walk(data)
-    return tuple(sorted(names))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return None
+    walk(data)
+    return walked, {str(k) for k in data} if isinstance(data, dict) else set()
