@@ -49,17 +49,13 @@ def _where(host: Host, name: str) -> dict:
 def host_groups(inv: Inventory, host: Host) -> list[str]:
     """The host's groups, the ones that list it directly first, then their parents (nearest first), without
     all/ungrouped."""
-    parents: dict[str, list[str]] = {}
-    for group in inv.groups.values():
-        for child in group.children:
-            parents.setdefault(child, []).append(group.name)
     out: list[str] = []
     todo = sorted(g for g in host.groups if host.name in inv.groups[g].hosts)
     while todo:
         g = todo.pop(0)
         if g not in out:
             out.append(g)
-            todo.extend(sorted(parents.get(g, ())))
+            todo.extend(sorted(inv.groups[g].parents))
     return [g for g in out if g not in ("all", "ungrouped")]
 
 
