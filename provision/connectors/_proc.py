@@ -93,7 +93,8 @@ def _converse(proc: subprocess.Popen, write_fd: int, sudo, deadline: float | Non
 
 def run_process(argv: list[str], *, stdin: Stdin, timeout: float | None, host: str,
                 env: dict | None = None, sudo=None) -> tuple[int, bytes, bytes, float]:
-    """``sudo``: a connectors._become.Sudo whose conversation comes before the stdin is fed."""
+    """``sudo``: a connectors._become.Sudo whose conversation comes before the stdin is fed (and which says when
+    sudo itself is missing, :meth:`Sudo.ended`)."""
     start = time.monotonic()
     read_fd, write_fd = os.pipe()
     try:
@@ -137,6 +138,8 @@ def run_process(argv: list[str], *, stdin: Stdin, timeout: float | None, host: s
     out, err = early[0] + out, early[1] + err
     if failed:
         return 1, out, err + f"\nstdin failed part-way: {failed[0]}".encode(), time.monotonic() - start
+    if sudo is not None:
+        sudo.ended(proc.returncode)
     return proc.returncode, out, err, time.monotonic() - start
 
 

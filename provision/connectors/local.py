@@ -34,11 +34,8 @@ class LocalConnector:
 
     def _run(self, command: str, stdin, timeout, become: bool, env, become_user: str):
         cmd, data, sudo = self._wrap(command, stdin, become, env, become_user)
-        rc, out, err, dur = run_process(["/bin/sh", "-c", cmd], stdin=data, timeout=timeout or self._default_timeout,
-                                        host=self.host, sudo=sudo)
-        if sudo is not None:
-            sudo.ended(rc)
-        return rc, out, err, dur
+        return run_process(["/bin/sh", "-c", cmd], stdin=data, timeout=timeout or self._default_timeout,
+                           host=self.host, sudo=sudo)
 
     # -- contract -------------------------------------------------------------------------------------
     def run(self, command: str, *, stdin=None, timeout: float | None = None,

@@ -279,6 +279,8 @@ class SSHConnector:
             chan.close()
         if rc == -1 and not transport.is_active():
             raise Unreachable(f"{self.host}: connection lost while a command ran")
+        if sudo is not None:
+            sudo.ended(rc)
         return rc, b"".join(out), b"".join(err), time.monotonic() - start
 
     def _converse(self, chan, sudo: Sudo, out: list, err: list, deadline: float | None, timeout) -> bool:
@@ -344,15 +346,11 @@ class SSHConnector:
             become: bool = False, env: Mapping[str, str] | None = None, become_user: str = "root") -> CommandResult:
         cmd, data, sudo = self._wrap(command, stdin, become, env, become_user)
         rc, out, err, dur = self._exec(cmd, data, timeout or self._default_timeout, sudo)
-        if sudo is not None:
-            sudo.ended(rc)
         return CommandResult(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), dur)
 
     def get(self, path: str, *, become: bool = False, become_user: str = "root") -> bytes:
         cmd, _, sudo = self._wrap(f"cat -- {shlex.quote(path)}", None, become, None, become_user)
         rc, out, err, _ = self._exec(cmd, None, self._default_timeout, sudo)
-        if sudo is not None:
-            sudo.ended(rc)
         if rc != 0:
             raise ConnectorError(f"{self.host}: cannot read {path}: {err.decode(errors='replace').strip()}")
         return out
