@@ -295,6 +295,16 @@ def owner_cmds(path: str, owner: Any, group: Any, st: FileState | None, *, link:
     return cmds
 
 
+def attr_cmds(path: str, mode: int | None, owner: Any, group: Any, st: FileState | None, *,
+              link: bool = False) -> list[Cmd]:
+    """chmod (never of a link itself) and chown of ``path`` where they differ from ``st`` (None: unknown, e.g. a
+    path about to be made: every given attribute is set)."""
+    cmds = []
+    if mode is not None and not link and (st is None or st.mode != mode):
+        cmds.append(Cmd(f"chmod {mode:o} -- {q(path)}"))
+    return cmds + owner_cmds(path, owner, group, st, link=link)
+
+
 def write_file_plan(path: str, data: bytes, st: FileState, *, mode: int | None, owner: Any = None,
                     group: Any = None, backup: bool = False, make_parent: bool = False,
                     validate: str | None = None) -> Plan:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from provision.ops.core import Cmd, Op, OpError, Plan, owner_cmds, parse_mode, parse_stat, q, stat_probe
+from provision.ops.core import Cmd, Op, OpError, Plan, attr_cmds, parse_mode, parse_stat, q, stat_probe
 from provision.ops.files import find_local
 from provision.ops.spec import ArgSpec, module
 from provision.ops.stat import ALGORITHMS
@@ -98,7 +98,7 @@ class GetUrl(Op):
         extra = {"dest": dest, "url": url}
         if st.kind not in ("absent", "file"):
             return Plan(failed=True, msg=f"{dest} is a {st.kind}")
-        attrs = self.attr_cmds(args, dest, st)        # mode/owner/group of a file whose content stays
+        attrs = self.kept_attrs(args, dest, st)     # mode/owner/group of a file whose content stays
         if st.kind == "file" and not force:
             if want is None:
                 return Plan(attrs, extra=extra, msg="file already exists") if attrs else \
@@ -144,7 +144,7 @@ class GetUrl(Op):
         script = (f't=$(mktemp {q(os.path.dirname(dest) or ".")}/.provision-get_url.XXXXXX) || exit 1; '
                   f'trap \'rm -f "$t"\' EXIT; {{ {get}; }} || exit 4; {verify}'
                   f'if [ -f {qd} ] && cmp -s "$t" {qd}; then echo unchanged; '
-                  f'{" ".join(c.cmd + ";" for c in self.attr_cmds(args, dest, st))} exit 0; fi; '
+                  f'{" ".join(c.cmd + ";" for c in self.kept_attrs(args, dest, st))} exit 0; fi; '
                   f'{chmod}{own} && {backup}mv -f "$t" {qd} && echo changed')
 
         def result(rs) -> dict:
@@ -152,19 +152,17 @@ class GetUrl(Op):
             if res.rc != 0:
                 why = res.stderr.strip()[-1000:] or f"rc {res.rc}"
                 return {"failed": True, "rc": res.rc, "msg": why if res.rc == 3 else f"cannot download {url}: {why}"}
-            changed = "changed" in res.stdout.split() or bool(self.attr_cmds(args, dest, st))
+            changed = "changed" in res.stdout.split() or bool(self.kept_attrs(args, dest, st))
             return {"changed": changed, "msg": "downloaded" if "changed" in res.stdout.split() else "unchanged"}
         return Plan([Cmd(script, timeout=3600, ok_rc=None, desc=f"download {url} to {dest}")], extra=extra,
                     diff=diff, result=result)
 
     @staticmethod
-    def attr_cmds(args, dest, st) -> list[Cmd]:
+    def kept_attrs(args, dest, st) -> list[Cmd]:
         """mode/owner/group of an existing ``dest`` whose content stays."""
         if st.kind != "file":
             return []
-        mode = parse_mode(args.get("mode"))
-        out = [Cmd(f"chmod {mode:o} -- {q(dest)}")] if mode is not None and st.mode != mode else []
-        return out + owner_cmds(dest, args.get("owner"), args.get("group"), st)
+        return attr_cmds(dest, parse_mode(args.get("mode")), args.get("owner"), args.get("group"), st)
 
 
 def _workdir(src: str, dest: str) -> str:

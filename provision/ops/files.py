@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import re
 
-from provision.ops.core import (Cmd, FileState, Op, OpError, Plan, as_text, file_diff, owner_cmds, parse_mode,
-                                parse_stat, q, stat_probe, write_file_plan)
+from provision.ops.core import (Cmd, FileState, Op, OpError, Plan, as_text, attr_cmds, file_diff, owner_cmds,
+                                parse_mode, parse_stat, q, stat_probe, write_file_plan)
 from provision.ops.spec import ArgSpec, module
 
 _OWNERSHIP = {"mode": ArgSpec("raw"), "owner": ArgSpec("str"), "group": ArgSpec("str")}
@@ -83,10 +83,8 @@ class Copy(_Writer):
             return write_file_plan(dest, got.content, st, mode=mode, owner=owner, group=group,
                                    backup=bool(args.get("backup")), validate=args.get("validate"))
         same = st.kind == "file" and st.sha256 == got.sha256     # too big to carry: the host copies it
-        cmds = [] if same else [Cmd(f"cp -- {q(src)} {q(dest)}")]
-        if mode is not None and (not same or st.mode != mode):
-            cmds.append(Cmd(f"chmod {mode:o} -- {q(dest)}"))
-        cmds += owner_cmds(dest, owner, group, st if same else None)
+        cmds = ([] if same else [Cmd(f"cp -- {q(src)} {q(dest)}")]) + \
+            attr_cmds(dest, mode, owner, group, st if same else None)
         return Plan(cmds, extra={"dest": dest, "checksum": got.sha256}) if cmds else \
             Plan(noop=f"{dest} is up to date", extra={"dest": dest, "checksum": got.sha256})
 
@@ -138,11 +136,7 @@ class File(Op):
         owner, group = args.get("owner"), args.get("group")
 
         def attrs(current: FileState | None, link=False) -> list[Cmd]:
-            cmds = []
-            if mode is not None and not link and (current is None or current.mode != mode):
-                cmds.append(Cmd(f"chmod {mode:o} -- {q(path)}"))
-            cmds += owner_cmds(path, owner, group, current, link=link)
-            return cmds
+            return attr_cmds(path, mode, owner, group, current, link=link)
 
         def state_diff(before, after):
             return [{"before_header": path, "after_header": path, "before": f"state: {before}\n",
