@@ -18,9 +18,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from provision.commands.apply import version_line
+    from provision.commands.apply import VersionAction
     parser = _Parser(prog="provision", description="Bring NVIDIA GPU hosts to 'ready for PyTorch' over SSH.")
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMANDS:
         importlib.import_module(f"provision.commands.{name}").register(sub)

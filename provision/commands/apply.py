@@ -60,7 +60,7 @@ def add_connection_args(p: argparse.ArgumentParser, *, inventory_positional: boo
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v results, -vv commands, -vvv command output (no_log values stay hidden)")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON report at the end")
-    p.add_argument("--version", action="version", version=version_line())
+    p.add_argument("--version", action=VersionAction)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -94,6 +94,19 @@ def version_line() -> str:
     except metadata.PackageNotFoundError:
         v = "unknown"
     return f"provision (gpufleet) {v}"
+
+
+class VersionAction(argparse.Action):
+    """``--version``: argparse's version action, but the version is looked up only when asked for (importing
+    importlib.metadata costs ~25 ms, and every command builds every subcommand's parser)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show program's version number and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
 
 
 def ansible_cfg(args):
