@@ -18,7 +18,7 @@ from __future__ import annotations
 import configparser
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 from provision.errors import OptionError
@@ -43,7 +43,6 @@ class AnsibleCfg:
     become_user: str | None = None
     become_method: str | None = None
     become_ask_pass: bool | None = None
-    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 def find(env: Mapping[str, str] | None = None, cwd: str | None = None) -> str | None:
@@ -159,4 +158,4 @@ def load(env: Mapping[str, str] | None = None, cwd: str | None = None, path: str
         if text:
             values[name] = _value(text, kind, base, where)
     values.setdefault("roles_path", DEFAULT_ROLES_PATH)
-    return AnsibleCfg(path=path, lines=lines, **values)
+    return AnsibleCfg(path=path, **values)
