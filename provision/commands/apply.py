@@ -14,6 +14,7 @@ import sys
 
 from provision.connectors import HOST_KEY_CHECKING, SSH_ARGS_HELP
 from provision.errors import OptionError, closest
+from provision.inventory.loader import is_host_list
 from provision.inventory.models import CONNECTIONS
 
 DEFAULT_PLAYBOOK = "playbooks/site.yaml"
@@ -157,7 +158,7 @@ def inventory_sources(args, *, must_exist: bool = True) -> list[str]:
         raise OptionError("an inventory is required (provision CMD INVENTORY, -i INVENTORY, or inventory= in "
                           "ansible.cfg)", key="--inventory")
     for s in sources:
-        if must_exist and not os.path.exists(s) and "," not in s:
+        if must_exist and not os.path.exists(s) and not is_host_list(s):
             raise OptionError("no such inventory file", file=s, key="--inventory")
     args.inventory_sources = sources
     return sources

@@ -26,6 +26,11 @@ IGNORED_NAMES = ("group_vars", "host_vars", "vars_plugins")
 YAML_EXTS = ("", ".yml", ".yaml", ".json")
 
 
+def is_host_list(source: str) -> bool:
+    """An inventory source that is a host list (``-i 'h1,h2,'``): a comma, and no file or directory of that name."""
+    return "," in source and not os.path.exists(source)
+
+
 class _Entity:
     """Builder state for a group or a host (possibly defined in several places)."""
 
@@ -233,7 +238,7 @@ class _Builder:
                              "INI file ([group] lines)", file=path, line=pos.line or 1) from None
 
     def parse_source(self, source: str):
-        if "," in source and not os.path.exists(source):
+        if is_host_list(source):
             self.parse_host_list(source)
         elif os.path.isdir(source):
             for entry in sorted(os.listdir(source)):
@@ -352,7 +357,7 @@ def var_basedirs(sources: Sequence[str]) -> list[str]:
     """Where Ansible looks for group_vars/ and host_vars/ of each inventory source (host lists have none)."""
     out = []
     for s in sources:
-        if "," in s and not os.path.exists(s):
+        if is_host_list(s):
             continue
         d = os.path.abspath(s if os.path.isdir(s) else os.path.dirname(os.path.abspath(s)))
         if d not in out:
