@@ -42,7 +42,7 @@ class Blob:
 @dataclass(frozen=True)
 class Tarball:
     path: Path
-    sha256: str
+    sha256: str                       # '' for an inventory tarball given without one (not hashed then)
     image_id: str | None
     size: int = 0
     config: Blob | None = None        # None: not servable by the registry (compressed or not docker save's)
@@ -172,8 +172,10 @@ def free_space_refusal(tag: str, look, need: int) -> str | None:
 
 
 def tarball_from_file(path: str, sha256: str | None) -> Tarball:
+    """The inventory's tarball, checked against its ``sha256`` when one is given (a whole read of the file: only
+    then; the image id the host ends with is checked either way)."""
     p = Path(path)
-    actual = sha256_file(p)
+    actual = sha256_file(p) if sha256 else ""
     if sha256 and actual != sha256.lower().removeprefix("sha256:"):
         raise RuntimeError(f"{path}: sha256 is {actual}, not the {sha256} the inventory names")
     return read_tarball(p, actual, None)
