@@ -16,6 +16,7 @@ the file, line and key (exit 5). Other keys are ignored, as Ansible ignores keys
 from __future__ import annotations
 
 import configparser
+import io
 import os
 import stat
 from dataclasses import dataclass
@@ -67,18 +68,17 @@ def find(env: Mapping[str, str] | None = None, cwd: str | None = None) -> str | 
     return None
 
 
-def _key_lines(path: str) -> dict[str, int]:
+def _key_lines(text: str) -> dict[str, int]:
     """'section.key' -> line number, for error messages (configparser keeps no lines)."""
     out: dict[str, int] = {}
     section = ""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, 1):
-            s = line.strip()
-            if s.startswith("[") and s.endswith("]"):
-                section = s[1:-1].strip()
-            elif s and s[0] not in "#;" and ("=" in s or ":" in s):
-                key = s.replace(":", "=", 1).split("=", 1)[0].strip().lower()
-                out.setdefault(f"{section}.{key}", n)
+    for n, line in enumerate(io.StringIO(text), 1):
+        s = line.strip()
+        if s.startswith("[") and s.endswith("]"):
+            section = s[1:-1].strip()
+        elif s and s[0] not in "#;" and ("=" in s or ":" in s):
+            key = s.replace(":", "=", 1).split("=", 1)[0].strip().lower()
+            out.setdefault(f"{section}.{key}", n)
     return out
 
 
@@ -102,13 +102,14 @@ def _read(path: str) -> tuple[configparser.ConfigParser, dict[str, int]]:
     parser = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None, strict=False)
     try:
         with open(path, encoding="utf-8") as fh:
-            parser.read_file(fh, source=path)
+            text = fh.read()
+        parser.read_file(io.StringIO(text), source=path)
     except (OSError, UnicodeDecodeError) as err:
         raise OptionError(f"cannot read ansible.cfg: {err}", file=path) from None
     except configparser.Error as err:
         raise OptionError(f"malformed ansible.cfg: {err.message.splitlines()[0]}", file=path,
                           line=getattr(err, "lineno", None)) from None
-    return parser, _key_lines(path)
+    return parser, _key_lines(text)
 
 
 def _value(text: str, kind: str, base: str, where: dict):
