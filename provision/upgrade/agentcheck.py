@@ -47,7 +47,7 @@ def agent_access(host: str, variables: Mapping[str, Any], port: int = DEFAULT_AG
         v = variables.get(name)
         if isinstance(v, str) and "{{" in v:
             try:
-                v = templating.render(v, dict(variables))
+                v = templating.render(v, variables)
             except templating.TemplateError as err:
                 raise InputError(f"host {host}: {err}", key="gpu_agent_*") from None
         return None if v in (None, "") else str(v)
