@@ -37,7 +37,7 @@ class Included:
 
 
 class _Loader:
-    def __init__(self, path: str, roles_path: tuple[str, ...] = ()):
+    def __init__(self, path: str, roles_path: tuple[str, ...] = (), *, scan: bool = True):
         self.path = path
         self.playbook_dir = os.path.dirname(os.path.abspath(path))
         self.roles_dir = os.path.join(self.playbook_dir, "roles")
@@ -49,7 +49,8 @@ class _Loader:
         self.role_dirs: list[str] = []       # folders of the roles being loaded (their dependencies sit beside)
         self.import_stack: list[str] = []
         self._registry = None
-        self._defines: dict = {}              # _scan_defines: what each file gives, read once per load
+        # _scan_defines: what each file gives, read once per load; None: no static check follows (load_included)
+        self._defines: dict | None = {} if scan else None
 
     @property
     def registry(self):
@@ -393,8 +394,7 @@ class _Loader:
             return task
         dirs = [os.path.join(task.role_path, "vars")] if task.role_path else []
         dirs.append(os.path.join(task.playbook_dir, "vars"))
-        pats = [os.path.join(d, "*") for d in dirs]
-        return replace(task, defines=_scan_defines(pats, top_keys=True, parsed=self._defines))
+        return replace(task, defines=self._defines_of([os.path.join(d, "*") for d in dirs], top_keys=True))
 
     def _include(self, data: LineDict, pos: SourcePos, ctx: _Ctx, imp: str) -> Task:
         """include_tasks / include_role: one task whose file is read per host when it runs (a file included only
@@ -426,7 +426,14 @@ class _Loader:
             else:
                 d = os.path.join(self.roles_dir, "*")
             pats = [os.path.join(d, sub, "*") for sub in ("tasks", "defaults", "vars")]
-        return replace(t, args=_freeze(args), include=inc, defines=_scan_defines(pats, parsed=self._defines))
+        return replace(t, args=_freeze(args), include=inc, defines=self._defines_of(pats))
+
+    def _defines_of(self, patterns: list[str], top_keys: bool = False) -> tuple[str, ...]:
+        """What files read at run time may define, for the static check; nothing where none follows (files
+        load_included reads while the run goes on)."""
+        if self._defines is None:
+            return ()
+        return _scan_defines(patterns, top_keys, self._defines)
 
     def _import(self, data: LineDict, pos: SourcePos, ctx: _Ctx, imp: str) -> list[Task]:
         kp = lambda k: _kpos(data, k, pos)  # noqa: E731
@@ -472,7 +479,7 @@ def load_included(task: Task, args: Mapping, handlers: tuple = (), item_vars: Ma
     as the playbook was (InputError naming file:line); a ``notify`` must name a handler of the play (``handlers``)
     or of the included role. ``item_vars``: the include's loop variable, seen by every included task."""
     ctx = replace(task.include, vars={**task.include.vars, **(item_vars or {})})
-    loader = _Loader(os.path.join(ctx.playbook_dir, "playbook"), ctx.roles_path)
+    loader = _Loader(os.path.join(ctx.playbook_dir, "playbook"), ctx.roles_path, scan=False)   # no static check
     pos = task.positions.get("module", task.source)
     if task.module == "include_tasks":
         target = os.path.expanduser(str(args["file"]))
