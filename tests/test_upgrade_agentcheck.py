@@ -101,3 +101,15 @@ def test_bad_agent_variables_stop_the_upgrade_before_any_host(tmp_path, capsys):
     rc = main(["upgrade-driver", str(inv), "--to", "580", "--check"])
     err = capsys.readouterr().err.strip()
     assert rc in (4, 5) and len(err.splitlines()) == 1 and "missing.pem" in err, err
+
+
+def test_templated_agent_variables_are_rendered_by_agent_access_alone():
+    """One render for the rollout and the playbook form: a vault-style reference resolves; a broken template is
+    one InputError naming the host."""
+    from provision.errors import InputError
+    access = agent_access("gpu1", {"vault_pw": PASSWORD, "gpu_agent_basic_auth_user": "prom",
+                                   "gpu_agent_basic_auth_password": "{{ vault_pw }}"})
+    assert access.user == "prom" and access.password == PASSWORD
+    with pytest.raises(InputError) as err:
+        agent_access("gpu1", {"gpu_agent_scheme": "{{ nope }}"})
+    assert "host gpu1" in str(err.value) and "\n" not in str(err.value)
