@@ -11,8 +11,8 @@ from provision.connectors.base import (CommandResult, CommandTimeout, Connector,
                                        HostKeyMismatch, Unreachable)
 
 HOST_KEY_CHECKING = ("yes", "accept-new", "off")
-SSH_ARGS_HELP = "-o ProxyJump=HOST / -J HOST, -o StrictHostKeyChecking=yes|no|accept-new, -o UserKnownHostsFile=FILE, " \
-                "-o Port=N"
+SSH_ARGS_HELP = ("-o ProxyJump=HOST / -J HOST, -o StrictHostKeyChecking=yes|no|accept-new, "
+                 "-o UserKnownHostsFile=FILE, -o Port=N")
 _STRICT = {"yes": "yes", "no": "off", "off": "off", "accept-new": "accept-new"}
 
 

@@ -483,7 +483,8 @@ class Executor(Reporting, Rolling, Flow):
         if host is None and name in ("localhost", "127.0.0.1"):
             from provision.inventory.models import Host
             from provision.yamlsrc import SourcePos
-            host = Host(name, {"ansible_connection": "local"}, ("all", "ungrouped"), SourcePos("<implicit localhost>", 0))
+            host = Host(name, {"ansible_connection": "local"}, ("all", "ungrouped"),
+                        SourcePos("<implicit localhost>", 0))
         if host is None:
             raise OpError(f"delegate_to: no host {name!r} in the inventory")
         return self._state(host)

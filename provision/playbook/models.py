@@ -128,7 +128,6 @@ def search_paths(task: Task, kind: str) -> list[str]:
     return search_dirs(task.role_path, task.playbook_dir, kind)
 
 
-
 def find_file(task: Task, kind: str, name: str) -> str:
     """Resolve a task's relative template/file path; raises InputError naming the places searched."""
     name = os.path.expanduser(str(name))

@@ -266,7 +266,8 @@ def _task(data: LineDict, pos: SourcePos, ctx: _Ctx, reg: Mapping) -> Task:
     return Task(
         name=name, module=module, args=_freeze(args), when=tuple(sub.when), loop=loop, loop_var=loop_var,
         register=register, notify=notify, listen=listen, tags=tuple(dict.fromkeys(sub.tags)),
-        become=sub.become, become_user=sub.become_user, ignore_errors=sub.ignore_errors if isinstance(sub.ignore_errors, str) else bool(sub.ignore_errors),
+        become=sub.become, become_user=sub.become_user,
+        ignore_errors=sub.ignore_errors if isinstance(sub.ignore_errors, str) else bool(sub.ignore_errors),
         changed_when=changed_when, failed_when=failed_when, until=until, retries=int(retries),
         delay=float(delay), no_log=bool(sub.no_log),
         environment=_freeze(sub.environment) if isinstance(sub.environment, Mapping) else
