@@ -155,7 +155,7 @@ def load_web_config(path: str) -> WebConfig:
                 raise InputError("expected a mapping", file=path, line=line, key=key)
             tls_line = line
             for k, v in val.items():
-                kl = val.line(k) if isinstance(val, LinedDict) else line
+                kl = val.line(k)
                 name = f"tls_server_config.{k}"
                 if k not in TLS_KEYS:
                     if k in ("cipher_suites", "curve_preferences", "prefer_server_cipher_suites"):
@@ -181,7 +181,7 @@ def load_web_config(path: str) -> WebConfig:
             if not isinstance(val, dict):
                 raise InputError("expected a mapping of user: bcrypt hash", file=path, line=line, key=key)
             for user, h in val.items():
-                ul = val.line(user) if isinstance(val, LinedDict) else line
+                ul = val.line(user)
                 if not isinstance(h, str) or not BCRYPT_HASH.fullmatch(h):
                     raise InputError("expected a bcrypt hash ($2y$10$ and 53 characters; make one with "
                                      "htpasswd -nBC 10 USER)", file=path, line=ul, key=f"basic_auth_users.{user}")
