@@ -60,3 +60,29 @@ def test_split_batched_probe_output():
     out = (f"{PROBE_MARK}0\nfile 644\n\n{PROBE_MARK}rc 0\n{PROBE_MARK}1\nno-newline\n{PROBE_MARK}rc 3\n"
            f"{PROBE_MARK}2\n")
     assert split_probes(out, 3) == [(0, "file 644\n"), (3, "no-newline"), (None, "")]
+
+
+def test_dropping_an_unreachable_host_closes_every_login_of_it():
+    """The pool keeps one connection per host and login (remote_user/connection keywords, delegate_to); a host found
+    unreachable or rebooted has all of them closed, not only the login of the task that noticed."""
+    closed = []
+
+    class Conn:
+        def __init__(self, tag):
+            self.tag = tag
+
+        def close(self):
+            closed.append(self.tag)
+
+    class As(LocalHost):
+        def __init__(self, name, user):
+            self.name, self.vars = name, {"ansible_connection": "local", "ansible_user": user}
+
+    pool = ConnectionPool(5, ConnectOptions(), factory=lambda host, opts: Conn((host.name, host.vars["ansible_user"])))
+    for host in (As("me", "root"), As("me", "ops"), As("other", "root")):
+        pool.acquire(host)
+        pool.release(host)
+    pool.drop(As("me", "root"))
+    assert sorted(closed) == [("me", "ops"), ("me", "root")]
+    pool.close_all()
+    assert ("other", "root") in closed

@@ -94,12 +94,17 @@ class ConnectionPool:
         return conn
 
     def drop(self, host) -> None:
+        """Close the host's connections, every login's (unreachable or rebooted: none of them is usable)."""
+        prefix = host.name + "\0"
         with self._cond:
-            old = self._conns.pop(_key(host), None)
-            self._busy.pop(_key(host), None)
+            keys = [k for k in self._conns if k.startswith(prefix)]
+            old = [self._conns.pop(k) for k in keys]
+            for k in keys + [_key(host)]:
+                self._busy.pop(k, None)
             self._cond.notify_all()
-        if old is not None:
-            self._close(old)
+        for conn in old:
+            if conn is not None:
+                self._close(conn)
 
     @staticmethod
     def _close(conn) -> None:
