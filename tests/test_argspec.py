@@ -95,3 +95,9 @@ def test_templated_values_are_checked_once_rendered(tmp_path, demo, capsys):
     assert tasks["typed"]["failed"] is False
     assert tasks["refused"]["failed"] is True
     assert tasks["refused"]["msg"] == "quiet: expected a boolean, got a string 'maybe'"
+
+
+def test_a_variable_name_with_a_trailing_newline_is_not_a_name():
+    """``$`` also matches before a final newline: 'hf\\n' must not pass as a register/set_fact name."""
+    from provision.ops.spec import VAR_NAME
+    assert VAR_NAME.match("hf_token") and not VAR_NAME.match("hf_token\n") and not VAR_NAME.match("1x")

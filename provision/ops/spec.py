@@ -73,7 +73,7 @@ class ArgError(InputError):
         self.arg = arg
 
 
-VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")   # a variable, fact or register name
+VAR_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")   # a variable, fact or register name
 _INT = re.compile(r"-?\d+")
 _FLOAT = re.compile(r"-?\d+(\.\d*)?([eE]-?\d+)?")
 _TYPE_WORDS = {"str": "a string", "path": "a path (string)", "int": "an integer", "float": "a number",
