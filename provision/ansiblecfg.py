@@ -10,8 +10,9 @@ host_key_checking, timeout; ``[privilege_escalation]`` become, become_user, beco
 become_ask_pass. Relative paths are relative to the file's directory, ``~`` is expanded. Ansible's environment
 variables for them (``ANSIBLE_INVENTORY``, ``ANSIBLE_ROLES_PATH``, ``ANSIBLE_FORKS``, ``ANSIBLE_REMOTE_USER``,
 ``ANSIBLE_PRIVATE_KEY_FILE``, ``ANSIBLE_HOST_KEY_CHECKING``, ``ANSIBLE_TIMEOUT``, ``ANSIBLE_BECOME*``) beat the
-file. Command-line flags beat both; inventory variables (``ansible_user``...) beat all of them, as in Ansible. A bad value is one line naming
-the file, line and key (exit 5). Other keys are ignored, as Ansible ignores keys it does not know.
+file. Command-line flags beat both; inventory variables (``ansible_user``...) beat all of them, as in Ansible. A bad
+value is one line naming the file, line and key (exit 5). Other keys are ignored, as Ansible ignores keys it does not
+know.
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ from provision.inventory import Inventory, load_inventory
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "inventory", help="show the inventory as provision reads it (--list, --graph, --host)",
-        description="Show Ansible inventories (YAML, INI, directories, host lists) as provision reads them: group membership, merged host "
-                    "variables (group_vars/, host_vars/, precedence as in docs/inventory.md). No host is contacted.")
+        description="Show Ansible inventories (YAML, INI, directories, host lists) as provision reads them: group "
+                    "membership, merged host variables (group_vars/, host_vars/, precedence as in docs/inventory.md). "
+                    "No host is contacted.")
     p.add_argument("inventory_pos", nargs="?", metavar="INVENTORY", help="inventory (or use -i)")
     p.add_argument("-i", "--inventory", dest="inventory", action="append", metavar="INVENTORY",
                    help="inventory file (YAML or INI), directory, or host list 'h1,h2,'; repeatable (merged in "
