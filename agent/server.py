@@ -17,15 +17,14 @@ from typing import Any
 
 from agent import __version__
 from agent.errors import EXIT_OPTIONS, InputError, closest
-from agent.hostpaths import MAINTENANCE_MARKER, UPGRADE_STATE_FILE
+from agent.hostpaths import AGENT_PORT, MAINTENANCE_MARKER, UPGRADE_STATE_FILE
 from agent.httpd import BoundedHTTPServer
 from agent.pages import AgentPages
 from agent.webconfig import BasicAuth, WebConfig, load_mapping, load_web_config, ssl_context
 
 log = logging.getLogger("gpu-agent")
 
-DEFAULT_PORT = 10240
-DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"   # loopback unless asked: the web config's TLS and auth are opt-in
+DEFAULT_LISTEN = f"127.0.0.1:{AGENT_PORT}"   # loopback unless asked: the web config's TLS and auth are opt-in
 HTTP_WORKERS = 4    # threads that answer complete requests; the unit's TasksMax=64 leaves room for NVML's
 
 # ------------------------------------------------------------------------------------------------ agent config

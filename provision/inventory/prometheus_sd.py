@@ -22,11 +22,11 @@ import re
 import tempfile
 from typing import Any
 
+from agent.hostpaths import AGENT_PORT
 from provision.errors import InputError
 from provision.inventory.models import Host, Inventory
 from provision.truthy import strict_bool
 
-DEFAULT_PORT = 10240
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
@@ -69,7 +69,7 @@ def target_group(host: Host, groups: list[str]) -> dict | None:
     if not enabled:
         return None
     address = str(_value(host, "gpu_agent_scrape_address", None) or host.address)
-    port = _value(host, "gpu_agent_port", DEFAULT_PORT)
+    port = _value(host, "gpu_agent_port", AGENT_PORT)
     try:
         port = int(port)
         if not 0 < port < 65536:
@@ -81,7 +81,7 @@ def target_group(host: Host, groups: list[str]) -> dict | None:
     if groups:
         labels["group"] = groups[0]
         labels["groups"] = "," + ",".join(groups) + ","
-    scheme = str(_value(host, "gpu_agent_scheme", "http"))
+    scheme = str(_value(host, "gpu_agent_scheme", "http")).lower()
     if scheme not in ("http", "https"):
         raise InputError(f"host {host.name}: gpu_agent_scheme must be http or https, got {scheme!r}",
                          key="gpu_agent_scheme", **_where(host, "gpu_agent_scheme"))

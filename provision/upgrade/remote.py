@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 
 # the maintenance marker and state file: the agent reads them too
-from agent.hostpaths import MAINTENANCE_MARKER as MARKER, UPGRADE_STATE_FILE as STATE_FILE  # noqa: F401
+from agent.hostpaths import AGENT_PORT, MAINTENANCE_MARKER as MARKER, UPGRADE_STATE_FILE as STATE_FILE  # noqa: F401
 from provision.facts.gpu import DRIVER_PACKAGE, json_document, upstream_version
 from provision.versions import version_key
 
@@ -19,7 +19,7 @@ HOST_RECORD = "/var/lib/gpufleet/upgrade-host.json"     # this host's step recor
 EVENT_LOG = "/var/lib/gpufleet/upgrade-events.log"      # one JSON line per step event (audit; tests count drains)
 MARKER_BY_PREFIX = "gpufleet-upgrade"                   # "by" of markers the upgrade itself wrote
 
-DEFAULT_AGENT_PORT = 10240                              # gpu-agent's default (docs/agent.md)
+DEFAULT_AGENT_PORT = AGENT_PORT
 XID_METRIC = "gpufleet_gpu_xid_errors_total"
 
 # Packages that move together with the driver: everything NVIDIA ships at the driver's exact version. The package
