@@ -17,12 +17,11 @@ The address: ``gpu_agent_scrape_address``, else ``ansible_host``, else the name;
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from typing import Any
 
 from agent.hostpaths import AGENT_PORT
+from provision.atomicfile import write_atomic
 from provision.errors import InputError
 from provision.inventory.models import Host, Inventory
 from provision.truthy import strict_bool
@@ -114,20 +113,10 @@ def file_sd(inv: Inventory, selected: set[str] | None = None) -> list[dict]:
 
 
 def write_file_sd(path: str, groups: list[dict]) -> None:
-    """Write the targets where Prometheus watches them: a temp file beside ``path`` renamed over it, so Prometheus
-    never reads half a file. ``-`` prints them."""
+    """Write the targets where Prometheus watches them, atomically (Prometheus never reads half a file); ``-``
+    prints them."""
     text = json.dumps(groups, indent=2, sort_keys=True) + "\n"
     if path == "-":
         print(text, end="")
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".gpufleet-sd-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text.encode(), mode=0o644)
